@@ -1,0 +1,263 @@
+"""Reduction factors ``mu``, ``nu`` and the criteria built on them.
+
+With the residual ``w = N(0, 2R) - eps`` and a threshold ``c`` (THEORY.md section 2):
+
+* ``mu_c(R) = P(|w| <= c)``, the descent reduction factor (theory/derivation.md, eq. (2.4));
+* ``nu_abs_c(R) = E[min(w^2, c^2)]``, the absolute clipped second moment (eq. (2.5));
+* ``nu_c(R) = nu_abs / (2R + sigma^2)`` with ``sigma^2 = E[eps^2]`` (``0`` if that is infinite);
+* ``CCC = mu^2 / nu`` (eq. (4.3)) and ``CSC = mu / nu`` (eq. (4.1)).
+
+Every noise law is a mixture of Gaussians ``eps ~ N(m_j, s_j^2)`` (see
+:meth:`clipdyn.noise.Gaussian.gaussian_mixture`), so ``w`` given the component is Gaussian,
+``N(-m_j, 2R + s_j^2)``, and the factors are weighted sums of closed forms (eqs. (3.1)-(3.4)).
+All functions here are jittable, vmappable and differentiable in ``R`` and ``c``; they broadcast
+``R`` against ``c``. ``c = inf`` is unclipped SGD (``mu = 1``, ``nu_abs = 2R + sigma^2``).
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733, sections 2-4; theory/derivation.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import erf, erfc, gammainc
+from jax.typing import ArrayLike
+
+from clipdyn.noise import NoiseLaw
+
+Array = jax.Array
+
+__all__ = [
+    "Factors",
+    "reduction_factors",
+    "mu",
+    "nu_abs",
+    "nu",
+    "ccc",
+    "csc",
+    "max_stable_lr",
+    "optimal_threshold",
+]
+
+_SQRT2 = math.sqrt(2.0)
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(20)
+
+
+class Factors(NamedTuple):
+    """The reduction factors and criteria at one ``(R, c)``."""
+
+    mu: Array
+    nu_abs: Array
+    nu: Array
+    ccc: Array
+    csc: Array
+
+
+def _centred(s2: Array, c: Array) -> tuple[Array, Array]:
+    """``P(|w| <= c)`` and ``E[min(w^2, c^2)]`` for ``w ~ N(0, s2)``, eq. (3.2).
+
+    The truncated second moment is ``s2 * P(chi^2_3 <= c^2/s2)``, the regularised incomplete
+    gamma function, which has no cancellation for small or large ``c / sqrt(s2)``.
+    """
+    half_z2 = 0.5 * c * c / s2
+    p = erf(jnp.sqrt(half_z2))
+    e = s2 * gammainc(1.5, half_z2) + c * c * erfc(jnp.sqrt(half_z2))
+    return p, e
+
+
+def _phi(x: Array) -> Array:
+    return jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _Phi(x: Array) -> Array:
+    return 0.5 * erfc(-x / _SQRT2)
+
+
+def _shifted(m: Array, s2: Array, c: Array) -> tuple[Array, Array]:
+    """``P(|w| <= c)`` and ``E[min(w^2, c^2)]`` for ``w ~ N(m, s2)``, eq. (3.3).
+
+    Probabilities are taken from the tails that do not cancel. When the window ``[-c, c]`` is
+    narrow against ``sqrt(s2)`` the closed form cancels (its terms are ``O(c)`` while the result
+    is ``O(c^3)``), and a 20-point Gauss-Legendre rule on the window is exact to rounding instead.
+    """
+    s = jnp.sqrt(jnp.maximum(s2, jnp.finfo(jnp.result_type(s2)).tiny))
+    a = (-c - m) / s
+    b = (c - m) / s
+    q = _Phi(a) + _Phi(-b)  # P(|w| > c), a sum of two tails
+    p = jnp.where(a >= 0, _Phi(-a) - _Phi(-b), jnp.where(b <= 0, _Phi(b) - _Phi(a), 1.0 - q))
+    e_in = (m * m + s * s) * p + 2.0 * m * s * (_phi(a) - _phi(b)) + s * s * (a * _phi(a) - b * _phi(b))
+
+    lead = (1,) * c.ndim
+    nodes = c[..., None] * jnp.reshape(jnp.asarray(_GL_NODES, c.dtype), lead + (-1,))
+    dens = _phi((nodes - m[..., None]) / s[..., None]) / s[..., None]
+    w = c[..., None] * jnp.reshape(jnp.asarray(_GL_WEIGHTS, c.dtype), lead + (-1,))
+    p_gl = jnp.sum(w * dens, axis=-1)
+    e_gl = jnp.sum(w * nodes * nodes * dens, axis=-1)
+    narrow = c < 0.5 * s
+    p = jnp.where(narrow, p_gl, p)
+    e_in = jnp.where(narrow, e_gl, e_in)
+    return p, e_in + c * c * q
+
+
+def _factors_scalar(noise: NoiseLaw, R: Array, c: Array) -> tuple[Array, Array, Array]:
+    """``(mu, nu_abs, density of w at 0)`` for scalar ``R`` and ``c``."""
+    rep = noise.gaussian_mixture()
+    dtype = rep.variances.dtype
+    R = jnp.asarray(R, dtype)
+    c = jnp.asarray(c, dtype)
+    clipped = (c > 0) & jnp.isfinite(c)
+    c_safe = jnp.where(clipped, c, 1.0)  # keeps the unused branch finite for gradients
+    s2 = 2.0 * R + rep.variances
+    s2_safe = jnp.where(s2 > 0, s2, 1.0)
+    if rep.means is None:
+        p, e = _centred(s2_safe, jnp.broadcast_to(c_safe, s2.shape))
+        p = jnp.where(s2 > 0, p, 1.0)
+        e = jnp.where(s2 > 0, e, 0.0)
+        dens0 = _phi(jnp.zeros_like(s2)) / jnp.sqrt(s2_safe)
+    else:
+        p, e = _shifted(rep.means, s2, jnp.broadcast_to(c_safe, s2.shape))
+        dens0 = _phi(rep.means / jnp.sqrt(s2_safe)) / jnp.sqrt(s2_safe)
+    dens0 = jnp.where(s2 > 0, dens0, jnp.inf)
+    mu_c = jnp.sum(rep.weights * p)
+    nu_c = jnp.sum(rep.weights * e)
+    mu_ = jnp.where(clipped, mu_c, jnp.where(c == 0, 0.0, 1.0))
+    unclipped_nu = 2.0 * R + noise.second_moment
+    nu_ = jnp.where(clipped, nu_c, jnp.where(c == 0, 0.0, unclipped_nu))
+    return mu_, nu_, jnp.sum(rep.weights * dens0)
+
+
+def _all_scalar(noise: NoiseLaw, R: Array, c: Array) -> Factors:
+    m, na, dens0 = _factors_scalar(noise, R, c)
+    sigma2 = jnp.asarray(noise.second_moment, na.dtype)
+    finite_noise = jnp.isfinite(sigma2)
+    R = jnp.asarray(R, na.dtype)
+    norm = 2.0 * R + jnp.where(finite_noise, sigma2, 0.0)
+    norm_safe = jnp.where(norm > 0, norm, 1.0)
+    is_inf = jnp.isinf(c)
+    # nu = nu_abs / (2R + sigma^2); for infinite sigma^2 it is 0 at finite c and 1 unclipped.
+    n = jnp.where(finite_noise, na / norm_safe, jnp.where(is_inf, 1.0, 0.0))
+    n = jnp.where(finite_noise & (norm <= 0), jnp.where(is_inf | (c > 0), 1.0, 0.0), n)
+    n_safe = jnp.where(n > 0, n, 1.0)
+    ccc_ = jnp.where(n > 0, m * m / n_safe, jnp.inf)
+    # c -> 0: mu ~ 2 p_w(0) c and nu_abs ~ c^2, so CCC -> 4 p_w(0)^2 (2R + sigma^2), eq. (4.4).
+    ccc_ = jnp.where((c == 0) & finite_noise, 4.0 * dens0 * dens0 * norm, ccc_)
+    csc_ = jnp.where(n > 0, m / n_safe, jnp.inf)
+    return Factors(m, na, n, ccc_, csc_)
+
+
+def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Factors:
+    """All factors and criteria at ``(R, c)``, broadcast against each other.
+
+    Args:
+        noise: a noise law from :mod:`clipdyn.noise`.
+        R: risk (excess, without the noise term), ``> 0``.
+        c: dimension-free clipping threshold, ``>= 0``; ``inf`` for unclipped SGD.
+
+    Returns:
+        :class:`Factors` ``(mu, nu_abs, nu, ccc, csc)``, each of the broadcast shape.
+
+    References:
+        theory/derivation.md, eqs. (2.4), (2.5), (3.1)-(3.4), (4.1), (4.3).
+    """
+    fn = jnp.vectorize(lambda r, cc: tuple(_all_scalar(noise, r, cc)))
+    return Factors(*fn(jnp.asarray(R, float), jnp.asarray(c, float)))
+
+
+def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4))."""
+    fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[0])
+    return fn(jnp.asarray(R, float), jnp.asarray(c, float))
+
+
+def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5))."""
+    fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[1])
+    return fn(jnp.asarray(R, float), jnp.asarray(c, float))
+
+
+def nu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Unitless variance reduction factor ``nu_abs / (2R + sigma^2)`` (eq. (2.6))."""
+    return reduction_factors(noise, R, c).nu
+
+
+def ccc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Clipping comparison criterion ``mu^2 / nu`` (theory/derivation.md, eq. (4.3))."""
+    return reduction_factors(noise, R, c).ccc
+
+
+def csc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Clipped stability criterion ``mu / nu`` (theory/derivation.md, eq. (4.1))."""
+    return reduction_factors(noise, R, c).csc
+
+
+def max_stable_lr(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+    """Largest stable learning rate ``2 mu / nu`` with the factors frozen at ``R`` (eq. (4.2)).
+
+    ``2`` for unclipped SGD with finite-variance noise; ``inf`` where ``nu = 0``.
+    """
+    return 2.0 * csc(noise, R, c)
+
+
+def _log_ratio(noise: NoiseLaw, R: Array, log_c: Array) -> Array:
+    """``log(mu^2 / nu_abs)``: CCC up to the factor ``2R + sigma^2``, which does not depend on
+    ``c``, so its argmax is CCC's argmax even when ``sigma^2`` is infinite."""
+    m, na, _ = _factors_scalar(noise, R, jnp.exp(log_c))
+    return 2.0 * jnp.log(m) - jnp.log(na)
+
+
+def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int) -> Array:
+    R = jnp.asarray(R, float)
+    scale = jnp.asarray(noise.scale, float)
+    s_ref = jnp.sqrt(2.0 * R + jnp.where(jnp.isfinite(scale), scale * scale, 0.0))
+    s_ref = jnp.where(s_ref > 0, s_ref, 1.0)
+    log_grid = jnp.log(s_ref) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
+    vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc))(log_grid)
+    vals = jnp.where(jnp.isnan(vals), -jnp.inf, vals)
+    i = jnp.argmax(vals)
+    lo = log_grid[jnp.maximum(i - 1, 0)]
+    hi = log_grid[jnp.minimum(i + 1, grid - 1)]
+    # Golden-section search on the bracket around the best grid point.
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def body(_, state):
+        lo, hi = state
+        x1 = hi - g * (hi - lo)
+        x2 = lo + g * (hi - lo)
+        better_left = _log_ratio(noise, R, x1) >= _log_ratio(noise, R, x2)
+        return jnp.where(better_left, lo, x1), jnp.where(better_left, x2, hi)
+
+    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    log_c = 0.5 * (lo + hi)
+    best = _log_ratio(noise, R, log_c)
+    sigma2 = jnp.asarray(noise.second_moment, float)
+    # Unclipped SGD (c = inf) has mu^2 / nu_abs = 1 / (2R + sigma^2). A finite c must beat it by
+    # more than rounding: for Gaussian noise CCC rises to 1 and is flat at 1 in floating point.
+    unclipped = -jnp.log(2.0 * R + sigma2)
+    return jnp.where(unclipped >= best - 1e-12, jnp.inf, jnp.exp(log_c))
+
+
+def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: int = 60) -> Array:
+    """The threshold ``c*(R) = argmax_c CCC_c(R)``; ``inf`` when no finite ``c`` beats SGD.
+
+    A log-spaced scan of ``c`` over ``[1e-4, 1e4] * sqrt(2R + scale^2)`` brackets the maximum,
+    which a golden-section search then refines to relative precision about 1e-12.
+
+    Args:
+        noise: a noise law.
+        R: risk, ``> 0`` (any shape).
+        grid: points of the initial scan (static).
+        iters: golden-section iterations (static).
+
+    Returns:
+        ``c*`` with the shape of ``R``.
+
+    References:
+        theory/derivation.md, eq. (4.5); THEORY.md section 4.
+    """
+    fn = jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters))
+    return fn(jnp.asarray(R, float))

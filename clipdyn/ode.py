@@ -1,0 +1,295 @@
+"""The deterministic equivalent of clipped SGD: an ODE for the mode energies.
+
+With ``v_i(t) = 1/2 <theta_t - theta*, u_i>^2`` and ``R = sum_i lam_i v_i`` (THEORY.md section 2;
+theory/derivation.md, eq. (2.7)):
+
+    dv_i/dt = -2 eta mu_c(R) lam_i v_i + eta^2 lam_i nu_abs_c(R) / (2 Tr K),
+
+where ``(eta, c) = schedule(t, R)``. The modes couple only through the scalar ``R``, so the
+Jacobian is ``diag(-2 eta mu lam) + u lam^T``: diagonal plus rank one. The solver is the
+L-stable, stiffly accurate Rosenbrock method RODAS4 (Hairer and Wanner, *Solving ODEs II*,
+section IV.7) with embedded error estimate and adaptive steps; its linear systems
+``(I / (h gamma) - J) k = r`` are solved by the Sherman-Morrison formula in ``O(d)``
+(theory/derivation.md, eq. (6.2)), so no ``d x d`` matrix is ever formed.
+
+Modes with equal ``(lam_i, v_i(0))`` stay equal for ever and are merged before solving (the
+identity spectrum is one mode whatever ``d``); ``lam_i = 0`` modes never move.
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733, eq. (ODE) / section 2;
+    theory/derivation.md, sections 2 and 6.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipdyn import factors
+from clipdyn.problem import Problem
+
+Array = jax.Array
+
+__all__ = ["ODEResult", "ODESolverError", "solve_ode", "ode_risk", "STATUS"]
+
+STATUS = {0: "ok", 1: "diverged", 2: "step limit reached", 3: "step size underflow"}
+
+# RODAS4 coefficients (Hairer & Wanner 1996, the RODAS code, method choice 1), padded to 6x6 so
+# the stages run in one scan. Row i of _A gives stage i's point v + sum_j A[i, j] k_j; rows 4 and 5
+# are the stiffly accurate ones (Y_5 = Y_4 + k_5, and the solution is Y_5 + k_6).
+_GAMMA = 0.25
+_A = np.zeros((6, 6))
+_A[1, :1] = (1.544000000000000,)
+_A[2, :2] = (0.9466785280815826, 0.2557011698983284)
+_A[3, :3] = (3.314825187068521, 2.896124015972201, 0.9986419139977817)
+_A[4, :4] = (1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950)
+_A[5] = _A[4] + np.eye(6)[4]
+_B = _A[5] + np.eye(6)[5]
+_C = np.zeros((6, 6))
+_C[1, :1] = (-5.668800000000000,)
+_C[2, :2] = (-2.430093356833875, -0.2063599157091915)
+_C[3, :3] = (-0.1073529058151375, -9.594562251023355, -20.47028614809616)
+_C[4, :4] = (7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160)
+_C[5, :5] = (8.083246795921522, -7.981132988064893, -31.52159432874371, 16.31930543123136,
+             -6.058818238834054)
+_CT = np.array([0.0, 0.386, 0.21, 0.63, 1.0, 1.0])
+_D = np.array([0.25, -0.1043, 0.1035, -0.03620000000000023, 0.0, 0.0])
+
+
+class ODESolverError(RuntimeError):
+    """The ODE solver could not reach the requested time (not a divergence of the dynamics)."""
+
+
+class ODEResult(NamedTuple):
+    """Output of :func:`solve_ode`.
+
+    Attributes:
+        t: output times, shape ``(n,)``.
+        risk: ``R(t)``; ``nan`` after a divergence (see ``diverged``), shape ``(n,)``.
+        v: mode energies ``v_i(t)``, shape ``(n, d)``, when requested; else ``None``.
+        diverged: whether ``R`` exceeded ``divergence_factor * R0`` or became infinite.
+        diverged_at: the time it did (``nan`` if it did not).
+        n_steps: accepted steps. n_rejected: rejected steps.
+    """
+
+    t: Array
+    risk: Array
+    v: Array | None
+    diverged: Array
+    diverged_at: Array
+    n_steps: Array
+    n_rejected: Array
+
+
+class _Core(NamedTuple):
+    """What the jitted solver needs: merged modes and their multiplicities."""
+
+    lam: Array
+    mult: Array
+    v0: Array
+    trace: Array
+
+
+def _coefficients(schedule: Callable, noise, trace: Array) -> Callable:
+    """``(t, R) -> (a, b)`` with ``a = eta mu`` and ``b = eta^2 nu_abs / (2 Tr K)``."""
+
+    def coef(t, R):
+        eta, c = schedule(t, R)
+        m, na, _ = factors._factors_scalar(noise, R, c)
+        return jnp.stack([eta * m, eta * eta * na / (2.0 * trace)])
+
+    return coef
+
+
+def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_steps: int,
+                divergence_factor, return_modes: bool):
+    lam, mult, v0, trace = core
+    w = lam * mult  # dR/dv
+    R0 = jnp.sum(w * v0)
+    coef = _coefficients(schedule, noise, trace)
+    atol_v = atol * jnp.max(v0)
+    atol_R = atol * R0
+    n_modes = jnp.sum(mult)
+
+    def rhs(t, v):
+        ab = coef(t, jnp.dot(w, v))
+        return lam * (-2.0 * ab[0] * v + ab[1])
+
+    def step(t, v, h):
+        R = jnp.dot(w, v)
+        ab = coef(t, R)
+        d_ab = jax.jacfwd(coef, argnums=(0, 1))(t, R)  # (d/dt, d/dR) of (a, b)
+        diag = -2.0 * ab[0] * lam
+        u = lam * (-2.0 * d_ab[1][0] * v + d_ab[1][1])
+        f_t = lam * (-2.0 * d_ab[0][0] * v + d_ab[0][1])
+        m_inv = 1.0 / (1.0 / (h * _GAMMA) - diag)
+        z = u * m_inv
+        denom = 1.0 - jnp.dot(w, z)
+
+        def solve(r):  # (I/(h gamma) - diag - u w^T)^{-1} r, Sherman-Morrison
+            y = r * m_inv
+            return y + z * (jnp.dot(w, y) / denom)
+
+        def stage(ks, i):
+            y = v + jnp.tensordot(jnp.asarray(_A)[i], ks, axes=1)
+            r = rhs(t + jnp.asarray(_CT)[i] * h, y)
+            r = r + jnp.tensordot(jnp.asarray(_C)[i], ks, axes=1) / h + h * jnp.asarray(_D)[i] * f_t
+            return ks.at[i].set(solve(r)), None
+
+        ks, _ = jax.lax.scan(stage, jnp.zeros((6,) + v.shape, v.dtype), jnp.arange(6))
+        v_new = v + jnp.tensordot(jnp.asarray(_B), ks, axes=1)
+        err_v = ks[5] / (atol_v + rtol * jnp.maximum(jnp.abs(v), jnp.abs(v_new)))
+        err_modes = jnp.sqrt(jnp.sum(mult * err_v * err_v) / n_modes)
+        R_new = jnp.dot(w, v_new)
+        err_R = jnp.abs(jnp.dot(w, ks[5])) / (atol_R + rtol * jnp.abs(R_new))
+        err = jnp.maximum(err_modes, err_R)
+        ok = jnp.isfinite(err) & (denom > 0) & jnp.all(jnp.isfinite(v_new))
+        return v_new, jnp.where(ok, err, jnp.inf), jnp.all(jnp.isfinite(ab))
+
+    # Initial step: a small fraction of the fastest relaxation time 1 / (2 eta mu lam_max).
+    a0 = coef(t_out[0], R0)[0]
+    rate = 2.0 * jnp.abs(a0) * jnp.max(lam)
+    h0 = jnp.minimum(t_out[-1] - t_out[0], 0.01 / jnp.maximum(rate, 1e-300))
+    h0 = jnp.where(h0 > 0, h0, 1.0)
+
+    def advance(carry, t_target):
+        def cond(c):
+            t, _, _, status, n, _ = c
+            return (t < t_target) & (status == 0)
+
+        def body(c):
+            t, v, h, status, n, nrej = c
+            last = h >= t_target - t
+            h_try = jnp.where(last, t_target - t, h)
+            v_new, err, coef_finite = step(t, v, h_try)
+            accept = err <= 1.0
+            fac = jnp.clip(0.9 * err ** -0.25, 0.2, 6.0)
+            fac = jnp.where(jnp.isfinite(err), fac, 0.2)
+            h_next = h_try * fac
+            h_next = jnp.where(accept & last, jnp.maximum(h_next, h), h_next)
+            t_new = jnp.where(accept, jnp.where(last, t_target, t + h_try), t)
+            v_acc = jnp.where(accept, v_new, v)
+            R_new = jnp.dot(w, v_acc)
+            blown = ~coef_finite | (accept & ~(R_new <= divergence_factor * R0))
+            status = jnp.where(blown, 1, status)
+            status = jnp.where((status == 0) & (h_next < 1e-13 * jnp.maximum(1.0, jnp.abs(t))), 3, status)
+            status = jnp.where((status == 0) & (n + 1 >= max_steps), 2, status)
+            t_new = jnp.where(blown, t, t_new)
+            v_acc = jnp.where(blown, v, v_acc)
+            return (t_new, v_acc, h_next, status, n + accept.astype(n.dtype),
+                    nrej + (~accept).astype(n.dtype))
+
+        t, v, h, status, n, nrej = carry
+        t, v, h, status, n, nrej = jax.lax.while_loop(cond, body, (t, v, h, status, n, nrej))
+        good = status == 0
+        risk = jnp.where(good, jnp.dot(w, v), jnp.nan)
+        out = (risk, jnp.where(good, v, jnp.nan)) if return_modes else (risk,)
+        return (t, v, h, status, n, nrej), (out, t)
+
+    init = (t_out[0], v0, h0, jnp.asarray(0), jnp.asarray(0), jnp.asarray(0))
+    (t_end, _, _, status, n, nrej), (outs, _) = jax.lax.scan(advance, init, t_out[1:])
+    risk = jnp.concatenate([R0[None], outs[0]])
+    modes = jnp.concatenate([v0[None], outs[1]]) if return_modes else None
+    return risk, modes, status, t_end, n, nrej
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps", "return_modes"))
+def ode_risk(core: _Core, noise, schedule, t_out: Array, rtol=1e-9, atol=1e-12,
+             max_steps: int = 200_000, divergence_factor=1e6, return_modes: bool = False):
+    """Jitted, vmappable solver on merged modes (see :func:`solve_ode` for the friendly entry).
+
+    Returns:
+        ``(risk, modes, status, t_reached, n_steps, n_rejected)``; ``status`` indexes
+        :data:`STATUS`.
+    """
+    return _solve_core(core, noise, schedule, t_out, rtol, atol, max_steps, divergence_factor,
+                       return_modes)
+
+
+def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
+    """Merge modes with equal ``(lam, v0)`` and drop ``lam = 0`` modes.
+
+    Returns:
+        ``(core, index, moving)``: ``index[i]`` is the merged mode of original mode ``i``
+        (where ``moving[i]``), for expanding mode energies back.
+    """
+    lam = np.asarray(problem.lam, float)
+    v0 = np.asarray(problem.v0, float)
+    moving = lam > 0
+    keys = np.stack([lam[moving], v0[moving]], axis=1)
+    uniq, index, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    core = _Core(jnp.asarray(uniq[:, 0]), jnp.asarray(counts, float), jnp.asarray(uniq[:, 1]),
+                 jnp.asarray(lam.sum()))
+    return core, np.ravel(index), moving
+
+
+def solve_ode(
+    problem: Problem,
+    schedule,
+    T: float,
+    points: int = 101,
+    *,
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+    max_steps: int = 200_000,
+    divergence_factor: float = 1e6,
+    return_modes: bool = False,
+) -> ODEResult:
+    """Solve the ODE for ``R(t)`` on ``points`` evenly spaced times in ``[0, T]``.
+
+    Args:
+        problem: spectrum, start and noise (:func:`clipdyn.problem.make_problem`).
+        schedule: a schedule from :mod:`clipdyn.schedules` (``Constant(eta, inf)`` is SGD).
+        T: horizon, ``> 0``.
+        points: number of output times (including 0 and ``T``), ``>= 2``.
+        rtol, atol: error tolerances; ``atol`` is relative to ``R0`` (for ``R``) and to
+            ``max v_i(0)`` (for the modes). The defaults give ``R`` to about 1e-8 relative.
+        max_steps: step limit.
+        divergence_factor: the dynamics are reported diverged once ``R > factor * R0``.
+        return_modes: also return ``v_i(t)`` at the output times (``points x d`` floats).
+
+    Returns:
+        :class:`ODEResult`.
+
+    Raises:
+        ValueError: for a bad ``T`` or ``points``.
+        ODESolverError: when the step limit is reached or the step size underflows.
+
+    References:
+        theory/derivation.md, eqs. (2.7) and (6.1)-(6.3).
+    """
+    if not (np.isfinite(T) and T > 0):
+        raise ValueError(f"T={T} is not allowed; T must be finite and > 0")
+    if int(points) != points or points < 2:
+        raise ValueError(f"points={points} is not allowed; points must be an integer >= 2")
+    core, index, moving = merge_modes(problem)
+    t_out = jnp.linspace(0.0, float(T), int(points))
+    risk, modes, status, t_end, n, nrej = ode_risk(
+        core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
+        bool(return_modes),
+    )
+    status = int(status)
+    if status in (2, 3):
+        raise ODESolverError(
+            f"ODE solver stopped at t={float(t_end):.6g} of T={T}: {STATUS[status]} "
+            f"after {int(n)} steps ({int(nrej)} rejected); try a larger max_steps or looser rtol"
+        )
+    diverged = status == 1
+    v_full = None
+    if return_modes:
+        v_full = np.tile(np.asarray(problem.v0, float), (int(points), 1))
+        v_full[:, moving] = np.asarray(modes)[:, index]
+        v_full = jnp.asarray(v_full)
+    return ODEResult(
+        t=t_out,
+        risk=risk,
+        v=v_full,
+        diverged=jnp.asarray(diverged),
+        diverged_at=jnp.asarray(float(t_end) if diverged else np.nan),
+        n_steps=n,
+        n_rejected=nrej,
+    )

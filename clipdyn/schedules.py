@@ -1,0 +1,233 @@
+"""Learning-rate and clipping-threshold schedules, shared by the ODE and the simulators.
+
+A schedule is a pytree with ``__call__(t, R) -> (eta, c)``: the dimension-free learning rate and
+threshold at ODE time ``t = k / Tr K`` when the current risk is ``R``. Constants, functions of
+time and feedback rules of ``R`` all have this form, so both engines consume the same object and
+their curves are comparable. Array-valued parameters can be traced and vmapped (sweeps build
+batched schedules and ``vmap`` over them).
+
+Feedback rules use the compensated learning rate ``eta / mu_{c_t}(R_t)`` (THEORY.md section 4), so
+the drift matches unclipped SGD with learning rate ``eta``.
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733, section 4; theory/derivation.md, section 5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from clipdyn import factors
+from clipdyn.noise import NoiseLaw, _check
+
+Array = jax.Array
+
+__all__ = [
+    "Constant",
+    "TimeVarying",
+    "StepDecay",
+    "PiecewiseConstant",
+    "MaxCCC",
+    "Heuristic",
+    "constant",
+    "max_ccc",
+    "heuristic",
+]
+
+
+def _pytree(cls):
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
+
+
+def _check_eta(eta) -> None:
+    _check("schedule", "eta", eta, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+
+
+def _check_clip(c) -> None:
+    _check("schedule", "clip", c, lambda a: ~np.isnan(a) & (a >= 0), ">= 0 (inf: unclipped)")
+
+
+def _like(x, R: Array) -> Array:
+    return jnp.asarray(x, R.dtype)
+
+
+@_pytree
+class Constant:
+    """Constant learning rate ``eta`` and threshold ``clip`` (``inf``: unclipped SGD)."""
+
+    eta: ArrayLike
+    clip: ArrayLike = math.inf
+
+    def __post_init__(self):
+        _check_eta(self.eta)
+        _check_clip(self.clip)
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        return _like(self.eta, R), _like(self.clip, R)
+
+
+def constant(eta: ArrayLike, clip: ArrayLike = math.inf) -> Constant:
+    """A constant schedule; ``clip=inf`` is unclipped SGD."""
+    return Constant(eta, clip)
+
+
+@_pytree
+class TimeVarying:
+    """``eta(t)`` and ``clip(t)`` given as JAX-traceable functions of time (or constants).
+
+    The functions are static: each new function compiles anew, so prefer the parametrised
+    schedules (:class:`StepDecay`, :class:`PiecewiseConstant`) inside sweeps.
+    """
+
+    eta_fn: Callable | float = dataclasses.field(metadata=dict(static=True))
+    clip_fn: Callable | float = dataclasses.field(default=math.inf, metadata=dict(static=True))
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        eta = self.eta_fn(t) if callable(self.eta_fn) else self.eta_fn
+        c = self.clip_fn(t) if callable(self.clip_fn) else self.clip_fn
+        return _like(eta, R), _like(c, R)
+
+
+@_pytree
+class StepDecay:
+    """``eta * factor^floor(t / every)`` with a constant threshold."""
+
+    eta: ArrayLike
+    factor: ArrayLike
+    every: ArrayLike
+    clip: ArrayLike = math.inf
+
+    def __post_init__(self):
+        _check_eta(self.eta)
+        _check("step-decay", "factor", self.factor, lambda a: (a > 0) & (a <= 1), "in (0, 1]")
+        _check("step-decay", "every", self.every, lambda a: a > 0, "> 0")
+        _check_clip(self.clip)
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        k = jnp.floor(_like(t, R) / _like(self.every, R))
+        return _like(self.eta, R) * _like(self.factor, R) ** k, _like(self.clip, R)
+
+
+@_pytree
+class PiecewiseConstant:
+    """Learning rate ``etas[j]`` on ``[boundaries[j-1], boundaries[j])``, constant threshold.
+
+    ``boundaries`` has one entry fewer than ``etas``; the last value holds for ever.
+    """
+
+    boundaries: ArrayLike
+    etas: ArrayLike
+    clip: ArrayLike = math.inf
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        j = jnp.searchsorted(_like(self.boundaries, R), _like(t, R), side="right")
+        return _like(self.etas, R)[j], _like(self.clip, R)
+
+
+def _unit_scale(noise: NoiseLaw, R: Array) -> Array:
+    """``sqrt(2R + scale^2)``: the natural unit of the threshold at risk ``R``."""
+    s = jnp.asarray(noise.scale, R.dtype)
+    s2 = jnp.where(jnp.isfinite(s), s * s, 0.0)
+    out = jnp.sqrt(2.0 * R + s2)
+    return jnp.where(out > 0, out, 1.0)
+
+
+@_pytree
+class MaxCCC:
+    """The max-CCC schedule: ``c_t = argmax_c CCC_c(R_t)``, ``eta_t = eta / mu_{c_t}(R_t)``.
+
+    The optimal threshold is tabulated once (:func:`max_ccc`) on a log grid of ``R`` as
+    ``u = c* / (c* + sqrt(2R + scale^2))`` in ``[0, 1]`` (``u = 1``: no clipping) and
+    interpolated linearly in ``log R``; the compensation ``mu`` is evaluated exactly at the
+    threshold used. Build it with :func:`max_ccc`.
+    """
+
+    eta: ArrayLike
+    noise: NoiseLaw
+    log_R: Array
+    u: Array
+
+    def threshold(self, R: Array) -> Array:
+        R = jnp.asarray(R)
+        u = jnp.interp(jnp.log(R), _like(self.log_R, R), _like(self.u, R))
+        unit = _unit_scale(self.noise, R)
+        return jnp.where(u >= 1.0 - 1e-9, jnp.inf, unit * u / jnp.maximum(1.0 - u, 1e-9))
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        c = self.threshold(R)
+        m = factors.mu(self.noise, R, c).astype(R.dtype)
+        return _like(self.eta, R) / m, c
+
+
+def max_ccc(
+    eta: ArrayLike, noise: NoiseLaw, *, R_min: float = 1e-14, R_max: float = 1e8, points: int = 321
+) -> MaxCCC:
+    """Tabulate the max-CCC schedule for ``noise`` (theory/derivation.md, eq. (5.1)).
+
+    Args:
+        eta: base learning rate (the compensated rate is ``eta / mu``).
+        noise: the noise law.
+        R_min, R_max: tabulated range of ``R`` in units of ``scale^2`` (clamped outside).
+        points: grid points (0.07 decades apart by default; ``c*`` varies slowly in ``log R``).
+
+    Returns:
+        The :class:`MaxCCC` schedule.
+    """
+    _check_eta(eta)
+    s = float(noise.scale) if np.isfinite(float(noise.scale)) and float(noise.scale) > 0 else 1.0
+    log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
+    R = jnp.exp(log_R)
+    c_star = jax.jit(lambda r: factors.optimal_threshold(noise, r))(R)
+    unit = _unit_scale(noise, R)
+    u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
+    return MaxCCC(eta, noise, log_R, u)
+
+
+@_pytree
+class Heuristic:
+    """The one-parameter schedule ``c_t = kappa sqrt(2 R_t + sigma^2)``, ``eta_t = eta / mu``.
+
+    ``sigma^2`` defaults to the law's ``E[eps^2]``; for laws without one (Cauchy, Student-t with
+    ``df <= 2``) pass a finite ``sigma2`` explicitly (for example ``scale^2``).
+    """
+
+    eta: ArrayLike
+    kappa: ArrayLike
+    noise: NoiseLaw
+    sigma2: ArrayLike
+
+    def threshold(self, R: Array) -> Array:
+        return _like(self.kappa, R) * jnp.sqrt(2.0 * R + _like(self.sigma2, R))
+
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        c = self.threshold(R)
+        m = factors.mu(self.noise, R, c).astype(R.dtype)
+        return _like(self.eta, R) / m, c
+
+
+def heuristic(
+    eta: ArrayLike, kappa: ArrayLike, noise: NoiseLaw, sigma2: ArrayLike | None = None
+) -> Heuristic:
+    """The heuristic schedule of the paper's v2 (theory/derivation.md, eq. (5.2)).
+
+    Raises:
+        ValueError: for ``kappa <= 0`` or a law of infinite variance with no ``sigma2`` given.
+    """
+    _check_eta(eta)
+    _check("heuristic", "kappa", kappa, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    if sigma2 is None:
+        sigma2 = noise.second_moment
+        if not np.isfinite(float(sigma2)):
+            raise ValueError(
+                "heuristic: the noise law has infinite variance, so kappa*sqrt(2R + sigma^2) is "
+                "undefined; give sigma2 explicitly (e.g. heuristic:kappa=K,sigma2=S) or use max-ccc"
+            )
+    _check("heuristic", "sigma2", sigma2, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+    return Heuristic(eta, kappa, noise, sigma2)
