@@ -62,7 +62,7 @@ class MixtureRep(NamedTuple):
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer) and isinstance(
-        x, (int, float, np.ndarray, np.generic, jax.Array)
+        x, (int, float, list, tuple, np.ndarray, np.generic, jax.Array)
     )
 
 

@@ -1,0 +1,133 @@
+"""The command line: output shape, values against the library, and one-line errors."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipdyn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_factors_json_records(capsys):
+    code, out, _ = run(capsys, "factors", "--noise", "gaussian:sigma=1", "--R", "0.5",
+                       "--c", f"{math.sqrt(2)},inf", "--json")
+    assert code == 0
+    recs = json.loads(out)
+    assert [set(r) for r in recs] == [{"R", "c", "mu", "nu_abs", "nu", "ccc", "csc"}] * 2
+    assert recs[0]["mu"] == pytest.approx(0.682689, abs=1e-6)
+    assert recs[1]["c"] == "inf" and recs[1]["mu"] == 1.0 and recs[1]["ccc"] == 1.0
+
+
+def test_factors_table_and_lists(capsys):
+    code, out, _ = run(capsys, "factors", "--noise", "student-t:df=3,scale=1", "--R", "0.01:1:3",
+                       "--c", "0.5,1")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["R", "c", "mu", "nu_abs", "nu", "ccc", "csc"]
+    assert len(lines) == 1 + 6
+
+
+def test_ode_json_matches_check_values(capsys):
+    code, out, _ = run(capsys, "ode", "--spectrum", "power-law:d=1000,alpha=0.3", "--noise",
+                       "gaussian:sigma=0.5", "--eta", "1", "--clip", "0.5", "--T", "4",
+                       "--points", "5", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["t"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert res["risk"][1] == pytest.approx(0.9158, abs=5e-5)
+    assert res["risk"][4] == pytest.approx(0.7048, abs=5e-5)
+    assert res["diverged"] is False
+
+
+def test_ode_reports_divergence_without_nan(capsys):
+    code, out, _ = run(capsys, "ode", "--spectrum", "identity:d=100", "--noise", "gaussian:sigma=0.5",
+                       "--eta", "3", "--clip", "inf", "--T", "20", "--points", "5", "--json")
+    assert code == 0
+    assert "NaN" not in out
+    res = json.loads(out)
+    assert res["diverged"] is True and res["risk"][-1] is None and 0 < res["diverged_at"] < 20
+
+
+def test_ode_spectrum_file_and_schedules(tmp_path, capsys):
+    f = tmp_path / "lam.npy"
+    np.save(f, np.linspace(1.0, 0.01, 50))
+    for clip in ("max-ccc", "heuristic:kappa=1"):
+        code, out, err = run(capsys, "ode", "--spectrum", f"file:{f}", "--noise", "rademacher:sigma=0.5",
+                             "--eta", "0.5", "--clip", clip, "--T", "2", "--points", "3", "--json")
+        assert code == 0, err
+        assert len(json.loads(out)["risk"]) == 3
+
+
+BAD = [
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "gaussian:sigma=-1", "--eta", "1",
+      "--clip", "1", "--T", "1"], "sigma=-1"),
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "student-t:df=0", "--eta", "1",
+      "--clip", "1", "--T", "1"], "df=0"),
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "gaussian", "--eta", "0",
+      "--clip", "1", "--T", "1"], "--eta=0"),
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "gaussian", "--eta", "1",
+      "--clip", "-2", "--T", "1"], "clip '-2'"),
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "gaussian", "--eta", "1",
+      "--clip", "1", "--R0", "0", "--T", "1"], "--R0=0"),
+    (["ode", "--spectrum", "power-law:d=10,alpha=1", "--noise", "gaussian", "--eta", "1",
+      "--clip", "1", "--T", "-1"], "--T=-1"),
+    (["ode", "--spectrum", "power-law:d=10", "--noise", "gaussian", "--eta", "1",
+      "--clip", "1", "--T", "1"], "missing alpha"),
+    (["ode", "--spectrum", "banana:d=3", "--noise", "gaussian", "--eta", "1", "--clip", "1",
+      "--T", "1"], "unknown spectrum"),
+    (["ode", "--spectrum", "identity:d=3", "--noise", "weird", "--eta", "1", "--clip", "1",
+      "--T", "1"], "unknown law"),
+    (["ode", "--spectrum", "identity:d=3", "--noise", "gaussian:sigma", "--eta", "1", "--clip", "1",
+      "--T", "1"], "key=value"),
+    (["ode", "--spectrum", "identity:d=3", "--noise", "gaussian:mu=1", "--eta", "1", "--clip", "1",
+      "--T", "1"], "unknown key"),
+    (["ode", "--spectrum", "identity:d=3", "--noise", "cauchy", "--eta", "1",
+      "--clip", "heuristic:kappa=1", "--T", "1"], "infinite variance"),
+    (["factors", "--noise", "gaussian", "--R", "-1", "--c", "1"], "--R"),
+    (["factors", "--noise", "gaussian", "--R", "1", "--c", "abc"], "'abc' is not a number"),
+    (["factors", "--noise", "mixture:weights=1/1,means=0,sigmas=1/1", "--R", "1", "--c", "1"],
+     "same length"),
+]
+
+
+@pytest.mark.parametrize("argv, text", BAD)
+def test_bad_input_is_one_clear_line(capsys, argv, text):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("clipdyn: error:")
+    assert text in err
+    assert "Traceback" not in err
+
+
+def test_bad_spectrum_file(tmp_path, capsys):
+    f = tmp_path / "lam.npy"
+    np.save(f, np.array([1.0, np.nan]))
+    code, _, err = run(capsys, "ode", "--spectrum", f"file:{f}", "--noise", "gaussian", "--eta", "1",
+                       "--clip", "1", "--T", "1")
+    assert code == 2 and "entry 1" in err
+    code, _, err = run(capsys, "ode", "--spectrum", f"file:{tmp_path / 'missing.npy'}", "--noise",
+                       "gaussian", "--eta", "1", "--clip", "1", "--T", "1")
+    assert code == 2 and "does not exist" in err
+
+
+def test_console_script_entry_point():
+    exe = Path(sys.executable).parent / "clipdyn"
+    out = subprocess.run([str(exe), "factors", "--noise", "gaussian", "--R", "1", "--c", "1", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["R"] == 1.0
+    bad = subprocess.run([str(exe), "factors", "--noise", "gaussian", "--R", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--c" in bad.stderr

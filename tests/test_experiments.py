@@ -1,0 +1,29 @@
+"""Every experiment script runs end to end at a tiny size, and its plot script draws from the
+saved results alone."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipdyn.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ["criteria"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_runs_at_tiny_size(tmp_path, name):
+    data = tmp_path / f"{name}.npz"
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(data),
+                          "--size", "tiny"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    arrays, meta = load_results(data)
+    assert arrays and meta["config"]["study"] == name
+    assert meta["provenance"]["jax_version"]
+    png = tmp_path / f"{name}.png"
+    plot = subprocess.run([sys.executable, str(ROOT / "experiments" / f"plot_{name.replace('-', '_')}.py"),
+                           str(data), str(png)], capture_output=True, text=True, timeout=300)
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert png.stat().st_size > 10_000
