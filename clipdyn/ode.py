@@ -238,6 +238,7 @@ def solve_ode(
     max_steps: int = 200_000,
     divergence_factor: float = 1e6,
     return_modes: bool = False,
+    times=None,
 ) -> ODEResult:
     """Solve the ODE for ``R(t)`` on ``points`` evenly spaced times in ``[0, T]``.
 
@@ -251,6 +252,8 @@ def solve_ode(
         max_steps: step limit.
         divergence_factor: the dynamics are reported diverged once ``R > factor * R0``.
         return_modes: also return ``v_i(t)`` at the output times (``points x d`` floats).
+        times: explicit output times instead (increasing, starting at 0; ``T`` and ``points``
+            are then ignored), e.g. a simulation's step times.
 
     Returns:
         :class:`ODEResult`.
@@ -262,12 +265,17 @@ def solve_ode(
     References:
         theory/derivation.md, eqs. (2.7) and (6.1)-(6.3).
     """
+    if times is not None:
+        t_out = np.asarray(times, dtype=float)
+        if t_out.ndim != 1 or t_out.size < 2 or t_out[0] != 0 or np.any(np.diff(t_out) <= 0):
+            raise ValueError("times must be increasing, start at 0 and have at least 2 entries")
+        T, points = float(t_out[-1]), t_out.size
     if not (np.isfinite(T) and T > 0):
         raise ValueError(f"T={T} is not allowed; T must be finite and > 0")
     if int(points) != points or points < 2:
         raise ValueError(f"points={points} is not allowed; points must be an integer >= 2")
     core, index, moving = merge_modes(problem)
-    t_out = jnp.linspace(0.0, float(T), int(points))
+    t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
     risk, modes, status, t_end, n, nrej = ode_risk(
         core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
         bool(return_modes),

@@ -1,0 +1,313 @@
+"""Jitted streaming simulators: clipped SGD (C-SGD), unclipped SGD and clipped homogenized SGD.
+
+Everything runs in the eigenbasis of ``K``: a sample is ``x = sqrt(lam) * z`` with
+``z ~ N(0, I_d)``, so a step costs ``O(d)`` and ``K`` is never formed (THEORY.md section 1). The
+state is the error ``e = theta - theta*`` in eigen-coordinates; the risk is
+``R = 1/2 sum_i lam_i e_i^2``.
+
+* C-SGD (theory/derivation.md, eq. (1.3)), one fresh sample per step, ODE time ``t = k / Tr K``:
+  ``e <- e - (eta / Tr K) clip_{c sqrt(Tr K)}((<x, e> - eps) x)``; ``c = inf`` is plain SGD.
+* C-HSGD (eq. (2.8)): ``de_i = -eta mu lam_i e_i dt + eta sqrt(nu_abs lam_i / Tr K) dB_i``,
+  discretised by the exact Ornstein-Uhlenbeck step with ``mu``, ``nu_abs`` frozen over the step
+  (exponential Euler-Maruyama, eq. (2.10)) and ``dt = 1 / Tr K`` by default, so one HSGD step
+  stands for one SGD step and the time step is ``1 / Tr K`` against the ODE's ``O(1)`` scales.
+
+Simulators are ``(init_fn, step_fn)`` pairs over a :class:`RunState` pytree (as in jax-md).
+The sample stream of a seed is ``draw_sample(stream_key, k)``: runs that share a seed share their
+samples (common random numbers), and the batched runner draws each seed's samples once and uses
+them for every configuration. Learning rate and threshold come from a schedule evaluated at the
+run's own current ``(t, R)``.
+
+Divergence: a run whose risk exceeds ``divergence_factor * R0`` or becomes non-finite is frozen
+and flagged with the step at which it happened; it cannot affect other runs.
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733, sections 1-2 and Theorem 1;
+    theory/derivation.md, sections 1-2.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipdyn import factors
+from clipdyn.problem import Problem
+
+Array = jax.Array
+
+__all__ = [
+    "RunState",
+    "SimProblem",
+    "Sample",
+    "prepare",
+    "split_seed",
+    "draw_sample",
+    "initial_error",
+    "sgd",
+    "hsgd",
+    "simulator",
+    "output_steps",
+    "run_batch",
+]
+
+METHODS = ("sgd", "hsgd")
+
+
+class SimProblem(NamedTuple):
+    """The problem in the simulation precision, with ``sqrt(lam)`` and ``Tr K`` precomputed."""
+
+    lam: Array
+    sqrt_lam: Array
+    v0: Array
+    trace: Array
+    R0: Array
+    noise: object
+
+
+class RunState(NamedTuple):
+    """State of one run.
+
+    Attributes:
+        e: ``theta - theta*`` in eigen-coordinates, ``(d,)``.
+        risk: current risk ``R``.
+        k: steps taken.
+        diverged: whether the run diverged (it is then frozen).
+        diverged_step: the step at which it diverged (``-1`` if it did not).
+    """
+
+    e: Array
+    risk: Array
+    k: Array
+    diverged: Array
+    diverged_step: Array
+
+
+class Sample(NamedTuple):
+    """One step's randomness: ``z ~ N(0, I_d)`` and the label noise ``eps``."""
+
+    z: Array
+    eps: Array
+
+
+def prepare(problem: Problem, dtype=jnp.float32) -> SimProblem:
+    """Cast the problem to the simulation dtype."""
+    lam = jnp.asarray(problem.lam, dtype)
+    return SimProblem(
+        lam=lam,
+        sqrt_lam=jnp.sqrt(lam),
+        v0=jnp.asarray(problem.v0, dtype),
+        trace=jnp.asarray(np.sum(np.asarray(problem.lam, np.float64)), dtype),
+        R0=jnp.asarray(np.sum(np.asarray(problem.lam) * np.asarray(problem.v0)), dtype),
+        noise=problem.noise.astype(dtype),
+    )
+
+
+def split_seed(key: Array) -> tuple[Array, Array]:
+    """``(init_key, stream_key)`` of a run's seed key."""
+    k1, k2 = jax.random.split(key)
+    return k1, k2
+
+
+def draw_sample(stream_key: Array, k: Array, prob: SimProblem) -> Sample:
+    """Step ``k``'s sample of a seed's stream: a pure function of ``(stream_key, k)``."""
+    kz, ke = jax.random.split(jax.random.fold_in(stream_key, k))
+    dtype = prob.lam.dtype
+    return Sample(jax.random.normal(kz, prob.lam.shape, dtype), prob.noise.sample(ke, (), dtype))
+
+
+def initial_error(init_key: Array, prob: SimProblem) -> Array:
+    """``e_0 = theta_0 - theta* = -theta*`` with ``|theta*_i| = sqrt(2 v_i(0))`` and random signs,
+    so that ``v_i(0)`` is exact and ``R(theta_0) = R0`` (theory/derivation.md, eq. (1.4))."""
+    signs = jax.random.rademacher(init_key, prob.lam.shape, prob.lam.dtype)
+    return -signs * jnp.sqrt(2.0 * prob.v0)
+
+
+def batch_invariant_sum(x: Array, block: int = 8) -> Array:
+    """Sum over the last axis in a fixed pairwise order, whatever the batch shape around it.
+
+    XLA plans ``jnp.sum`` (and ``jnp.dot``) differently for different batch sizes, so the last
+    bits of a run's reductions, and after many steps its trajectory, would depend on how many
+    runs share the program. Here the order is fixed by slices and elementwise adds in blocks of
+    ``block`` (8: about 1.3x the cost of ``jnp.sum`` on CPU), so a run gives the same numbers
+    alone and inside any sweep; pairwise summation is also more accurate than a running sum.
+    """
+    n = x.shape[-1]
+    while n > 1:
+        blocks = -(-n // block)
+        width = 1 << (min(n, block) - 1).bit_length()
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, blocks * width - n)])
+        x = x.reshape(x.shape[:-1] + (blocks, width))
+        while width > 1:
+            width //= 2
+            x = x[..., :width] + x[..., width:]
+        x = x[..., 0]
+        n = blocks
+    return x[..., 0]
+
+
+def _risk(prob: SimProblem, e: Array) -> Array:
+    return 0.5 * batch_invariant_sum(prob.lam * e * e)
+
+
+def start_state(prob: SimProblem, e: Array) -> RunState:
+    """A fresh run at error ``e``."""
+    return RunState(e, _risk(prob, e), jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                    jnp.full((), -1, jnp.int32))
+
+
+def _init(prob: SimProblem, init_key: Array) -> RunState:
+    return start_state(prob, initial_error(init_key, prob))
+
+
+def _guarded(prob: SimProblem, state: RunState, e_new: Array, bound: Array) -> RunState:
+    """Accept ``e_new`` unless the risk leaves ``[0, bound]`` (or the run had diverged)."""
+    r_new = _risk(prob, e_new)
+    blown = ~(r_new <= bound) & ~state.diverged
+    keep = state.diverged | blown
+    k = state.k + 1
+    return RunState(
+        e=jnp.where(keep, state.e, e_new),
+        risk=jnp.where(keep, state.risk, r_new),
+        k=k,
+        diverged=state.diverged | blown,
+        diverged_step=jnp.where(blown, k, state.diverged_step),
+    )
+
+
+def _sgd_step(prob: SimProblem, schedule: Callable, bound: Array, state: RunState,
+              sample: Sample) -> RunState:
+    t = state.k.astype(prob.lam.dtype) / prob.trace
+    eta, c = schedule(t, state.risk)
+    x = prob.sqrt_lam * sample.z
+    r = batch_invariant_sum(x * state.e) - sample.eps
+    g_norm = jnp.abs(r) * jnp.sqrt(batch_invariant_sum(x * x))
+    limit = c * jnp.sqrt(prob.trace)
+    # min(1, C / ||g||), written so that ||g|| = 0 and C = inf give 1 without a 0/0 or inf/inf.
+    scale = jnp.where(g_norm > limit, limit / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
+    e_new = state.e - (eta / prob.trace) * (scale * r) * x
+    return _guarded(prob, state, e_new, bound)
+
+
+def _hsgd_step(prob: SimProblem, schedule: Callable, bound: Array, dt: Array, state: RunState,
+               sample: Sample) -> RunState:
+    t = state.k.astype(prob.lam.dtype) * dt
+    eta, c = schedule(t, state.risk)
+    m, na, _ = factors._factors_scalar(prob.noise, state.risk, c)
+    m, na = m.astype(prob.lam.dtype), na.astype(prob.lam.dtype)
+    rate = eta * m * prob.lam
+    decay = jnp.exp(-rate * dt)
+    # Variance of the OU step, (1 - e^{-2 rate dt}) / (2 rate), continuous at rate = 0.
+    rate_safe = jnp.where(rate > 0, rate, 1.0)
+    var_factor = jnp.where(rate > 0, -jnp.expm1(-2.0 * rate_safe * dt) / (2.0 * rate_safe), dt)
+    std = eta * jnp.sqrt(na * prob.lam / prob.trace * var_factor)
+    e_new = decay * state.e + std * sample.z
+    return _guarded(prob, state, e_new, bound)
+
+
+def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6):
+    """Streaming C-SGD (unclipped SGD when the schedule's threshold is ``inf``).
+
+    Args:
+        prob: the prepared problem (:func:`prepare`).
+        schedule: ``(t, R) -> (eta, c)``.
+        divergence_factor: a run diverges once ``R > divergence_factor * R0``.
+
+    Returns:
+        ``(init_fn, step_fn)``: ``init_fn(init_key) -> RunState`` and
+        ``step_fn(state, sample) -> RunState``.
+
+    References:
+        theory/derivation.md, eq. (1.3).
+    """
+    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    return functools.partial(_init, prob), functools.partial(_sgd_step, prob, schedule, bound)
+
+
+def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None):
+    """Clipped homogenized SGD by the exact OU step with frozen factors.
+
+    Args:
+        dt: time step; default ``1 / Tr K`` (one SGD step).
+
+    Returns:
+        ``(init_fn, step_fn)`` as :func:`sgd`.
+
+    References:
+        theory/derivation.md, eqs. (2.8) and (2.10).
+    """
+    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    dt = 1.0 / prob.trace if dt is None else jnp.asarray(dt, prob.lam.dtype)
+    return (functools.partial(_init, prob),
+            functools.partial(_hsgd_step, prob, schedule, bound, dt))
+
+
+def simulator(method: str, prob: SimProblem, schedule, divergence_factor=1e6, dt=None):
+    """``(init_fn, step_fn)`` for ``method`` in ``("sgd", "hsgd")``."""
+    if method == "sgd":
+        return sgd(prob, schedule, divergence_factor)
+    if method == "hsgd":
+        return hsgd(prob, schedule, divergence_factor, dt)
+    raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(METHODS)}")
+
+
+def output_steps(T: float, points: int, trace: float, dt: float | None = None) -> np.ndarray:
+    """Steps at which the risk is recorded: ``round(t_j / dt)`` for ``t_j = linspace(0, T, points)``
+    with ``dt = 1 / Tr K`` unless given."""
+    dt = 1.0 / trace if dt is None else dt
+    return np.rint(np.linspace(0.0, T, points) / dt).astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: str = "sgd",
+              divergence_factor=1e6, dt=None):
+    """Run ``S`` seeds x ``C`` configurations as one vmapped program.
+
+    Each seed's samples are drawn once per step (``lax.map`` over seeds, so the draw is the same
+    program as for a lone run) and shared by all ``C`` configurations (common random numbers).
+    The ``S * C`` runs then take their step in one ``vmap``. A run's numbers depend only on its
+    seed and configuration.
+
+    Args:
+        prob: the prepared problem.
+        schedules: a schedule pytree whose array leaves have a leading axis of size ``C``.
+        keys: ``S`` PRNG keys (one per seed).
+        steps: increasing output steps, ``(P,)``, starting at 0.
+        method: ``"sgd"`` or ``"hsgd"``.
+
+    Returns:
+        ``(risk, diverged, diverged_step)`` of shapes ``(S, C, P)``, ``(S, C)``, ``(S, C)``;
+        ``risk`` is ``nan`` at and after a run's divergence.
+    """
+    n_seeds = keys.shape[0]
+    n_cfg = jax.tree.leaves(schedules)[0].shape[0]
+    seed_of = jnp.repeat(jnp.arange(n_seeds), n_cfg)  # run n = (seed n // C, config n % C)
+    runs_schedule = jax.tree.map(lambda x: jnp.tile(x, (n_seeds,) + (1,) * (x.ndim - 1)), schedules)
+    init_keys, stream_keys = jax.vmap(split_seed)(keys)
+
+    def sim(schedule):
+        return simulator(method, prob, schedule, divergence_factor, dt)
+
+    e0 = jax.lax.map(lambda ik: initial_error(ik, prob), init_keys)[seed_of]
+    states = jax.vmap(lambda e: start_state(prob, e))(e0)
+
+    def step_all(k, states):
+        samples = jax.lax.map(lambda sk: draw_sample(sk, k, prob), stream_keys)
+        samples = jax.tree.map(lambda x: x[seed_of], samples)
+        return jax.vmap(lambda st, sa, sc: sim(sc)[1](st, sa))(states, samples, runs_schedule)
+
+    def interval(states, bounds):
+        lo, hi = bounds
+        states = jax.lax.fori_loop(lo, hi, step_all, states)
+        return states, jnp.where(states.diverged, jnp.nan, states.risk)
+
+    states_end, risks = jax.lax.scan(interval, states, (steps[:-1], steps[1:]))
+    risk0 = jnp.where(states.diverged, jnp.nan, states.risk)
+    risk = jnp.concatenate([risk0[None], risks], axis=0).T  # (S * C, P)
+    shape = (n_seeds, n_cfg)
+    return (risk.reshape(shape + (-1,)), states_end.diverged.reshape(shape),
+            states_end.diverged_step.reshape(shape))
