@@ -94,15 +94,28 @@ class Sample(NamedTuple):
     eps: Array
 
 
+PAD = 64
+
+
 def prepare(problem: Problem, dtype=jnp.float32) -> SimProblem:
-    """Cast the problem to the simulation dtype."""
-    lam = jnp.asarray(problem.lam, dtype)
+    """Cast the problem to the simulation dtype and pad ``d`` to a multiple of :data:`PAD`.
+
+    The padding modes have ``lam = 0`` and ``v(0) = 0``: they never move and add exact zeros to
+    every sum. They are there for reproducibility: XLA vectorises elementwise work over the
+    flattened batch, and with ``d`` a multiple of 64 no element of a run ever falls in the scalar
+    remainder loop (which rounds differently, without fused multiply-adds), so a run computes the
+    same numbers alone and inside a sweep of any size.
+    """
+    lam = np.asarray(problem.lam, np.float64)
+    v0 = np.asarray(problem.v0, np.float64)
+    pad = (-lam.size) % PAD
+    lam_p = jnp.asarray(np.pad(lam, (0, pad)), dtype)
     return SimProblem(
-        lam=lam,
-        sqrt_lam=jnp.sqrt(lam),
-        v0=jnp.asarray(problem.v0, dtype),
-        trace=jnp.asarray(np.sum(np.asarray(problem.lam, np.float64)), dtype),
-        R0=jnp.asarray(np.sum(np.asarray(problem.lam) * np.asarray(problem.v0)), dtype),
+        lam=lam_p,
+        sqrt_lam=jnp.sqrt(lam_p),
+        v0=jnp.asarray(np.pad(v0, (0, pad)), dtype),
+        trace=jnp.asarray(lam.sum(), dtype),
+        R0=jnp.asarray(np.sum(lam * v0), dtype),
         noise=problem.noise.astype(dtype),
     )
 
@@ -265,12 +278,16 @@ def output_steps(T: float, points: int, trace: float, dt: float | None = None) -
 @functools.partial(jax.jit, static_argnames=("method",))
 def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: str = "sgd",
               divergence_factor=1e6, dt=None):
-    """Run ``S`` seeds x ``C`` configurations as one vmapped program.
+    """Run ``S`` seeds x ``C`` configurations as one program.
 
-    Each seed's samples are drawn once per step (``lax.map`` over seeds, so the draw is the same
-    program as for a lone run) and shared by all ``C`` configurations (common random numbers).
-    The ``S * C`` runs then take their step in one ``vmap``. A run's numbers depend only on its
-    seed and configuration.
+    Seeds run one after another (``lax.map``); within a seed the ``C`` configurations run as one
+    ``vmap`` and share that seed's samples (common random numbers). Samples are drawn for a block
+    of steps at once, in a loop of their own, and then consumed by the step loop.
+
+    This layout is what makes a run's numbers independent of the sweep around it: XLA compiles
+    a vmapped step identically for any number of configurations, but fuses differently when the
+    seed axis is batched or when the draw shares a loop with the step, and the last bits of a
+    run would then change with the number of seeds.
 
     Args:
         prob: the prepared problem.
@@ -283,31 +300,40 @@ def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: st
         ``(risk, diverged, diverged_step)`` of shapes ``(S, C, P)``, ``(S, C)``, ``(S, C)``;
         ``risk`` is ``nan`` at and after a run's divergence.
     """
-    n_seeds = keys.shape[0]
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
-    seed_of = jnp.repeat(jnp.arange(n_seeds), n_cfg)  # run n = (seed n // C, config n % C)
-    runs_schedule = jax.tree.map(lambda x: jnp.tile(x, (n_seeds,) + (1,) * (x.ndim - 1)), schedules)
-    init_keys, stream_keys = jax.vmap(split_seed)(keys)
+    d_pad = prob.lam.shape[0]
+    block = int(max(1, min(64, 2**22 // d_pad)))
 
     def sim(schedule):
         return simulator(method, prob, schedule, divergence_factor, dt)
 
-    e0 = jax.lax.map(lambda ik: initial_error(ik, prob), init_keys)[seed_of]
-    states = jax.vmap(lambda e: start_state(prob, e))(e0)
+    def step_configs(states, sample):
+        return jax.vmap(lambda st, sc: sim(sc)[1](st, sample))(states, schedules)
 
-    def step_all(k, states):
-        samples = jax.lax.map(lambda sk: draw_sample(sk, k, prob), stream_keys)
-        samples = jax.tree.map(lambda x: x[seed_of], samples)
-        return jax.vmap(lambda st, sa, sc: sim(sc)[1](st, sa))(states, samples, runs_schedule)
+    def per_seed(key):
+        init_key, stream_key = split_seed(key)
+        e0 = initial_error(init_key, prob)
+        states = jax.vmap(lambda _: start_state(prob, e0))(jnp.arange(n_cfg))
 
-    def interval(states, bounds):
-        lo, hi = bounds
-        states = jax.lax.fori_loop(lo, hi, step_all, states)
-        return states, jnp.where(states.diverged, jnp.nan, states.risk)
+        def run_block(b, carry):
+            states, lo, hi = carry
+            k0 = lo + b * block
+            samples = jax.vmap(lambda k: draw_sample(stream_key, k, prob))(k0 + jnp.arange(block))
 
-    states_end, risks = jax.lax.scan(interval, states, (steps[:-1], steps[1:]))
-    risk0 = jnp.where(states.diverged, jnp.nan, states.risk)
-    risk = jnp.concatenate([risk0[None], risks], axis=0).T  # (S * C, P)
-    shape = (n_seeds, n_cfg)
-    return (risk.reshape(shape + (-1,)), states_end.diverged.reshape(shape),
-            states_end.diverged_step.reshape(shape))
+            def one(i, states):
+                return step_configs(states, jax.tree.map(lambda x: x[i], samples))
+
+            return jax.lax.fori_loop(0, jnp.minimum(block, hi - k0), one, states), lo, hi
+
+        def interval(states, bounds):
+            lo, hi = bounds
+            n_blocks = (hi - lo + block - 1) // block
+            states, _, _ = jax.lax.fori_loop(0, n_blocks, run_block, (states, lo, hi))
+            return states, jnp.where(states.diverged, jnp.nan, states.risk)
+
+        end, risks = jax.lax.scan(interval, states, (steps[:-1], steps[1:]))
+        risk0 = jnp.where(states.diverged, jnp.nan, states.risk)
+        risk = jnp.concatenate([risk0[None], risks], axis=0).T  # (C, P)
+        return risk, end.diverged, end.diverged_step
+
+    return jax.lax.map(per_seed, keys)

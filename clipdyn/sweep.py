@@ -91,10 +91,17 @@ def _take(tree, idx: np.ndarray):
     return jax.tree.map(lambda x: x[idx], tree)
 
 
-def _sharded_runner(prob, keys, steps, method, divergence_factor, dt, devices):
-    """``schedules -> (risk, diverged, diverged_step)`` sharded over ``devices`` on the C axis."""
+def _sharded_runner(method, divergence_factor, dt, devices):
+    """``(schedules, prob, keys, steps) -> (risk, diverged, diverged_step)``, sharded over
+    ``devices`` on the configuration axis.
 
-    def body(schedules):
+    The problem, keys and steps are arguments, not closed-over constants: XLA would otherwise
+    specialise the program on their values (dividing by a constant ``Tr K`` becomes a
+    multiplication by its reciprocal, say) in ways that depend on the batch shape, and a run's
+    last bits would change with the size of the sweep.
+    """
+
+    def body(schedules, prob, keys, steps):
         return sim.run_batch(prob, schedules, keys, steps, method, divergence_factor, dt)
 
     if len(devices) == 1:
@@ -103,8 +110,8 @@ def _sharded_runner(prob, keys, steps, method, divergence_factor, dt, devices):
     spec = P(None, "runs")
     # The runs' initial states do not depend on the (sharded) configuration, so the loop carry
     # starts replicated and becomes varying; check_vma=False lets shard_map accept that.
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("runs"), out_specs=(spec, spec, spec),
-                                 check_vma=False))
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("runs"), P(), P(), P()),
+                                 out_specs=(spec, spec, spec), check_vma=False))
 
 
 def _fingerprint(config: dict) -> str:
@@ -182,8 +189,8 @@ def run_sweep(
     t = steps * dt_used
     keys = seed_keys(seeds, prng_impl)
     schedules = _cast_floats(schedules, dtype)
-    run = _sharded_runner(prob, keys, jnp.asarray(steps), method, divergence_factor,
-                          None if dt is None else dt, devices)
+    run = _sharded_runner(method, divergence_factor, dt, devices)
+    steps_arr = jnp.asarray(steps)
 
     full_config = {
         "method": method, "precision": str(precision), "T": float(T), "points": int(points),
@@ -224,7 +231,7 @@ def run_sweep(
                 r, dv, ds = z["risk"], z["diverged"], z["diverged_step"]
         else:
             idx = np.minimum(np.arange(lo, lo + chunk), n_cfg - 1)  # pad with the last config
-            r, dv, ds = (np.asarray(a) for a in run(_take(schedules, idx)))
+            r, dv, ds = (np.asarray(a) for a in run(_take(schedules, idx), prob, keys, steps_arr))
             r, dv, ds = r[:, : hi - lo], dv[:, : hi - lo], ds[:, : hi - lo]
             if path is not None:
                 import io
