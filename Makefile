@@ -8,8 +8,7 @@ BENCH  ?= quick
 PKG    := $(wildcard clipdyn/*.py) pyproject.toml
 DATA   := figures/data
 
-.PHONY: test test-slow figures bench clean-venv criteria risk-curves concentration \
-        stability when-clipping-helps schedules heuristic
+.PHONY: test test-slow figures bench clean-venv criteria risk-curves concentration
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +27,28 @@ clean-venv:
 	rm -rf $(VENV)
 
 # ---- figures: each study saves results under figures/data, a plot script draws them --------
-FIGURES := figures/criteria.png
+# `make figures SIZE=paper` writes to figures/paper/ (larger d and more seeds, for an accelerator).
+# A study reruns only when its script or the package changed (make's own timestamps).
+STUDIES := criteria risk_curves concentration
+ifeq ($(SIZE),default)
+FIGDIR := figures
+else
+FIGDIR := figures/$(SIZE)
+endif
+DATA := $(FIGDIR)/data
+FIGURES := $(patsubst %,$(FIGDIR)/%.png,$(STUDIES))
 
 figures: $(FIGURES)
 
-criteria: figures/criteria.png
-$(DATA)/criteria.npz: experiments/criteria.py $(PKG) | $(STAMP)
-	$(PY) experiments/criteria.py --out $@ --size $(SIZE)
-figures/criteria.png: experiments/plot_criteria.py $(DATA)/criteria.npz | $(STAMP)
-	$(PY) experiments/plot_criteria.py $(DATA)/criteria.npz $@
+$(DATA)/%.npz: experiments/%.py $(PKG) | $(STAMP)
+	@mkdir -p $(DATA)
+	$(PY) experiments/$*.py --out $@ --size $(SIZE)
+
+$(FIGDIR)/%.png: experiments/plot_%.py $(DATA)/%.npz | $(STAMP)
+	$(PY) experiments/plot_$*.py $(DATA)/$*.npz $@
+
+.SECONDARY:
+
+criteria: $(FIGDIR)/criteria.png
+risk-curves: $(FIGDIR)/risk_curves.png
+concentration: $(FIGDIR)/concentration.png

@@ -131,3 +131,66 @@ def test_console_script_entry_point():
     bad = subprocess.run([str(exe), "factors", "--noise", "gaussian", "--R", "1"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--c" in bad.stderr
+
+
+SIM = ["--spectrum", "power-law:d=300,alpha=0.3", "--noise", "gaussian:sigma=0.5", "--eta", "1",
+       "--clip", "0.5", "--T", "1", "--points", "3", "--seeds", "3"]
+
+
+def test_simulate_json(capsys):
+    code, out, err = run(capsys, "simulate", *SIM, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res) >= {"t", "risk_mean", "risk_stderr", "risk", "diverged"}
+    risk = np.array(res["risk"])
+    assert risk.shape == (3, 3) and res["diverged"] == [None] * 3
+    np.testing.assert_allclose(res["risk_mean"], risk.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(res["risk_stderr"][1:], risk.std(0, ddof=1)[1:] / np.sqrt(3), rtol=1e-5)
+
+
+def test_simulate_reports_divergence(capsys):
+    argv = [a if a != "1" or i != SIM.index("--eta") + 1 else "3" for i, a in enumerate(SIM)]
+    argv[argv.index("--clip") + 1] = "inf"
+    argv[argv.index("--T") + 1] = "40"
+    code, out, _ = run(capsys, "simulate", *argv, "--json")
+    res = json.loads(out)
+    assert code == 0 and all(t is not None and 0 < t <= 40 for t in res["diverged"])
+    assert res["risk_mean"][-1] is None and "NaN" not in out
+
+
+def test_validate_json(capsys):
+    code, out, err = run(capsys, "validate", *SIM, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    gaps = np.array(res["rel_gap"], float)
+    want = np.abs(np.array(res["sim_mean"]) - np.array(res["ode"])) / np.array(res["ode"])
+    np.testing.assert_allclose(gaps, want, rtol=1e-9)
+    assert res["max_rel_gap"] == pytest.approx(gaps.max())
+
+
+def test_validate_public_check_problem(capsys):
+    # The acceptance check: THEORY.md's problem, 8 seeds, max_rel_gap under 1 %.
+    code, out, err = run(capsys, "validate", "--spectrum", "power-law:d=1000,alpha=0.3", "--noise",
+                         "gaussian:sigma=0.5", "--eta", "1", "--clip", "0.5", "--T", "4",
+                         "--seeds", "8", "--json")
+    assert code == 0, err
+    assert json.loads(out)["max_rel_gap"] < 0.01
+
+
+def test_sweep_writes_results(tmp_path, capsys):
+    out_path = tmp_path / "sw.npz"
+    argv = [a for a in SIM]
+    argv[argv.index("--clip") + 1] = "0.1:1:3"
+    argv[argv.index("--eta") + 1] = "0.5,1"
+    code, out, err = run(capsys, "sweep", *argv, "--out", str(out_path), "--json")
+    assert code == 0, err
+    summary = json.loads(out)["configs"]
+    assert [(c["eta"], c["clip"]) for c in summary] == [(0.5, 0.1), (1.0, 0.1), (0.5, 0.55),
+                                                         (1.0, 0.55), (0.5, 1.0), (1.0, 1.0)]
+    from clipdyn.results import load_results
+
+    arrays, meta = load_results(out_path)
+    assert arrays["risk"].shape == (3, 6, 3)
+    assert meta["config"]["noise"] == "gaussian:sigma=0.5" and meta["provenance"]["git_commit"]
+    code, _, err = run(capsys, "sweep", *SIM[:-2], "--seeds", "0", "--out", str(out_path))
+    assert code == 2 and "--seeds=0" in err

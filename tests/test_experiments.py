@@ -10,7 +10,7 @@ import pytest
 from clipdyn.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["criteria"]
+STUDIES = ["criteria", "risk_curves", "concentration"]
 
 
 @pytest.mark.parametrize("name", STUDIES)
