@@ -8,7 +8,8 @@ BENCH  ?= quick
 PKG    := $(wildcard clipdyn/*.py) pyproject.toml
 DATA   := figures/data
 
-.PHONY: test test-slow figures bench clean-venv criteria risk-curves concentration
+.PHONY: test test-slow figures bench clean-venv criteria risk-curves concentration stability \
+        when-clipping-helps schedules heuristic
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ clean-venv:
 # ---- figures: each study saves results under figures/data, a plot script draws them --------
 # `make figures SIZE=paper` writes to figures/paper/ (larger d and more seeds, for an accelerator).
 # A study reruns only when its script or the package changed (make's own timestamps).
-STUDIES := criteria risk_curves concentration
+STUDIES := criteria risk_curves concentration stability when_clipping_helps schedules heuristic
 ifeq ($(SIZE),default)
 FIGDIR := figures
 else
@@ -40,7 +41,7 @@ FIGURES := $(patsubst %,$(FIGDIR)/%.png,$(STUDIES))
 
 figures: $(FIGURES)
 
-$(DATA)/%.npz: experiments/%.py $(PKG) | $(STAMP)
+$(DATA)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(DATA)
 	$(PY) experiments/$*.py --out $@ --size $(SIZE)
 
@@ -52,3 +53,7 @@ $(FIGDIR)/%.png: experiments/plot_%.py $(DATA)/%.npz | $(STAMP)
 criteria: $(FIGDIR)/criteria.png
 risk-curves: $(FIGDIR)/risk_curves.png
 concentration: $(FIGDIR)/concentration.png
+stability: $(FIGDIR)/stability.png
+when-clipping-helps: $(FIGDIR)/when_clipping_helps.png
+schedules: $(FIGDIR)/schedules.png
+heuristic: $(FIGDIR)/heuristic.png

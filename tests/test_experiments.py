@@ -10,7 +10,8 @@ import pytest
 from clipdyn.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["criteria", "risk_curves", "concentration"]
+STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clipping_helps",
+           "schedules", "heuristic"]
 
 
 @pytest.mark.parametrize("name", STUDIES)

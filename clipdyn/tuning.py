@@ -1,0 +1,157 @@
+"""Tuning through the engines: learning-rate bisection, grid minima, schedules optimised through the ODE.
+
+These are the pieces the studies in ``experiments/`` rely on:
+
+* :func:`bisect_max_lr`: the largest learning rate at which a batch of configurations is still
+  stable, by bisection run for all configurations at once (each iteration is one vmapped ODE
+  solve or one simulation sweep);
+* :func:`ode_final_risks`: ``R(T)`` of many schedules by one vmapped ODE solve;
+* :func:`optimize_lr_schedule`: a piecewise-constant learning-rate schedule for unclipped SGD
+  optimised by gradient descent (optax's Adam) on the ODE's final risk, with forward-mode
+  gradients through the adaptive solver (its ``while_loop`` is not reverse-differentiable).
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733, sections 4-5; theory/derivation.md,
+    eqs. (4.1)-(4.2) and (5.1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clipdyn.ode import merge_modes, ode_risk
+from clipdyn.problem import Problem
+from clipdyn.schedules import PiecewiseConstant
+
+Array = jax.Array
+
+__all__ = ["bisect_max_lr", "ode_final_risks", "ode_is_stable", "optimize_lr_schedule", "LRSchedule"]
+
+
+def _bisect(is_stable, lo, hi, iters):
+    log_lo, log_hi = np.log(lo), np.log(hi)
+    for _ in range(iters):
+        mid = 0.5 * (log_lo + log_hi)
+        ok = np.asarray(is_stable(np.exp(mid)), bool)
+        log_lo = np.where(ok, mid, log_lo)
+        log_hi = np.where(ok, log_hi, mid)
+    return np.exp(0.5 * (log_lo + log_hi))
+
+
+def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: int = 20,
+                  n: int | None = None) -> np.ndarray:
+    """Largest stable learning rate for ``n`` configurations at once, by bisection in ``log eta``.
+
+    Args:
+        is_stable: ``etas (n,) -> stable (n,)`` (bool), assumed monotone: stable below a
+            threshold, unstable above.
+        lo: learning rates taken as stable, scalar or ``(n,)``.
+        hi: learning rates taken as unstable, scalar or ``(n,)``.
+        iters: bisection steps; the bracket shrinks by ``2^-iters`` in ``log eta``.
+        n: number of configurations (default: from ``lo`` or ``hi``).
+
+    Returns:
+        ``(n,)`` estimates, the geometric midpoints of the final brackets.
+    """
+    if n is None:
+        n = max(np.size(lo), np.size(hi))
+    lo = np.broadcast_to(np.asarray(lo, float), (n,)).copy()
+    hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
+    if np.any(~(lo > 0) | ~(hi > lo)):
+        raise ValueError("bisect_max_lr needs 0 < lo < hi")
+    return _bisect(is_stable, lo, hi, iters)
+
+
+def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol: float = 1e-8):
+    """``R(t)`` at ``points`` times in ``[0, T]`` for a batch of schedules, by one vmapped ODE solve.
+
+    Returns:
+        ``(risk (C, points), status (C,))``; diverged runs have ``nan`` risk and status 1.
+    """
+    core, _, _ = merge_modes(problem)
+    t_out = jnp.linspace(0.0, float(T), points)
+    fn = jax.vmap(lambda s: ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3)[:3])
+    risk, _, status = fn(schedules)
+    return np.asarray(risk), np.asarray(status)
+
+
+def ode_is_stable(problem: Problem, make_schedules: Callable[[np.ndarray], object], T: float):
+    """A predicate for :func:`bisect_max_lr`: the ODE's risk at ``T`` is below ``R0``."""
+    R0 = float(problem.R0)
+
+    def is_stable(etas):
+        risk, status = ode_final_risks(problem, make_schedules(etas), T)
+        return (status == 0) & (risk[:, -1] < R0)
+
+    return is_stable
+
+
+class LRSchedule(NamedTuple):
+    """Result of :func:`optimize_lr_schedule`."""
+
+    schedule: PiecewiseConstant
+    final_risk: float
+    history: np.ndarray
+
+
+def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, pieces: int = 8,
+                         eta_init: float = 1.0, steps: int = 60, learning_rate: float = 0.1,
+                         eta_max: float = 4.0, rtol: float = 1e-7) -> LRSchedule:
+    """Optimise a piecewise-constant learning rate through the ODE to minimise ``R(T)``.
+
+    The schedule has ``pieces`` equal pieces on ``[0, T]`` with ``eta_j = eta_max * sigmoid(p_j)``
+    (kept in ``(0, eta_max)``); the parameters ``p`` follow optax's Adam on ``log R(T)``, whose
+    gradient is taken in forward mode through the adaptive ODE solver.
+
+    Args:
+        problem: the problem.
+        T: horizon.
+        clip: constant threshold (``inf``: the unclipped SGD the study needs).
+        pieces: number of constant pieces.
+        eta_init: initial learning rate on every piece.
+        steps: Adam steps.
+        learning_rate: Adam's step size on ``p``.
+        eta_max: upper bound of the learning rate.
+
+    Returns:
+        :class:`LRSchedule` with the best schedule seen, its ``R(T)`` and the history of ``R(T)``.
+    """
+    if not 0 < eta_init < eta_max:
+        raise ValueError(f"eta_init={eta_init} must be in (0, eta_max={eta_max})")
+    core, _, _ = merge_modes(problem)
+    t_out = jnp.asarray([0.0, float(T)])
+    bounds = jnp.linspace(0.0, float(T), pieces + 1)[1:-1]
+
+    def schedule(p):
+        return PiecewiseConstant(bounds, eta_max * jax.nn.sigmoid(p), jnp.asarray(clip))
+
+    def loss(p):
+        risk = ode_risk(core, problem.noise, schedule(p), t_out, rtol, rtol * 1e-3)[0][-1]
+        return jnp.log(risk)
+
+    value_and_grad = jax.jit(lambda p: (loss(p), jax.jacfwd(loss)(p)))
+    p = jnp.full((pieces,), math.log(eta_init / (eta_max - eta_init)))
+    opt = optax.adam(learning_rate)
+    with jax.numpy_dtype_promotion("standard"):
+        state = opt.init(p)
+    history, best = [], (math.inf, p)
+    for _ in range(steps):
+        val, grad = value_and_grad(p)
+        val = float(val)
+        history.append(math.exp(val) if math.isfinite(val) else math.inf)
+        if math.isfinite(val) and val < best[0]:
+            best = (val, p)
+        if not np.all(np.isfinite(np.asarray(grad))):
+            break
+        # optax's bias correction mixes its int32 step count with floats; allow that here even
+        # when the caller (our test suite) runs JAX with strict dtype promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = opt.update(grad, state)
+            p = optax.apply_updates(p, updates)
+    return LRSchedule(schedule(best[1]), math.exp(best[0]), np.asarray(history))

@@ -1,0 +1,46 @@
+"""Draw figures/heuristic.png from saved results.
+
+Usage: python experiments/plot_heuristic.py figures/data/heuristic.npz figures/heuristic.png
+"""
+
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clipdyn.results import load_results  # noqa: E402
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import common  # noqa: E402
+
+
+def main(src, dst):
+    a, meta = load_results(src)
+    cfg = meta["config"]
+    dfs = cfg["dfs"]
+    fig, axes = plt.subplots(2, len(dfs), figsize=(4.4 * len(dfs), 8), constrained_layout=True, squeeze=False)
+    for i, df in enumerate(dfs):
+        ax = axes[0, i]
+        im = ax.pcolormesh(a["R"], a["kappa"], a[f"fraction_{i}"], vmin=0.5, vmax=1.0, shading="auto",
+                           cmap="viridis")
+        kb = cfg["best_kappa"][str(df)]
+        ax.axhline(kb["kappa"], color="w", ls="--", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="risk R", ylabel="kappa",
+               title=f"df={df:g}: CCC(heuristic)/max CCC\nkappa*={kb['kappa']:.2f}, worst {kb['worst_fraction']:.3f}")
+        ax = axes[1, i]
+        t = a["t"]
+        for j, label in enumerate(a[f"labels_{i}"]):
+            ax.plot(t, common.seed_mean(a[f"sim_{i}_{j}"]), color=f"C{j}", label=f"{label} (sim)")
+            ax.plot(t, a[f"ode_{i}_{j}"], "--", color=f"C{j}", lw=0.9)
+        ax.set(xlabel="t", ylabel="risk (dashed: ODE)", yscale="log", title=f"df={df:g}, eta={cfg['eta']}")
+        ax.legend(fontsize=7)
+    fig.colorbar(im, ax=axes[0, :], shrink=0.8, label="fraction of max CCC (clipped at 0.5)")
+    fig.savefig(dst, dpi=100)
+    print(f"wrote {dst}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
