@@ -57,3 +57,7 @@ stability: $(FIGDIR)/stability.png
 when-clipping-helps: $(FIGDIR)/when_clipping_helps.png
 schedules: $(FIGDIR)/schedules.png
 heuristic: $(FIGDIR)/heuristic.png
+
+# ---- benchmarks: `make bench` (quick) or `make bench BENCH=full`; updates BENCHMARKS.md -------
+bench: $(STAMP)
+	$(PY) bench/bench.py --mode $(BENCH) --markdown BENCHMARKS.md

@@ -275,9 +275,71 @@ def output_steps(T: float, points: int, trace: float, dt: float | None = None) -
     return np.rint(np.linspace(0.0, T, points) / dt).astype(np.int64)
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
+ENGINES = ("step", "block")
+
+
+def _block_sgd(prob: SimProblem, schedules, stream_key: Array, states: RunState, lo, hi,
+               block: int, bound: Array) -> RunState:
+    """C-SGD steps ``lo..hi-1`` of one seed's ``C`` runs, ``block`` steps at a time, by matrix products.
+
+    All runs of a seed share the block's samples ``X`` (``block x d``). With the Gram matrices
+    ``G = X X^T`` and ``H = X Lam X^T`` and the projections ``P = E X^T``, ``Q = (E Lam) X^T`` of the
+    block's starting errors, step ``j`` of a run needs only
+
+        r_j = P_j - eps_j,   ||g_j|| = |r_j| sqrt(G_jj),   a_j = (eta / Tr K) min(1, C/||g_j||) r_j,
+        R_{j+1} = R_j - a_j Q_j + a_j^2 H_jj / 2,   then  P <- P - a_j G_j,  Q <- Q - a_j H_j,
+
+    an ``O(block)`` recurrence, and the block ends with ``E <- E - A X``. The risk is recomputed
+    from ``E`` at the end of each block, so the incremental update never drifts. Per run-step this
+    is ``6 d`` flops in matrix products instead of ``~10 d`` in vector passes over the state.
+    Steps at or beyond ``hi`` are masked (``a = 0``).
+    """
+    lam, trace = prob.lam, prob.trace
+    n_blocks = (hi - lo + block - 1) // block
+
+    def one_block(b, states):
+        k0 = lo + b * block
+        samples = jax.vmap(lambda k: draw_sample(stream_key, k, prob))(k0 + jnp.arange(block))
+        X = prob.sqrt_lam[None, :] * samples.z
+        G = X @ X.T
+        H = (X * lam[None, :]) @ X.T
+        P = states.e @ X.T
+        Q = (states.e * lam[None, :]) @ X.T
+
+        def per_run(P, Q, st, sched):
+            def step(j, c):
+                P, Q, R, div, dstep, A = c
+                k = k0 + j
+                eta, clip = sched(k.astype(R.dtype) / trace, R)
+                r = P[j] - samples.eps[j]
+                g_norm = jnp.abs(r) * jnp.sqrt(G[j, j])
+                limit = clip * jnp.sqrt(trace)
+                scale = jnp.where(g_norm > limit, limit / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
+                a = jnp.where(div | (k >= hi), 0.0, (eta / trace) * scale * r)
+                R_new = R - a * Q[j] + 0.5 * a * a * H[j, j]
+                blown = ~(R_new <= bound) & ~div & (k < hi)
+                a = jnp.where(blown, 0.0, a)
+                R = jnp.where(blown | (a == 0), R, R_new)
+                return (P - a * G[j], Q - a * H[j], R, div | blown,
+                        jnp.where(blown, (k + 1).astype(dstep.dtype), dstep),
+                        A.at[j].set(a))
+
+            init = (P, Q, st.risk, st.diverged, st.diverged_step, jnp.zeros((block,), P.dtype))
+            _, _, R, div, dstep, A = jax.lax.fori_loop(0, block, step, init)
+            return R, div, dstep, A
+
+        R, div, dstep, A = jax.vmap(per_run)(P, Q, states, schedules)
+        e = states.e - A @ X
+        risk = jnp.where(div, R, 0.5 * jnp.sum(lam[None, :] * e * e, axis=-1))
+        return RunState(e, risk, states.k, div, dstep)
+
+    out = jax.lax.fori_loop(0, n_blocks, one_block, states)
+    return out._replace(k=jnp.broadcast_to(hi, out.k.shape).astype(out.k.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("method", "engine"))
 def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: str = "sgd",
-              divergence_factor=1e6, dt=None):
+              divergence_factor=1e6, dt=None, engine: str = "step"):
     """Run ``S`` seeds x ``C`` configurations as one program.
 
     Seeds run one after another (``lax.map``); within a seed the ``C`` configurations run as one
@@ -295,14 +357,22 @@ def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: st
         keys: ``S`` PRNG keys (one per seed).
         steps: increasing output steps, ``(P,)``, starting at 0.
         method: ``"sgd"`` or ``"hsgd"``.
+        engine: ``"step"`` (one vmapped step at a time; bit-identical alone and in any sweep) or
+            ``"block"`` (C-SGD only: blocks of 64 steps by matrix products, see
+            :func:`_block_sgd`; much faster for wide sweeps, equal to ``"step"`` up to rounding).
 
     Returns:
         ``(risk, diverged, diverged_step)`` of shapes ``(S, C, P)``, ``(S, C)``, ``(S, C)``;
         ``risk`` is ``nan`` at and after a run's divergence.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(ENGINES)}")
+    if engine == "block" and method != "sgd":
+        raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
     d_pad = prob.lam.shape[0]
     block = int(max(1, min(64, 2**22 // d_pad)))
+    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
 
     def sim(schedule):
         return simulator(method, prob, schedule, divergence_factor, dt)
@@ -327,8 +397,11 @@ def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: st
 
         def interval(states, bounds):
             lo, hi = bounds
-            n_blocks = (hi - lo + block - 1) // block
-            states, _, _ = jax.lax.fori_loop(0, n_blocks, run_block, (states, lo, hi))
+            if engine == "block":
+                states = _block_sgd(prob, schedules, stream_key, states, lo, hi, block, bound)
+            else:
+                n_blocks = (hi - lo + block - 1) // block
+                states, _, _ = jax.lax.fori_loop(0, n_blocks, run_block, (states, lo, hi))
             return states, jnp.where(states.diverged, jnp.nan, states.risk)
 
         end, risks = jax.lax.scan(interval, states, (steps[:-1], steps[1:]))

@@ -1,0 +1,299 @@
+"""clipdyn benchmarks: simulator throughput against a NumPy loop and a plain lax.scan loop, and the
+ODE's speed and accuracy. Prints one JSON object; with ``--markdown FILE`` also rewrites the
+results section of BENCHMARKS.md and draws ``bench/throughput.png``.
+
+    python bench/bench.py [--mode quick|full] [--markdown BENCHMARKS.md]
+
+Everything runs in one process, side by side, so the ratios compare like with like. Throughput is
+run-steps per second (one SGD step of one run), median of repeats after a warm-up (compilation
+excluded). The problem is THEORY.md's: lam_i = i^-0.3, Gaussian noise sigma 0.5, eta 1, c 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import clipdyn as cd
+from clipdyn import simulate as sm
+from clipdyn.ode import solve_ode
+from clipdyn.problem import make_problem, power_law_spectrum
+from clipdyn.schedules import Constant, constant
+from clipdyn.sweep import run_sweep, seed_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {
+    "quick": dict(dims=[1000, 10000], runs=[1, 16, 256, 1024], steps=512, repeats=3,
+                  ode_dims=[1000, 10000, 100000], numpy_steps=2000),
+    "full": dict(dims=[1000, 10000], runs=[1, 16, 256, 1024], steps=2048, repeats=5,
+                 ode_dims=[1000, 10000, 100000], numpy_steps=10000),
+}
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up (compilation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ---- the reference a researcher would write: one run, a NumPy loop over samples --------------
+def numpy_loop(lam, steps, eta=1.0, c=0.5, sigma=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    trace = lam.sum()
+    sqrt_lam = np.sqrt(lam)
+    e = -np.sqrt(2.0 / trace) * rng.choice([-1.0, 1.0], lam.size)
+    limit = c * math.sqrt(trace)
+    for _ in range(steps):
+        x = sqrt_lam * rng.standard_normal(lam.size)
+        r = x @ e - sigma * rng.standard_normal()
+        g = r * x
+        norm = np.linalg.norm(g)
+        if norm > limit:
+            g *= limit / norm
+        e -= eta / trace * g
+    return 0.5 * np.sum(lam * e * e)
+
+
+# ---- a straightforward JAX loop: lax.scan, samples drawn step by step ------------------------
+def scan_loop(lam, steps, eta=1.0, c=0.5, sigma=0.5):
+    lam = jnp.asarray(lam, jnp.float32)
+    trace = jnp.sum(lam)
+    sqrt_lam = jnp.sqrt(lam)
+    limit = c * jnp.sqrt(trace)
+
+    @jax.jit
+    def run(key):
+        e0 = -jnp.sqrt(2.0 / trace) * jax.random.rademacher(key, lam.shape, jnp.float32)
+
+        def body(e, k):
+            kz, ke = jax.random.split(jax.random.fold_in(key, k))
+            x = sqrt_lam * jax.random.normal(kz, lam.shape, jnp.float32)
+            r = jnp.dot(x, e) - sigma * jax.random.normal(ke, (), jnp.float32)
+            norm = jnp.abs(r) * jnp.linalg.norm(x)
+            scale = jnp.minimum(1.0, limit / norm)
+            return e - eta / trace * scale * r * x, None
+
+        e, _ = jax.lax.scan(body, e0, jnp.arange(steps))
+        return 0.5 * jnp.sum(lam * e * e)
+
+    return lambda: run(jax.random.key(0)).block_until_ready()
+
+
+def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None):
+    """n_runs thresholds sharing one seed, ``steps`` SGD steps, through clipdyn's runner."""
+    prob = sm.prepare(problem, jnp.float32)
+    clips = jnp.asarray(np.geomspace(0.1, 10.0, n_runs), jnp.float32)
+    sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32), clips)
+    keys = seed_keys([0], prng_impl)
+    out_steps = jnp.asarray([0, steps])
+    run = jax.jit(lambda s, p, k, st: sm.run_batch(p, s, k, st, engine=engine))
+    return lambda: run(sched, prob, keys, out_steps)[0].block_until_ready()
+
+
+def rng_only(problem, steps):
+    """The sample draws of one seed alone, as clipdyn draws them (blocks of steps)."""
+    prob = sm.prepare(problem, jnp.float32)
+
+    block = int(max(1, min(64, 2**22 // prob.lam.shape[0])))  # as run_batch draws them
+
+    @jax.jit
+    def draws(key):
+        _, stream = sm.split_seed(key)
+
+        def body(b, acc):
+            s = jax.vmap(lambda k: sm.draw_sample(stream, k, prob))(b * block + jnp.arange(block))
+            return acc + jnp.sum(s.z) + jnp.sum(s.eps)
+
+        return jax.lax.fori_loop(0, steps // block, body, jnp.zeros((), jnp.float32))
+
+    return lambda: draws(jax.random.key(0)).block_until_ready()
+
+
+def machine_ceilings():
+    """Measured ceilings: float32 matrix product (FLOP/s) and a large copy (bytes/s)."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    t = median_time(lambda: mm(a).block_until_ready(), 5)
+    flops = 2 * 2048**3 / t
+    big = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
+    cp = jax.jit(lambda x: x * 1.0000001)
+    t = median_time(lambda: cp(big).block_until_ready(), 5)
+    return {"matmul_gflops": flops / 1e9, "copy_gbytes_per_s": 2 * big.nbytes / t / 1e9}
+
+
+def ode_bench(d, T=100.0):
+    from scipy.integrate import solve_ivp
+    from scipy.special import erf, erfc
+
+    lam = power_law_spectrum(d, 1.0)
+    problem = make_problem(lam, cd.Gaussian(0.5))
+    sched = constant(1.0, 0.5)
+    t_wall = median_time(lambda: solve_ode(problem, sched, T, 11).risk.block_until_ready(), 3)
+    risk = np.asarray(solve_ode(problem, sched, T, 11).risk)
+    trace = lam.sum()
+
+    def f(t, v):  # independent reference: closed-form Gaussian factors, explicit DOP853
+        R = lam @ v
+        s2 = 2 * R + 0.25
+        z = 0.5 / math.sqrt(s2)
+        mu = erf(z / math.sqrt(2))
+        nu = s2 * (mu - math.sqrt(2 / math.pi) * z * math.exp(-z * z / 2) + z * z * erfc(z / math.sqrt(2)))
+        return lam * (-2 * mu * v + nu / (2 * trace))
+
+    t0 = time.perf_counter()
+    ref = solve_ivp(f, (0, T), np.asarray(problem.v0), method="DOP853", rtol=1e-12, atol=1e-16,
+                    t_eval=np.linspace(0, T, 11))
+    t_ref = time.perf_counter() - t0
+    rel = float(np.max(np.abs(risk / (lam @ ref.y) - 1)))
+    return {"d": d, "T": T, "seconds_after_compile": t_wall, "rel_error_vs_dop853_rtol1e-12": rel,
+            "scipy_dop853_seconds": t_ref}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default=os.environ.get("BENCH", "quick"), choices=list(MODES))
+    ap.add_argument("--markdown", default=None, help="update this BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    cfg = MODES[args.mode]
+    out = {"mode": args.mode, "machine": machine_info(), "ceilings": machine_ceilings(),
+           "simulator": [], "ode": []}
+    for d in cfg["dims"]:
+        problem = make_problem(power_law_spectrum(d, 0.3), cd.Gaussian(0.5))
+        lam = np.asarray(problem.lam)
+        n_np = max(200, cfg["numpy_steps"] * 1000 // d)
+        t_np = median_time(lambda: numpy_loop(lam, n_np), 1 if args.mode == "quick" else 3) / n_np
+        t_scan = median_time(scan_loop(lam, cfg["steps"]), cfg["repeats"]) / cfg["steps"]
+        t_rng = median_time(rng_only(problem, cfg["steps"]), cfg["repeats"]) / cfg["steps"]
+        rows = {"d": d, "numpy_loop_run_steps_per_s": 1 / t_np, "lax_scan_run_steps_per_s": 1 / t_scan,
+                "rng_seconds_per_step": t_rng, "clipdyn": []}
+        for n, engine in [(n, e) for n in cfg["runs"] for e in ("step", "block")]:
+            t = median_time(clipdyn_sweep(problem, n, cfg["steps"], engine), cfg["repeats"]) / cfg["steps"]
+            thr = n / t
+            # Flops per run-step: step engine ~10 d (products, sums, update, risk); block engine
+            # 6 d in matrix products (+ O(block) recurrence).
+            flops = (10 if engine == "step" else 6) * d * thr
+            rows["clipdyn"].append({
+                "engine": engine, "runs": n, "run_steps_per_s": thr, "ratio_to_numpy": thr * t_np,
+                "ratio_to_lax_scan": thr * t_scan, "gflops": flops / 1e9,
+                # Bytes of state moved per run-step: the step engine reads and writes the float32
+                # error vector every step (8 d); the block engine reads it twice (P, Q) and writes
+                # it once per block of 64 steps (12 d / 64).
+                "gbytes_per_s_state": (8 * d if engine == "step" else 12 * d / 64) * thr / 1e9,
+                "rng_share": min(1.0, t_rng / t),
+            })
+        rows["prng_single_run_steps_per_s"] = {
+            impl: 1 / (median_time(clipdyn_sweep(problem, 1, cfg["steps"], "step", impl), cfg["repeats"]) / cfg["steps"])
+            for impl in ("threefry2x32", "rbg", "unsafe_rbg")}
+        out["simulator"].append(rows)
+    for d in cfg["ode_dims"]:
+        out["ode"].append(ode_bench(d))
+    print(json.dumps(out, indent=1))
+    if args.markdown:
+        write_markdown(out, Path(args.markdown))
+        plot(out, ROOT / "bench" / "throughput.png")
+    return out
+
+
+def machine_info():
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "unknown"
+
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+            "python": platform.python_version(), "date": datetime.date.today().isoformat(),
+            "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")}
+
+
+def write_markdown(out, path):
+    m = out["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, backend {m['backend']}), jax {m['jax']}, "
+        f"commit {m['commit']}, by `make bench{' BENCH=full' if out['mode'] == 'full' else ''}` "
+        f"(`python bench/bench.py --mode {out['mode']} --markdown BENCHMARKS.md`).",
+        "",
+        f"Ceilings measured in the same run: float32 matrix product {out['ceilings']['matmul_gflops']:.0f} GFLOP/s, "
+        f"large copy {out['ceilings']['copy_gbytes_per_s']:.1f} GB/s (read + write).",
+        "",
+        "| d | runs | engine | clipdyn run-steps/s | x NumPy loop | x lax.scan loop | GFLOP/s | state GB/s | RNG share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rows in out["simulator"]:
+        for r in rows["clipdyn"]:
+            lines.append(f"| {rows['d']} | {r['runs']} | {r['engine']} | {r['run_steps_per_s']:.3g} | {r['ratio_to_numpy']:.1f} | "
+                         f"{r['ratio_to_lax_scan']:.2f} | {r['gflops']:.2f} | {r['gbytes_per_s_state']:.2f} | "
+                         f"{r['rng_share']:.2f} |")
+    lines += ["", "| d | NumPy loop run-steps/s | lax.scan loop run-steps/s | clipdyn one run, threefry2x32 | rbg | unsafe_rbg |",
+              "|---|---|---|---|---|---|"]
+    for rows in out["simulator"]:
+        pr = rows["prng_single_run_steps_per_s"]
+        lines.append(f"| {rows['d']} | {rows['numpy_loop_run_steps_per_s']:.3g} | {rows['lax_scan_run_steps_per_s']:.3g} | "
+                     f"{pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+    lines += ["", "| ODE d | T | seconds after compilation | rel. error vs DOP853 (rtol 1e-12) | scipy DOP853 seconds |",
+              "|---|---|---|---|---|"]
+    for r in out["ode"]:
+        lines.append(f"| {r['d']} | {r['T']:g} | {r['seconds_after_compile']:.3f} | "
+                     f"{r['rel_error_vs_dop853_rtol1e-12']:.1e} | {r['scipy_dop853_seconds']:.1f} |")
+    block = "\n".join(lines)
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- results:start -->\n<!-- results:end -->\n"
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+
+
+def plot(out, dst):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for rows in out["simulator"]:
+        for engine, style in (("step", "o-"), ("block", "s--")):
+            rs = [r for r in rows["clipdyn"] if r["engine"] == engine]
+            axes[0].loglog([r["runs"] for r in rs], [r["run_steps_per_s"] for r in rs], style,
+                           label=f"clipdyn {engine}, d={rows['d']}")
+        axes[0].axhline(rows["numpy_loop_run_steps_per_s"], ls=":", color="gray")
+    axes[0].set(xlabel="runs in the sweep (one shared seed)", ylabel="run-steps per second",
+                title="throughput against sweep size (dotted: NumPy loop)")
+    axes[0].legend()
+    dims = [rows["d"] for rows in out["simulator"]]
+    for k, n in enumerate(out["simulator"][0]["clipdyn"]):
+        axes[1].loglog(dims, [rows["clipdyn"][k]["run_steps_per_s"] for rows in out["simulator"]],
+                       "o-" if n["engine"] == "step" else "s--", label=f"{n['runs']} runs, {n['engine']}")
+    axes[1].loglog(dims, [rows["numpy_loop_run_steps_per_s"] for rows in out["simulator"]], "k:", label="NumPy loop")
+    axes[1].set(xlabel="d", ylabel="run-steps per second", title="throughput against d")
+    axes[1].legend()
+    fig.savefig(dst, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
