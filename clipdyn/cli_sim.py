@@ -10,23 +10,9 @@ import math
 
 import numpy as np
 
-__all__ = ["add_commands", "seed_statistics"]
+__all__ = ["add_commands"]
 
-
-def seed_statistics(risk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, standard error and count over seeds (axis 0) of the runs alive at each time.
-
-    Diverged runs (``nan`` from their divergence on) are left out; the standard error is
-    ``std(ddof=1) / sqrt(n)`` and ``nan`` with fewer than two runs.
-    """
-    alive = np.isfinite(risk)
-    n = alive.sum(axis=0)
-    total = np.where(alive, risk, 0.0).sum(axis=0)
-    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-    dev = np.where(alive, risk - mean, 0.0)
-    var = (dev * dev).sum(axis=0) / np.maximum(n - 1, 1)
-    se = np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
-    return mean, se, n
+from clipdyn.results import seed_statistics  # noqa: E402  (re-exported for the CLI)
 
 
 def _int_at_least(text: str, what: str, low: int) -> int:

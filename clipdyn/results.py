@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_results", "load_results", "provenance", "atomic_write_bytes"]
+__all__ = ["save_results", "load_results", "provenance", "atomic_write_bytes", "seed_statistics"]
 
 
 def _git_commit() -> str:
@@ -125,3 +125,19 @@ def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return arrays, meta
+
+
+def seed_statistics(risk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard error and count over seeds (axis 0) of the runs alive at each time.
+
+    Diverged runs (``nan`` from their divergence on) are left out; the standard error is
+    ``std(ddof=1) / sqrt(n)`` and ``nan`` with fewer than two runs.
+    """
+    alive = np.isfinite(risk)
+    n = alive.sum(axis=0)
+    total = np.where(alive, risk, 0.0).sum(axis=0)
+    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    dev = np.where(alive, risk - mean, 0.0)
+    var = (dev * dev).sum(axis=0) / np.maximum(n - 1, 1)
+    se = np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
+    return mean, se, n

@@ -6,9 +6,13 @@ and compares the ODE (float64) with simulations (float32, common random numbers 
 
 import argparse
 
+import matplotlib
 import numpy as np
 
+matplotlib.use("Agg")  # figures are files; plot scripts import this module before pyplot
+
 from clipdyn.problem import make_problem, power_law_spectrum
+from clipdyn.results import load_results, seed_statistics
 
 
 def parse(doc, default_out, sizes):
@@ -24,10 +28,24 @@ def problem(noise, d):
 
 
 def seed_mean(risk):
-    """Mean over seeds (axis 0) of runs alive; nan where none is."""
-    alive = np.isfinite(risk)
-    n = alive.sum(0)
-    return np.where(n > 0, np.where(alive, risk, 0).sum(0) / np.maximum(n, 1), np.nan)
+    """Mean over seeds (axis 0) of the runs still alive; nan where none is."""
+    return seed_statistics(risk)[0]
+
+
+def plot_main(draw):
+    """Command line of a plot script: ``plot_<study>.py RESULTS.npz FIGURE.png``.
+
+    ``draw(arrays, meta)`` returns a matplotlib figure built from the saved results alone.
+    """
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: {sys.argv[0]} RESULTS.npz FIGURE.png")
+    src, dst = sys.argv[1:3]
+    arrays, meta = load_results(src)
+    fig = draw(arrays, meta)
+    fig.savefig(dst, dpi=110)
+    print(f"wrote {dst}")
 
 
 def first_only(laws, size):

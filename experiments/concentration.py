@@ -8,7 +8,6 @@ the gap by O(log(d) d^-1/2); the fitted slope on log-log axes should be about -1
 Usage: python experiments/concentration.py --out figures/data/concentration.npz [--size ...]
 """
 
-import argparse
 
 import numpy as np
 
@@ -16,20 +15,19 @@ import clipdyn as cd
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem
 from clipdyn.results import save_results
+
 from clipdyn.schedules import constant
 from clipdyn.sweep import simulate_runs
+
+import common
 
 SIZES = {"tiny": dict(dims=[100, 1000], seeds=2, T=1.0),
          "default": dict(dims=[100, 316, 1000, 3162, 10000], seeds=8, T=2.0),
          "paper": dict(dims=[100, 316, 1000, 3162, 10000, 31623, 100000], seeds=16, T=4.0)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures/data/concentration.npz")
-    ap.add_argument("--size", default="default", choices=list(SIZES))
-    args = ap.parse_args(argv)
-    size = SIZES[args.size]
+def main():
+    args, size = common.parse(__doc__, "figures/data/concentration.npz", SIZES)
     points = 41
     sched = constant(1.0, 0.5)
     gaps, d_int = [], []

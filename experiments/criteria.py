@@ -7,7 +7,6 @@ and Rademacher noise. Pure theory (float64); the plot is experiments/plot_criter
 Usage: python experiments/criteria.py --out figures/data/criteria.npz [--size default|paper|tiny]
 """
 
-import argparse
 
 import jax
 import numpy as np
@@ -16,7 +15,10 @@ import clipdyn as cd
 from clipdyn import factors
 from clipdyn.results import save_results
 
+import common
+
 DFS = [1.5, 2.5, 3.0, 5.0, 10.0]
+SIZES = {"tiny": dict(n_c=24, n_R=8), "default": dict(n_c=240, n_R=60), "paper": dict(n_c=600, n_R=150)}
 RISKS = [0.01, 0.1, 1.0]
 
 
@@ -26,13 +28,9 @@ def laws():
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures/data/criteria.npz")
-    ap.add_argument("--size", default="default", choices=["tiny", "default", "paper"])
-    args = ap.parse_args(argv)
-    n_c = {"tiny": 24, "default": 240, "paper": 600}[args.size]
-    n_R = {"tiny": 8, "default": 60, "paper": 150}[args.size]
+def main():
+    args, size = common.parse(__doc__, "figures/data/criteria.npz", SIZES)
+    n_c, n_R = size["n_c"], size["n_R"]
 
     c_grid = np.geomspace(1e-2, 1e2, n_c)
     R_grid = np.geomspace(1e-4, 1e2, n_R)

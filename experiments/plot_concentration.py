@@ -3,19 +3,13 @@
 Usage: python experiments/plot_concentration.py figures/data/concentration.npz figures/concentration.png
 """
 
-import sys
+from common import plot_main  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import load_results  # noqa: E402
 
-
-def main(src, dst):
-    a, meta = load_results(src)
+def draw(a, meta):
     d, gap = a["d"], a["gap"]
     mean = gap.mean(axis=1)
     se = gap.std(axis=1, ddof=1) / np.sqrt(gap.shape[1]) if gap.shape[1] > 1 else 0 * mean
@@ -28,9 +22,8 @@ def main(src, dst):
     ax.set(xlabel="dimension d (d_int = 0.55 d)", ylabel="sup_t |R_sim - R_ode| / R_ode",
            title=f"ODE vs single C-SGD runs: fitted slope {float(a['slope']):.2f}")
     ax.legend()
-    fig.savefig(dst, dpi=110)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

@@ -3,19 +3,13 @@
 Usage: python experiments/plot_criteria.py figures/data/criteria.npz figures/criteria.png
 """
 
-import sys
+from common import plot_main  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import load_results  # noqa: E402
 
-
-def main(src, dst):
-    a, meta = load_results(src)
+def draw(a, meta):
     cfg = meta["config"]
     names = cfg["laws"]
     c = a["c"]
@@ -67,9 +61,8 @@ def main(src, dst):
     ax.set_ylim(1e-4, 1e3)
     ax.legend(fontsize=8)
     fig.suptitle("Clipping criteria, noise scale 1 (THEORY.md section 4)")
-    fig.savefig(dst, dpi=110)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

@@ -3,22 +3,13 @@
 Usage: python experiments/plot_heuristic.py figures/data/heuristic.npz figures/heuristic.png
 """
 
-import sys
+from common import plot_main, seed_mean  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import load_results  # noqa: E402
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import common  # noqa: E402
-
-
-def main(src, dst):
-    a, meta = load_results(src)
+def draw(a, meta):
     cfg = meta["config"]
     dfs = cfg["dfs"]
     fig, axes = plt.subplots(2, len(dfs), figsize=(4.4 * len(dfs), 8), constrained_layout=True, squeeze=False)
@@ -33,14 +24,13 @@ def main(src, dst):
         ax = axes[1, i]
         t = a["t"]
         for j, label in enumerate(a[f"labels_{i}"]):
-            ax.plot(t, common.seed_mean(a[f"sim_{i}_{j}"]), color=f"C{j}", label=f"{label} (sim)")
+            ax.plot(t, seed_mean(a[f"sim_{i}_{j}"]), color=f"C{j}", label=f"{label} (sim)")
             ax.plot(t, a[f"ode_{i}_{j}"], "--", color=f"C{j}", lw=0.9)
         ax.set(xlabel="t", ylabel="risk (dashed: ODE)", yscale="log", title=f"df={df:g}, eta={cfg['eta']}")
         ax.legend(fontsize=7)
     fig.colorbar(im, ax=axes[0, :], shrink=0.8, label="fraction of max CCC (clipped at 0.5)")
-    fig.savefig(dst, dpi=100)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

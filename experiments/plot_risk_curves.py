@@ -6,33 +6,26 @@ diverged, never drawn as nan.
 Usage: python experiments/plot_risk_curves.py figures/data/risk_curves.npz figures/risk_curves.png
 """
 
-import sys
+from common import plot_main, seed_mean  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from clipdyn.results import load_results  # noqa: E402
 
 
 def band(ax, t, runs, color, label):
     """Mean (of runs alive) and 10-90 % spread over seeds."""
     alive = np.isfinite(runs)
-    n = alive.sum(0)
-    mean = np.where(n > 0, np.nansum(np.where(alive, runs, 0), 0) / np.maximum(n, 1), np.nan)
+    mean = seed_mean(runs)
     lo = np.nanpercentile(np.where(alive, runs, np.nan), 10, axis=0) if alive.any() else mean
     hi = np.nanpercentile(np.where(alive, runs, np.nan), 90, axis=0) if alive.any() else mean
     ax.plot(t, mean, color=color, lw=1.8, label=label)
     ax.fill_between(t, lo, hi, color=color, alpha=0.25, lw=0)
 
 
-def main(src, dst):
+def draw(a, meta):
     import warnings
 
     warnings.simplefilter("ignore", RuntimeWarning)  # percentiles of all-diverged columns
-    a, meta = load_results(src)
     cfg = meta["config"]
     t = a["t_sim"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
@@ -61,9 +54,8 @@ def main(src, dst):
         ax.set(xlabel="t = steps / Tr K", ylabel="risk R(t)",
                title=f"{name} noise, eta={p['eta']}, lam_i = i^-0.3, d={cfg['d']}, {cfg['seeds']} seeds")
         ax.legend(fontsize=8)
-    fig.savefig(dst, dpi=110)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

@@ -3,19 +3,13 @@
 Usage: python experiments/plot_stability.py figures/data/stability.npz figures/stability.png
 """
 
-import sys
+from common import plot_main  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import load_results  # noqa: E402
 
-
-def main(src, dst):
-    a, meta = load_results(src)
+def draw(a, meta):
     cfg = meta["config"]
     c = a["c"]
     fin = np.isfinite(c)
@@ -30,9 +24,8 @@ def main(src, dst):
         ax.set(xlabel="threshold c", ylabel="largest stable eta",
                title=f"{name} noise, sigma={cfg['sigma']}: stable iff R(T={cfg['T']:g}) < R0")
         ax.legend(fontsize=8)
-    fig.savefig(dst, dpi=110)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

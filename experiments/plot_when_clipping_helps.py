@@ -3,22 +3,13 @@
 Usage: python experiments/plot_when_clipping_helps.py figures/data/when_clipping_helps.npz figures/when_clipping_helps.png
 """
 
-import sys
+from common import plot_main, seed_mean  # first: it selects the Agg backend
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import load_results  # noqa: E402
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import common  # noqa: E402
-
-
-def main(src, dst):
-    a, meta = load_results(src)
+def draw(a, meta):
     cfg = meta["config"]
     c, t = a["c"], a.get("t")
     fin = np.isfinite(c)
@@ -48,16 +39,15 @@ def main(src, dst):
             sim = a[f"curve_{label}_sim_{i}"]
             b = best[label]
             tag = f"c={b['c']:.3g}" if label == "clipped" else "SGD"
-            ax.plot(t, common.seed_mean(sim), color=col, label=f"{tag}, eta={b['eta']:.3g} (sim)")
+            ax.plot(t, seed_mean(sim), color=col, label=f"{tag}, eta={b['eta']:.3g} (sim)")
             ax.plot(t, a[f"curve_{label}_ode_{i}"], "k--", lw=1)
         gain = (best["unclipped"]["sim_final"] / best["clipped"]["sim_final"]
                 if best.get("unclipped") and best.get("clipped") else np.inf)
         ax.set(xlabel="t", ylabel="risk", yscale="log",
                title=f"best configurations (dashed: ODE); gain x{gain:.3g}")
         ax.legend(fontsize=8)
-    fig.savefig(dst, dpi=100)
-    print(f"wrote {dst}")
+    return fig
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    plot_main(draw)

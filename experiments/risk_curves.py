@@ -10,7 +10,6 @@ Panel data saved to ``figures/data/risk_curves.npz``:
 Usage: python experiments/risk_curves.py --out figures/data/risk_curves.npz [--size tiny|default|paper]
 """
 
-import argparse
 import math
 
 import numpy as np
@@ -19,8 +18,11 @@ import clipdyn as cd
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.results import save_results
+
 from clipdyn.schedules import constant
 from clipdyn.sweep import run_sweep, stack_schedules
+
+import common
 
 SIZES = {"tiny": dict(d=200, seeds=2, T=2.0, points=11),
          "default": dict(d=1000, seeds=10, T=10.0, points=101),
@@ -31,12 +33,8 @@ PANELS = {
 }
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures/data/risk_curves.npz")
-    ap.add_argument("--size", default="default", choices=list(SIZES))
-    args = ap.parse_args(argv)
-    size = SIZES[args.size]
+def main():
+    args, size = common.parse(__doc__, "figures/data/risk_curves.npz", SIZES)
     lam = power_law_spectrum(size["d"], 0.3)
     seeds = list(range(size["seeds"]))
     arrays, config = {}, {"study": "risk_curves", "size": args.size, **size, "alpha": 0.3,
