@@ -4,7 +4,8 @@ results section of BENCHMARKS.md and draws ``bench/throughput.png``.
 
     python bench/bench.py [--mode quick|full] [--markdown BENCHMARKS.md]
 
-Everything runs in one process, side by side, so the ratios compare like with like. Throughput is
+With ``--markdown`` the JSON is also kept in ``bench/results.json``. Everything runs in one
+process, side by side, so the ratios compare like with like. Throughput is
 run-steps per second (one SGD step of one run), median of repeats after a warm-up (compilation
 excluded). The problem is THEORY.md's: lam_i = i^-0.3, Gaussian noise sigma 0.5, eta 1, c 0.5.
 """
@@ -206,6 +207,7 @@ def main(argv=None):
         out["ode"].append(ode_bench(d))
     print(json.dumps(out, indent=1))
     if args.markdown:
+        (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=1))
         write_markdown(out, Path(args.markdown))
         plot(out, ROOT / "bench" / "throughput.png")
     return out
@@ -291,7 +293,7 @@ def plot(out, dst):
                        "o-" if n["engine"] == "step" else "s--", label=f"{n['runs']} runs, {n['engine']}")
     axes[1].loglog(dims, [rows["numpy_loop_run_steps_per_s"] for rows in out["simulator"]], "k:", label="NumPy loop")
     axes[1].set(xlabel="d", ylabel="run-steps per second", title="throughput against d")
-    axes[1].legend()
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.savefig(dst, dpi=100)
 
 

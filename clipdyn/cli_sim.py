@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-__all__ = ["add_commands"]
+from clipdyn.results import seed_statistics
 
-from clipdyn.results import seed_statistics  # noqa: E402  (re-exported for the CLI)
+__all__ = ["add_commands"]
 
 
 def _int_at_least(text: str, what: str, low: int) -> int:

@@ -73,3 +73,28 @@ def student_factors(df, scale, R, c):
     mu = integ(lambda e: pdf(e) * cond(e)[0])
     nu = integ(lambda e: pdf(e) * cond(e)[1]) + c * c * tail
     return mu, nu
+
+
+def numpy_csgd(lam, e0, z, eps, eta, c, record):
+    """Plain NumPy loop of streaming C-SGD (THEORY.md section 1), fed given samples.
+
+    ``z``: (K, d) standard normals, ``eps``: (K,) noise; returns the risk at the steps in
+    ``record``. ``c = inf`` is plain SGD.
+    """
+    lam = np.asarray(lam, np.float64)
+    trace = lam.sum()
+    e = np.array(e0, np.float64)
+    out = []
+    for k in range(max(record) + 1):
+        if k in record:
+            out.append(0.5 * np.sum(lam * e * e))
+        if k == max(record):
+            break
+        x = np.sqrt(lam) * z[k]
+        r = x @ e - eps[k]
+        g = r * x
+        norm = np.linalg.norm(g)
+        limit = c * np.sqrt(trace)
+        scale = 1.0 if norm <= limit else limit / norm
+        e = e - eta / trace * scale * g
+    return np.array(out)
