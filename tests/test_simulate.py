@@ -20,7 +20,7 @@ import pytest
 import clipdyn as cd
 from clipdyn import simulate as sm
 from clipdyn import sweep as sw
-from clipdyn.results import seed_statistics
+from clipdyn.results import load_results, seed_statistics
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.schedules import Constant, constant, heuristic, max_ccc
@@ -213,8 +213,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert calls["n"] == 1  # only the unfinished third chunk ran
     full = sw.run_sweep(problem, scheds, [0, 1], 1.0, 3, chunk_size=2, progress=False)
     np.testing.assert_array_equal(res.risk, full.risk)
-    arrays, meta = cd.results.load_results(out) if hasattr(cd, "results") else __import__(
-        "clipdyn.results", fromlist=["load_results"]).load_results(out)
+    arrays, meta = load_results(out)
     np.testing.assert_array_equal(arrays["risk"], full.risk)
     assert meta["config"]["chunk_size"] == 2 and meta["provenance"]["prng_impl"]
     assert not partial.exists()
