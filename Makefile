@@ -45,7 +45,7 @@ $(DATA)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(DATA)
 	$(PY) experiments/$*.py --out $@ --size $(SIZE)
 
-$(FIGDIR)/%.png: experiments/plot_%.py $(DATA)/%.npz | $(STAMP)
+$(FIGDIR)/%.png: experiments/plot_%.py experiments/common.py $(DATA)/%.npz | $(STAMP)
 	$(PY) experiments/plot_$*.py $(DATA)/$*.npz $@
 
 .SECONDARY:

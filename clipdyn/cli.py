@@ -78,13 +78,14 @@ def _positive(text: str, what: str) -> float:
     return x
 
 
-def _points(text: str) -> int:
+def int_at_least(text: str, what: str, low: int) -> int:
+    """An integer option ``>= low``, or a one-line ValueError naming the bad value."""
     from clipdyn.specs import parse_float
 
-    n = parse_float(text, "--points")
-    if not (n.is_integer() and n >= 2):
-        raise ValueError(f"--points={text} is not allowed; it must be an integer >= 2")
-    return int(n)
+    x = parse_float(text, what)
+    if not (x.is_integer() and x >= low):
+        raise ValueError(f"{what}={text} is not allowed; it must be an integer >= {low}")
+    return int(x)
 
 
 def cmd_factors(args) -> None:
@@ -121,20 +122,27 @@ def _problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", default="101", help="output times, evenly spaced in [0, T] (default 101)")
 
 
-def build_problem(args):
-    """The problem and schedule that the shared problem options describe."""
+def problem_from_args(args):
+    """``(problem, T, points)`` from the shared problem options (not ``--eta`` / ``--clip``)."""
     from clipdyn.problem import make_problem
-    from clipdyn.specs import make_schedule, parse_clip, parse_noise, parse_spectrum
+    from clipdyn.specs import parse_noise, parse_spectrum
 
     law = parse_noise(args.noise)
     lam = parse_spectrum(args.spectrum)
-    eta = _positive(args.eta, "--eta")
     R0 = _positive(args.R0, "--R0")
     T = _positive(args.T, "--T")
-    points = _points(args.points)
+    points = int_at_least(args.points, "--points", 2)
+    return make_problem(lam, law, R0=R0), T, points
+
+
+def build_problem(args):
+    """The problem and the one schedule (``--eta``, ``--clip``) that the options describe."""
+    from clipdyn.specs import make_schedule, parse_clip
+
+    problem, T, points = problem_from_args(args)
+    eta = _positive(args.eta, "--eta")
     clip = parse_clip(args.clip)
-    problem = make_problem(lam, law, R0=R0)
-    return problem, make_schedule(clip, eta, law), clip, eta, T, points
+    return problem, make_schedule(clip, eta, problem.noise), clip, eta, T, points
 
 
 def risk_series(risk) -> list:

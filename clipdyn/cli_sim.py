@@ -10,18 +10,10 @@ import math
 
 import numpy as np
 
+from clipdyn.cli import int_at_least
 from clipdyn.results import seed_statistics
 
 __all__ = ["add_commands"]
-
-
-def _int_at_least(text: str, what: str, low: int) -> int:
-    from clipdyn.specs import parse_float
-
-    x = parse_float(text, what)
-    if not (x.is_integer() and x >= low):
-        raise ValueError(f"{what}={text} is not allowed; it must be an integer >= {low}")
-    return int(x)
 
 
 def _sim_args(p) -> None:
@@ -35,8 +27,8 @@ def _sim_args(p) -> None:
 
 
 def _seeds(args) -> list[int]:
-    n = _int_at_least(args.seeds, "--seeds", 1)
-    off = _int_at_least(args.seed_offset, "--seed-offset", 0)
+    n = int_at_least(args.seeds, "--seeds", 1)
+    off = int_at_least(args.seed_offset, "--seed-offset", 0)
     return list(range(off, off + n))
 
 
@@ -118,16 +110,13 @@ def _clip_values(text: str) -> list[str]:
 
 
 def cmd_sweep(args) -> None:
-    from clipdyn.cli import build_problem, emit, format_table
+    from clipdyn.cli import emit, format_table, problem_from_args
     from clipdyn.sweep import run_sweep, stack_schedules
 
-    args.clip_list, clip_text = args.clip, args.clip
-    args.clip = "inf"  # the problem options need one threshold; the list is parsed below
-    args.eta_list, args.eta = args.eta, "1"
-    problem, _, _, _, T, points = build_problem(args)
-    args.clip, args.eta = clip_text, args.eta_list
+    problem, T, points = problem_from_args(args)
+    clip_text = args.clip
     scheds, records = _sweep_schedules(args, problem.noise)
-    chunk = _int_at_least(args.chunk_size, "--chunk-size", 1) if args.chunk_size else None
+    chunk = int_at_least(args.chunk_size, "--chunk-size", 1) if args.chunk_size else None
     config = {"spectrum": args.spectrum, "noise": args.noise, "eta": args.eta, "clip": clip_text,
               "R0": args.R0, "configs": records}
     res = run_sweep(problem, stack_schedules(scheds), _seeds(args), T, points, method=args.method,

@@ -192,6 +192,16 @@ def _guarded(prob: SimProblem, state: RunState, e_new: Array, bound: Array) -> R
     )
 
 
+def _clip_scale(g_norm: Array, limit: Array) -> Array:
+    """``min(1, C / ||g||)``, written so that ``||g|| = 0`` and ``C = inf`` give 1 without 0/0 or inf/inf."""
+    return jnp.where(g_norm > limit, limit / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
+
+
+def _draw_block(stream_key: Array, k0: Array, block: int, prob: SimProblem) -> Sample:
+    """The samples of steps ``k0 .. k0 + block - 1``, leaves with a leading ``block`` axis."""
+    return jax.vmap(lambda k: draw_sample(stream_key, k, prob))(k0 + jnp.arange(block))
+
+
 def _sgd_step(prob: SimProblem, schedule: Callable, bound: Array, state: RunState,
               sample: Sample) -> RunState:
     t = state.k.astype(prob.lam.dtype) / prob.trace
@@ -199,9 +209,7 @@ def _sgd_step(prob: SimProblem, schedule: Callable, bound: Array, state: RunStat
     x = prob.sqrt_lam * sample.z
     r = batch_invariant_sum(x * state.e) - sample.eps
     g_norm = jnp.abs(r) * jnp.sqrt(batch_invariant_sum(x * x))
-    limit = c * jnp.sqrt(prob.trace)
-    # min(1, C / ||g||), written so that ||g|| = 0 and C = inf give 1 without a 0/0 or inf/inf.
-    scale = jnp.where(g_norm > limit, limit / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
+    scale = _clip_scale(g_norm, c * jnp.sqrt(prob.trace))
     e_new = state.e - (eta / prob.trace) * (scale * r) * x
     return _guarded(prob, state, e_new, bound)
 
@@ -299,7 +307,7 @@ def _block_sgd(prob: SimProblem, schedules, stream_key: Array, states: RunState,
 
     def one_block(b, states):
         k0 = lo + b * block
-        samples = jax.vmap(lambda k: draw_sample(stream_key, k, prob))(k0 + jnp.arange(block))
+        samples = _draw_block(stream_key, k0, block, prob)
         X = prob.sqrt_lam[None, :] * samples.z
         G = X @ X.T
         H = (X * lam[None, :]) @ X.T
@@ -313,8 +321,7 @@ def _block_sgd(prob: SimProblem, schedules, stream_key: Array, states: RunState,
                 eta, clip = sched(k.astype(R.dtype) / trace, R)
                 r = P[j] - samples.eps[j]
                 g_norm = jnp.abs(r) * jnp.sqrt(G[j, j])
-                limit = clip * jnp.sqrt(trace)
-                scale = jnp.where(g_norm > limit, limit / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
+                scale = _clip_scale(g_norm, clip * jnp.sqrt(trace))
                 a = jnp.where(div | (k >= hi), 0.0, (eta / trace) * scale * r)
                 R_new = R - a * Q[j] + 0.5 * a * a * H[j, j]
                 blown = ~(R_new <= bound) & ~div & (k < hi)
@@ -388,7 +395,7 @@ def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: st
         def run_block(b, carry):
             states, lo, hi = carry
             k0 = lo + b * block
-            samples = jax.vmap(lambda k: draw_sample(stream_key, k, prob))(k0 + jnp.arange(block))
+            samples = _draw_block(stream_key, k0, block, prob)
 
             def one(i, states):
                 return step_configs(states, jax.tree.map(lambda x: x[i], samples))
