@@ -29,8 +29,13 @@ def _git_commit() -> str:
                              timeout=10)
         if out.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # "+dirty" means the code differs from the commit; results and figures being rewritten
+        # (by the very run that records this) do not count.
+        code = ["clipdyn", "experiments", "bench", "pyproject.toml"]
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or str(here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
+                               cwd=top, capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
