@@ -78,6 +78,29 @@ def _positive(text: str, what: str) -> float:
     return x
 
 
+def positive_list(text: str, what: str) -> np.ndarray:
+    """A LIST of finite values > 0, or a one-line ValueError naming the bad values."""
+    from clipdyn.specs import parse_list
+
+    x = parse_list(text, what)
+    if not np.all(np.isfinite(x) & (x > 0)):
+        raise ValueError(f"{what}: {x.tolist()} is not allowed; values must be finite and > 0")
+    return x
+
+
+def threshold_list(text: str, what: str) -> np.ndarray:
+    """A LIST of thresholds >= 0 (``inf``: unclipped), or a one-line ValueError."""
+    from clipdyn.specs import parse_list
+
+    try:
+        c = parse_list(text, what)
+    except ValueError as err:
+        raise ValueError(f"{err}; thresholds are numbers >= 0 or inf") from None
+    if np.any(np.isnan(c) | (c < 0)):
+        raise ValueError(f"{what}: {c.tolist()} is not allowed; thresholds must be >= 0 (inf allowed)")
+    return c
+
+
 def int_at_least(text: str, what: str, low: int) -> int:
     """An integer option ``>= low``, or a one-line ValueError naming the bad value."""
     from clipdyn.specs import parse_float
@@ -92,15 +115,11 @@ def cmd_factors(args) -> None:
     import jax
 
     from clipdyn import factors
-    from clipdyn.specs import parse_list, parse_noise
+    from clipdyn.specs import parse_noise
 
     law = parse_noise(args.noise)
-    R = parse_list(args.R, "--R")
-    c = parse_list(args.c, "--c")
-    if not np.all(np.isfinite(R) & (R > 0)):
-        raise ValueError(f"--R: {R.tolist()} is not allowed; risks must be finite and > 0")
-    if np.any(np.isnan(c) | (c < 0)):
-        raise ValueError(f"--c: {c.tolist()} is not allowed; thresholds must be >= 0 (inf allowed)")
+    R = positive_list(args.R, "--R")
+    c = threshold_list(args.c, "--c")
     RR, CC = np.meshgrid(R, c, indexing="ij")
     f = jax.jit(lambda r, cc: factors.reduction_factors(law, r, cc))(RR.ravel(), CC.ravel())
     f = {k: np.asarray(v) for k, v in f._asdict().items()}

@@ -66,12 +66,10 @@ def cmd_simulate(args) -> None:
 def _sweep_schedules(args, law):
     """The configurations of ``clipdyn sweep``: every threshold x every learning rate."""
     from clipdyn import schedules as sch
-    from clipdyn.cli import _positive
-    from clipdyn.specs import parse_clip, parse_list
+    from clipdyn.cli import positive_list, threshold_list
+    from clipdyn.specs import _split, parse_float, parse_list
 
-    etas = parse_list(args.eta, "--eta")
-    for e in etas:
-        _positive(repr(float(e)), "--eta")
+    etas = positive_list(args.eta, "--eta")
     text = args.clip.strip().lower()
     records, scheds = [], []
     if text == "max-ccc":
@@ -80,33 +78,21 @@ def _sweep_schedules(args, law):
             scheds.append(sch.MaxCCC(float(e), base.noise, base.log_R, base.u))
             records.append({"eta": float(e), "clip": "max-ccc"})
     elif text.startswith("heuristic"):
-        from clipdyn.specs import _split
-
         _, params = _split(text, "clip")
         if "kappa" not in params:
             raise ValueError("--clip heuristic needs kappa=LIST, e.g. heuristic:kappa=0.5/1/2")
         kappas = parse_list(params["kappa"].replace("/", ","), "heuristic kappa")
-        sigma2 = float(params["sigma2"]) if "sigma2" in params else None
+        sigma2 = parse_float(params["sigma2"], "heuristic sigma2") if "sigma2" in params else None
         for k in kappas:
             for e in etas:
                 scheds.append(sch.heuristic(float(e), float(k), law, sigma2))
                 records.append({"eta": float(e), "clip": f"heuristic:kappa={k:g}", "kappa": float(k)})
     else:
-        clips = [parse_clip(c) for c in _clip_values(args.clip)]
-        for c in clips:
+        for c in threshold_list(args.clip, "--clip"):
             for e in etas:
-                scheds.append(sch.constant(float(e), c.value))
-                records.append({"eta": float(e), "clip": c.value})
+                scheds.append(sch.constant(float(e), float(c)))
+                records.append({"eta": float(e), "clip": float(c)})
     return scheds, records
-
-
-def _clip_values(text: str) -> list[str]:
-    from clipdyn.specs import parse_list
-
-    text = text.strip()
-    if text.count(":") == 2 and "," not in text:
-        return [repr(float(v)) for v in parse_list(text, "--clip")]
-    return [v for v in text.split(",") if v.strip()]
 
 
 def cmd_sweep(args) -> None:

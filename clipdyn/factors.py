@@ -42,6 +42,7 @@ __all__ = [
     "csc",
     "max_stable_lr",
     "optimal_threshold",
+    "threshold_unit",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -213,12 +214,18 @@ def _log_ratio(noise: NoiseLaw, R: Array, log_c: Array) -> Array:
     return 2.0 * jnp.log(m) - jnp.log(na)
 
 
+def threshold_unit(noise: NoiseLaw, R: ArrayLike) -> Array:
+    """``sqrt(2R + scale^2)`` (``1`` where that is 0): the natural unit of a threshold at risk
+    ``R``, in ``R``'s dtype. An infinite ``scale`` counts as 0."""
+    R = jnp.asarray(R)
+    s = jnp.asarray(noise.scale, R.dtype)
+    unit = jnp.sqrt(2.0 * R + jnp.where(jnp.isfinite(s), s * s, 0.0))
+    return jnp.where(unit > 0, unit, 1.0)
+
+
 def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int) -> Array:
     R = jnp.asarray(R, float)
-    scale = jnp.asarray(noise.scale, float)
-    s_ref = jnp.sqrt(2.0 * R + jnp.where(jnp.isfinite(scale), scale * scale, 0.0))
-    s_ref = jnp.where(s_ref > 0, s_ref, 1.0)
-    log_grid = jnp.log(s_ref) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
+    log_grid = jnp.log(threshold_unit(noise, R)) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
     vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc))(log_grid)
     vals = jnp.where(jnp.isnan(vals), -jnp.inf, vals)
     i = jnp.argmax(vals)

@@ -45,6 +45,9 @@ __all__ = [
     "cauchy",
     "MixtureRep",
     "NoiseLaw",
+    "check_value",
+    "frozen_pytree",
+    "cast_floats",
 ]
 
 
@@ -66,7 +69,7 @@ def _is_concrete(x) -> bool:
     )
 
 
-def _check(law: str, name: str, value, ok, allowed: str) -> None:
+def check_value(law: str, name: str, value, ok, allowed: str) -> None:
     """Raise ``ValueError`` naming the bad value, when ``value`` is concrete."""
     if not _is_concrete(value):
         return
@@ -76,8 +79,19 @@ def _check(law: str, name: str, value, ok, allowed: str) -> None:
         raise ValueError(f"{law}: {name}={shown} is not allowed; {name} must be {allowed}")
 
 
-def _pytree(cls):
+def frozen_pytree(cls):
+    """A frozen dataclass registered as a JAX pytree (fields marked ``static`` are metadata)."""
     return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
+
+
+def cast_floats(tree, dtype):
+    """``tree`` with its floating leaves cast to ``dtype`` (other leaves untouched)."""
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
 
 
 def _finite_nonneg(a):
@@ -89,12 +103,7 @@ class _Law:
 
     def astype(self, dtype) -> "_Law":
         """The same law with floating parameters cast to ``dtype`` (for float32 simulation)."""
-
-        def cast(x):
-            x = jnp.asarray(x)
-            return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-        return jax.tree.map(cast, self)
+        return cast_floats(self, dtype)
 
     @property
     def variance(self) -> Array:
@@ -102,7 +111,7 @@ class _Law:
         return jnp.where(jnp.isfinite(m), self.second_moment - m * m, jnp.inf)
 
 
-@_pytree
+@frozen_pytree
 class Gaussian(_Law):
     """Gaussian noise ``N(0, sigma^2)``.
 
@@ -113,7 +122,7 @@ class Gaussian(_Law):
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        _check("gaussian", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
+        check_value("gaussian", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
 
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         return jnp.asarray(self.sigma, dtype) * jax.random.normal(key, shape, dtype)
@@ -167,7 +176,7 @@ def _student_nodes(df: float) -> int:
     return max(64, 32 * math.ceil(n / 32))
 
 
-@_pytree
+@frozen_pytree
 class StudentT(_Law):
     """Student-t noise with ``df > 0`` degrees of freedom and scale ``scale`` (Cauchy: ``df=1``).
 
@@ -184,8 +193,8 @@ class StudentT(_Law):
     n_nodes: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
-        _check("student-t", "df", self.df, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
-        _check("student-t", "scale", self.scale, _finite_nonneg, "finite and >= 0")
+        check_value("student-t", "df", self.df, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+        check_value("student-t", "scale", self.scale, _finite_nonneg, "finite and >= 0")
         if self.n_nodes is None and _is_concrete(self.df) and np.ndim(self.df) == 0:
             object.__setattr__(self, "n_nodes", _student_nodes(float(self.df)))
 
@@ -223,7 +232,7 @@ def cauchy(scale: ArrayLike = 1.0) -> StudentT:
     return StudentT(df=1.0, scale=scale)
 
 
-@_pytree
+@frozen_pytree
 class Rademacher(_Law):
     """Symmetric two-point noise ``+-sigma`` with probability 1/2 each.
 
@@ -234,7 +243,7 @@ class Rademacher(_Law):
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        _check("rademacher", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
+        check_value("rademacher", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
 
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         return jnp.asarray(self.sigma, dtype) * jax.random.rademacher(key, shape, dtype)
@@ -257,7 +266,7 @@ class Rademacher(_Law):
         return MixtureRep(jnp.full((2,), 0.5), means, jnp.zeros((2,)))
 
 
-@_pytree
+@frozen_pytree
 class GaussianMixture(_Law):
     """A finite mixture of Gaussians ``sum_j w_j N(m_j, s_j^2)``; may be asymmetric.
 
@@ -280,11 +289,11 @@ class GaussianMixture(_Law):
                     "mixture: weights, means and sigmas must be 1-D lists of the same length; "
                     f"got lengths {[np.size(v) for v in (w, m, s)]}"
                 )
-            _check("mixture", "weights", w, _finite_nonneg, "finite and >= 0")
+            check_value("mixture", "weights", w, _finite_nonneg, "finite and >= 0")
             if float(np.sum(w)) <= 0:
                 raise ValueError("mixture: weights must not all be zero")
-            _check("mixture", "means", m, np.isfinite, "finite")
-            _check("mixture", "sigmas", s, _finite_nonneg, "finite and >= 0")
+            check_value("mixture", "means", m, np.isfinite, "finite")
+            check_value("mixture", "sigmas", s, _finite_nonneg, "finite and >= 0")
             object.__setattr__(self, "weights", np.asarray(w, float) / np.sum(w))
             object.__setattr__(self, "means", np.asarray(m, float))
             object.__setattr__(self, "sigmas", np.asarray(s, float))
@@ -318,7 +327,7 @@ class GaussianMixture(_Law):
         )
 
 
-@_pytree
+@frozen_pytree
 class Empirical(_Law):
     """The empirical law of a sample of residuals: uniform over ``atoms`` (any shape, flattened).
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_results", "load_results", "provenance", "atomic_write_bytes", "seed_statistics"]
+__all__ = ["save_results", "load_results", "provenance", "atomic_write_bytes", "atomic_savez",
+           "seed_statistics"]
 
 
 def _git_commit() -> str:
@@ -79,6 +80,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` to ``path``, atomically (see :func:`atomic_write_bytes`)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _json_default(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
@@ -108,13 +118,9 @@ def save_results(path: str | Path, arrays: dict[str, Any], config: dict[str, Any
         The ``.npz`` path.
     """
     path = Path(path).with_suffix(".npz")
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     meta = {"config": config, "provenance": provenance(precision), "arrays": sorted(arrays)}
     meta = json.loads(json.dumps(meta, default=_json_default))
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_savez(path, **arrays)
     atomic_write_bytes(path.with_suffix(".json"),
                        json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
     return path

@@ -25,7 +25,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import factors
-from clipdyn.noise import NoiseLaw, _check
+from clipdyn.noise import NoiseLaw, check_value, frozen_pytree
 
 Array = jax.Array
 
@@ -42,23 +42,19 @@ __all__ = [
 ]
 
 
-def _pytree(cls):
-    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
-
-
 def _check_eta(eta) -> None:
-    _check("schedule", "eta", eta, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    check_value("schedule", "eta", eta, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
 
 
 def _check_clip(c) -> None:
-    _check("schedule", "clip", c, lambda a: ~np.isnan(a) & (a >= 0), ">= 0 (inf: unclipped)")
+    check_value("schedule", "clip", c, lambda a: ~np.isnan(a) & (a >= 0), ">= 0 (inf: unclipped)")
 
 
 def _like(x, R: Array) -> Array:
     return jnp.asarray(x, R.dtype)
 
 
-@_pytree
+@frozen_pytree
 class Constant:
     """Constant learning rate ``eta`` and threshold ``clip`` (``inf``: unclipped SGD)."""
 
@@ -78,7 +74,7 @@ def constant(eta: ArrayLike, clip: ArrayLike = math.inf) -> Constant:
     return Constant(eta, clip)
 
 
-@_pytree
+@frozen_pytree
 class TimeVarying:
     """``eta(t)`` and ``clip(t)`` given as JAX-traceable functions of time (or constants).
 
@@ -95,7 +91,7 @@ class TimeVarying:
         return _like(eta, R), _like(c, R)
 
 
-@_pytree
+@frozen_pytree
 class StepDecay:
     """``eta * factor^floor(t / every)`` with a constant threshold."""
 
@@ -106,8 +102,8 @@ class StepDecay:
 
     def __post_init__(self):
         _check_eta(self.eta)
-        _check("step-decay", "factor", self.factor, lambda a: (a > 0) & (a <= 1), "in (0, 1]")
-        _check("step-decay", "every", self.every, lambda a: a > 0, "> 0")
+        check_value("step-decay", "factor", self.factor, lambda a: (a > 0) & (a <= 1), "in (0, 1]")
+        check_value("step-decay", "every", self.every, lambda a: a > 0, "> 0")
         _check_clip(self.clip)
 
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
@@ -115,7 +111,7 @@ class StepDecay:
         return _like(self.eta, R) * _like(self.factor, R) ** k, _like(self.clip, R)
 
 
-@_pytree
+@frozen_pytree
 class PiecewiseConstant:
     """Learning rate ``etas[j]`` on ``[boundaries[j-1], boundaries[j])``, constant threshold.
 
@@ -131,15 +127,7 @@ class PiecewiseConstant:
         return _like(self.etas, R)[j], _like(self.clip, R)
 
 
-def _unit_scale(noise: NoiseLaw, R: Array) -> Array:
-    """``sqrt(2R + scale^2)``: the natural unit of the threshold at risk ``R``."""
-    s = jnp.asarray(noise.scale, R.dtype)
-    s2 = jnp.where(jnp.isfinite(s), s * s, 0.0)
-    out = jnp.sqrt(2.0 * R + s2)
-    return jnp.where(out > 0, out, 1.0)
-
-
-@_pytree
+@frozen_pytree
 class MaxCCC:
     """The max-CCC schedule: ``c_t = argmax_c CCC_c(R_t)``, ``eta_t = eta / mu_{c_t}(R_t)``.
 
@@ -157,7 +145,7 @@ class MaxCCC:
     def threshold(self, R: Array) -> Array:
         R = jnp.asarray(R)
         u = jnp.interp(jnp.log(R), _like(self.log_R, R), _like(self.u, R))
-        unit = _unit_scale(self.noise, R)
+        unit = factors.threshold_unit(self.noise, R)
         return jnp.where(u >= 1.0 - 1e-9, jnp.inf, unit * u / jnp.maximum(1.0 - u, 1e-9))
 
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
@@ -185,12 +173,12 @@ def max_ccc(
     log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
     R = jnp.exp(log_R)
     c_star = jax.jit(lambda r: factors.optimal_threshold(noise, r))(R)
-    unit = _unit_scale(noise, R)
+    unit = factors.threshold_unit(noise, R)
     u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
     return MaxCCC(eta, noise, log_R, u)
 
 
-@_pytree
+@frozen_pytree
 class Heuristic:
     """The one-parameter schedule ``c_t = kappa sqrt(2 R_t + sigma^2)``, ``eta_t = eta / mu``.
 
@@ -221,7 +209,7 @@ def heuristic(
         ValueError: for ``kappa <= 0`` or a law of infinite variance with no ``sigma2`` given.
     """
     _check_eta(eta)
-    _check("heuristic", "kappa", kappa, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    check_value("heuristic", "kappa", kappa, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
     if sigma2 is None:
         sigma2 = noise.second_moment
         if not np.isfinite(float(sigma2)):
@@ -229,5 +217,5 @@ def heuristic(
                 "heuristic: the noise law has infinite variance, so kappa*sqrt(2R + sigma^2) is "
                 "undefined; give sigma2 explicitly (e.g. heuristic:kappa=K,sigma2=S) or use max-ccc"
             )
-    _check("heuristic", "sigma2", sigma2, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+    check_value("heuristic", "sigma2", sigma2, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
     return Heuristic(eta, kappa, noise, sigma2)

@@ -177,6 +177,11 @@ def _init(prob: SimProblem, init_key: Array) -> RunState:
     return start_state(prob, initial_error(init_key, prob))
 
 
+def _divergence_bound(prob: SimProblem, divergence_factor) -> Array:
+    """Runs diverge once ``R > divergence_factor * R0``."""
+    return jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+
+
 def _guarded(prob: SimProblem, state: RunState, e_new: Array, bound: Array) -> RunState:
     """Accept ``e_new`` unless the risk leaves ``[0, bound]`` (or the run had diverged)."""
     r_new = _risk(prob, e_new)
@@ -245,7 +250,7 @@ def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6):
     References:
         theory/derivation.md, eq. (1.3).
     """
-    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    bound = _divergence_bound(prob, divergence_factor)
     return functools.partial(_init, prob), functools.partial(_sgd_step, prob, schedule, bound)
 
 
@@ -261,7 +266,7 @@ def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None):
     References:
         theory/derivation.md, eqs. (2.8) and (2.10).
     """
-    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    bound = _divergence_bound(prob, divergence_factor)
     dt = 1.0 / prob.trace if dt is None else jnp.asarray(dt, prob.lam.dtype)
     return (functools.partial(_init, prob),
             functools.partial(_hsgd_step, prob, schedule, bound, dt))
@@ -284,6 +289,14 @@ def output_steps(T: float, points: int, trace: float, dt: float | None = None) -
 
 
 ENGINES = ("step", "block")
+
+
+def check_engine(engine: str, method: str) -> None:
+    """Raise ``ValueError`` unless ``engine`` can run ``method``."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(ENGINES)}")
+    if engine == "block" and method != "sgd":
+        raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
 
 
 def _block_sgd(prob: SimProblem, schedules, stream_key: Array, states: RunState, lo, hi,
@@ -372,14 +385,11 @@ def run_batch(prob: SimProblem, schedules, keys: Array, steps: Array, method: st
         ``(risk, diverged, diverged_step)`` of shapes ``(S, C, P)``, ``(S, C)``, ``(S, C)``;
         ``risk`` is ``nan`` at and after a run's divergence.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(ENGINES)}")
-    if engine == "block" and method != "sgd":
-        raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
+    check_engine(engine, method)
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
     d_pad = prob.lam.shape[0]
     block = int(max(1, min(64, 2**22 // d_pad)))
-    bound = jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    bound = _divergence_bound(prob, divergence_factor)
 
     def sim(schedule):
         return simulator(method, prob, schedule, divergence_factor, dt)

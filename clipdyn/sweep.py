@@ -31,7 +31,8 @@ from jax.sharding import PartitionSpec as P
 
 from clipdyn import simulate as sim
 from clipdyn.problem import Problem
-from clipdyn.results import atomic_write_bytes, save_results
+from clipdyn.noise import cast_floats
+from clipdyn.results import atomic_savez, atomic_write_bytes, save_results
 
 __all__ = ["SweepResult", "stack_schedules", "run_sweep", "simulate_runs", "seed_keys"]
 
@@ -77,14 +78,6 @@ def seed_keys(seeds: Sequence[int], impl: str | None = None) -> Array:
 
 
 Array = jax.Array
-
-
-def _cast_floats(tree, dtype):
-    def cast(x):
-        x = jnp.asarray(x)
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-    return jax.tree.map(cast, tree)
 
 
 def _take(tree, idx: np.ndarray):
@@ -192,11 +185,8 @@ def run_sweep(
     dt_used = 1.0 / trace if dt is None else float(dt)
     t = steps * dt_used
     keys = seed_keys(seeds, prng_impl)
-    schedules = _cast_floats(schedules, dtype)
-    if engine not in sim.ENGINES:
-        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(sim.ENGINES)}")
-    if engine == "block" and method != "sgd":
-        raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
+    schedules = cast_floats(schedules, dtype)
+    sim.check_engine(engine, method)
     run = _sharded_runner(method, divergence_factor, dt, devices, engine)
     steps_arr = jnp.asarray(steps)
 
@@ -214,7 +204,7 @@ def run_sweep(
         out = Path(out).with_suffix(".npz")
         partial = out.parent / (out.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
-        fp = _fingerprint({k: v for k, v in full_config.items()}) + "-" + _fingerprint(
+        fp = _fingerprint(full_config) + "-" + _fingerprint(
             jax.tree.map(lambda x: np.asarray(x).tolist(), schedules))
         stamp = partial / "fingerprint"
         if stamp.exists() and stamp.read_text() != fp:
@@ -242,11 +232,7 @@ def run_sweep(
             r, dv, ds = (np.asarray(a) for a in run(_take(schedules, idx), prob, keys, steps_arr))
             r, dv, ds = r[:, : hi - lo], dv[:, : hi - lo], ds[:, : hi - lo]
             if path is not None:
-                import io
-
-                buf = io.BytesIO()
-                np.savez(buf, risk=r, diverged=dv, diverged_step=ds)
-                atomic_write_bytes(path, buf.getvalue())
+                atomic_savez(path, risk=r, diverged=dv, diverged_step=ds)
         risk[:, lo:hi], diverged[:, lo:hi], div_step[:, lo:hi] = r, dv, ds
         if bar is not None:
             bar.update(1)

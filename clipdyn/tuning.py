@@ -34,16 +34,6 @@ Array = jax.Array
 __all__ = ["bisect_max_lr", "ode_final_risks", "ode_is_stable", "optimize_lr_schedule", "LRSchedule"]
 
 
-def _bisect(is_stable, lo, hi, iters):
-    log_lo, log_hi = np.log(lo), np.log(hi)
-    for _ in range(iters):
-        mid = 0.5 * (log_lo + log_hi)
-        ok = np.asarray(is_stable(np.exp(mid)), bool)
-        log_lo = np.where(ok, mid, log_lo)
-        log_hi = np.where(ok, log_hi, mid)
-    return np.exp(0.5 * (log_lo + log_hi))
-
-
 def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: int = 20,
                   n: int | None = None) -> np.ndarray:
     """Largest stable learning rate for ``n`` configurations at once, by bisection in ``log eta``.
@@ -65,7 +55,13 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
     if np.any(~(lo > 0) | ~(hi > lo)):
         raise ValueError("bisect_max_lr needs 0 < lo < hi")
-    return _bisect(is_stable, lo, hi, iters)
+    log_lo, log_hi = np.log(lo), np.log(hi)
+    for _ in range(iters):
+        mid = 0.5 * (log_lo + log_hi)
+        ok = np.asarray(is_stable(np.exp(mid)), bool)
+        log_lo = np.where(ok, mid, log_lo)
+        log_hi = np.where(ok, log_hi, mid)
+    return np.exp(0.5 * (log_lo + log_hi))
 
 
 def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol: float = 1e-8):
