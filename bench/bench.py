@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
-from clipdyn import simulate as sm
+from clipdyn import sim as sm
+from clipdyn.rules import clip_scale, default_rule, stack_rules
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.schedules import Constant, constant
@@ -88,7 +89,7 @@ def scan_loop(lam, steps, eta=1.0, c=0.5, sigma=0.5):
             x = sqrt_lam * jax.random.normal(kz, lam.shape, jnp.float32)
             r = jnp.dot(x, e) - sigma * jax.random.normal(ke, (), jnp.float32)
             norm = jnp.abs(r) * jnp.linalg.norm(x)
-            scale = jnp.minimum(1.0, limit / norm)
+            scale = clip_scale(norm, limit)
             return e - eta / trace * scale * r * x, None
 
         e, _ = jax.lax.scan(body, e0, jnp.arange(steps))
@@ -104,8 +105,9 @@ def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None):
     sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32), clips)
     keys = seed_keys([0], prng_impl)
     out_steps = jnp.asarray([0, steps])
-    run = jax.jit(lambda s, p, k, st: sm.run_batch(p, s, k, st, engine=engine))
-    return lambda: run(sched, prob, keys, out_steps)[0].block_until_ready()
+    rules = stack_rules([default_rule()] * n_runs)
+    run = jax.jit(lambda s, r, p, k, st: sm.run_batch(p, s, r, k, st, engine=engine))
+    return lambda: run(sched, rules, prob, keys, out_steps)[0].block_until_ready()
 
 
 def rng_only(problem, steps):
@@ -120,7 +122,7 @@ def rng_only(problem, steps):
 
         def body(b, acc):
             s = jax.vmap(lambda k: sm.draw_sample(stream, k, prob))(b * block + jnp.arange(block))
-            return acc + jnp.sum(s.z) + jnp.sum(s.eps)
+            return acc + jnp.sum(s.x) + jnp.sum(s.eps)
 
         return jax.lax.fori_loop(0, steps // block, body, jnp.zeros((), jnp.float32))
 

@@ -1,17 +1,19 @@
 """clipdyn: high-dimensional dynamics of SGD with gradient clipping on streaming least squares.
 
-Importing clipdyn turns on JAX's float64 support (``jax_enable_x64``): the theory and the ODE
-run in float64, and the simulators use float32 unless asked for float64.
+Importing clipdyn changes no global state: JAX's ``jax_enable_x64`` keeps the value the user gave
+it. The theory, the ODE and the float64 simulations still run in float64: each public entry point
+runs under ``jax.enable_x64(True)``, a thread-local context restored when the call returns (see
+:mod:`clipdyn.precision`). Inside a caller's own ``jit``/``vmap``/``grad``, the caller's precision
+applies.
+
+Bad arguments raise ``ValueError`` naming the bad value and what is allowed, with the same rules
+and messages as the command line (:mod:`clipdyn.validation`).
 """
-
-import jax
-
-jax.config.update("jax_enable_x64", True)
 
 __version__ = "0.1.0"
 
-from clipdyn import factors, noise  # noqa: E402
-from clipdyn.factors import (  # noqa: E402
+from clipdyn import factors, noise, precision, validation
+from clipdyn.factors import (
     Factors,
     ccc,
     csc,
@@ -22,4 +24,4 @@ from clipdyn.factors import (  # noqa: E402
     optimal_threshold,
     reduction_factors,
 )
-from clipdyn.noise import Empirical, Gaussian, GaussianMixture, Rademacher, StudentT, cauchy  # noqa: E402
+from clipdyn.noise import Empirical, Gaussian, GaussianMixture, Rademacher, StudentT, cauchy

@@ -28,7 +28,9 @@ import numpy as np
 from jax.scipy.special import erf, erfc, gammainc
 from jax.typing import ArrayLike
 
+from clipdyn import validation
 from clipdyn.noise import NoiseLaw
+from clipdyn.precision import uses_x64
 
 Array = jax.Array
 
@@ -50,13 +52,19 @@ _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(20)
 
 
 class Factors(NamedTuple):
-    """The reduction factors and criteria at one ``(R, c)``."""
+    """The reduction factors and criteria at one ``(R, c)``.
+
+    ``iso_d`` and ``iso_1`` are a clipping rule's isotropic noise terms (pre-clip and DP noise,
+    theory/clip_rules.md, eq. (7)); both are 0 without those options.
+    """
 
     mu: Array
     nu_abs: Array
     nu: Array
     ccc: Array
     csc: Array
+    iso_d: Array = 0.0
+    iso_1: Array = 0.0
 
 
 def _centred(s2: Array, c: Array) -> tuple[Array, Array]:
@@ -151,82 +159,158 @@ def _all_scalar(noise: NoiseLaw, R: Array, c: Array) -> Factors:
     # c -> 0: mu ~ 2 p_w(0) c and nu_abs ~ c^2, so CCC -> 4 p_w(0)^2 (2R + sigma^2), eq. (4.4).
     ccc_ = jnp.where((c == 0) & finite_noise, 4.0 * dens0 * dens0 * norm, ccc_)
     csc_ = jnp.where(n > 0, m / n_safe, jnp.inf)
-    return Factors(m, na, n, ccc_, csc_)
+    zero = jnp.zeros_like(m)
+    return Factors(m, na, n, ccc_, csc_, zero, zero)
 
 
-def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Factors:
+def _rule_scalar(noise: NoiseLaw, R: Array, c: Array, rule) -> Factors:
+    """The factors of a clipping rule (theory/clip_rules.md, eqs. (7)-(10)): ``nu_abs`` is the
+    rule's ``lam``-proportional noise ``nu``, and the unitless ``nu`` compares it with unclipped
+    SGD of the same batch size, ``(2R + sigma^2) / B``. The criteria ignore the isotropic terms
+    (returned as ``iso_d``, ``iso_1``), which do not scale with ``lam_i``."""
+    f = rule.ode_factors(noise, R, c)
+    m, na = f.mu, f.nu
+    R = jnp.asarray(R, na.dtype)
+    sgd = rule.sgd_noise(noise, R)
+    is_inf = jnp.isinf(c)
+    n = jnp.where(jnp.isfinite(sgd), na / jnp.where(sgd > 0, sgd, 1.0), jnp.where(is_inf, 1.0, 0.0))
+    n_safe = jnp.where(n > 0, n, 1.0)
+    ccc_ = jnp.where(n > 0, m * m / n_safe, jnp.inf)
+    csc_ = jnp.where(n > 0, m / n_safe, jnp.inf)
+    # c -> 0 is a limit of 0/0: evaluate it just above 0, in the units of the threshold.
+    tiny = 1e-7 * threshold_unit(noise, R)
+    f0 = rule.ode_factors(noise, R, tiny)
+    n0 = jnp.where(jnp.isfinite(sgd), f0.nu / jnp.where(sgd > 0, sgd, 1.0), 0.0)
+    ccc_ = jnp.where(c == 0, jnp.where(n0 > 0, f0.mu**2 / jnp.where(n0 > 0, n0, 1.0), jnp.inf), ccc_)
+    return Factors(m, na, n, ccc_, csc_, f.iso_d, f.iso_1)
+
+
+def _scalar(noise, rule):
+    if rule is None or rule.plain:
+        return lambda r, cc: tuple(_all_scalar(noise, r, cc))
+    return lambda r, cc: tuple(_rule_scalar(noise, r, cc, rule))
+
+
+def _check(noise, R, c=None) -> None:
+    """The public functions' argument checks, on concrete values (tracers pass unchecked)."""
+    validation.noise_law(noise)
+    validation.positive("R", R)
+    if c is not None:
+        validation.threshold("c", c)
+
+
+@uses_x64
+def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Factors:
     """All factors and criteria at ``(R, c)``, broadcast against each other.
+
+    Computed in float64 when called with concrete values, whatever JAX's global setting; inside a
+    caller's ``jit``/``vmap``/``grad``, in that trace's precision (see :mod:`clipdyn.precision`).
 
     Args:
         noise: a noise law from :mod:`clipdyn.noise`.
-        R: risk (excess, without the noise term), ``> 0``.
-        c: dimension-free clipping threshold, ``>= 0``; ``inf`` for unclipped SGD.
+        R: risk (excess, without the noise term), finite and within ``[1e-100, 1e100]``.
+        c: dimension-free clipping threshold: ``0``, ``inf`` (unclipped SGD) or within
+            ``[1e-100, 1e100]``.
+        rule: a :class:`clipdyn.rules.ClipRule` (default: one sample per step, the paper's
+            C-SGD). With a rule, ``nu_abs`` is the rule's noise coefficient and ``nu`` is it
+            relative to unclipped SGD with the same batch size.
 
     Returns:
-        :class:`Factors` ``(mu, nu_abs, nu, ccc, csc)``, each of the broadcast shape.
+        :class:`Factors` ``(mu, nu_abs, nu, ccc, csc, iso_d, iso_1)``, each of the broadcast shape.
+
+    Raises:
+        ValueError: for a bad law, or a bad concrete ``R`` or ``c`` (:mod:`clipdyn.validation`).
 
     References:
-        theory/derivation.md, eqs. (2.4), (2.5), (3.1)-(3.4), (4.1), (4.3).
+        theory/derivation.md, eqs. (2.4), (2.5), (3.1)-(3.4), (4.1), (4.3);
+        theory/clip_rules.md.
     """
-    fn = jnp.vectorize(lambda r, cc: tuple(_all_scalar(noise, r, cc)))
+    _check(noise, R, c)
+    fn = jnp.vectorize(_scalar(noise, rule))
     return Factors(*fn(jnp.asarray(R, float), jnp.asarray(c, float)))
 
 
-def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
-    """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4))."""
-    fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[0])
+@uses_x64
+def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
+    """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4)), or
+    the rule's descent factor (theory/clip_rules.md)."""
+    _check(noise, R, c)
+    if rule is None or rule.plain:
+        fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[0])
+    else:
+        fn = jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc).mu)
     return fn(jnp.asarray(R, float), jnp.asarray(c, float))
 
 
-def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
-    """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5))."""
-    fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[1])
+@uses_x64
+def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
+    """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5)), or
+    the rule's ``lam``-proportional noise coefficient."""
+    _check(noise, R, c)
+    if rule is None or rule.plain:
+        fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[1])
+    else:
+        fn = jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc).nu)
     return fn(jnp.asarray(R, float), jnp.asarray(c, float))
 
 
-def nu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+@uses_x64
+def nu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Unitless variance reduction factor ``nu_abs / (2R + sigma^2)`` (eq. (2.6))."""
-    return reduction_factors(noise, R, c).nu
+    return reduction_factors(noise, R, c, rule).nu
 
 
-def ccc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+@uses_x64
+def ccc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Clipping comparison criterion ``mu^2 / nu`` (theory/derivation.md, eq. (4.3))."""
-    return reduction_factors(noise, R, c).ccc
+    return reduction_factors(noise, R, c, rule).ccc
 
 
-def csc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
+@uses_x64
+def csc(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Clipped stability criterion ``mu / nu`` (theory/derivation.md, eq. (4.1))."""
-    return reduction_factors(noise, R, c).csc
+    return reduction_factors(noise, R, c, rule).csc
 
 
-def max_stable_lr(noise: NoiseLaw, R: ArrayLike, c: ArrayLike) -> Array:
-    """Largest stable learning rate ``2 mu / nu`` with the factors frozen at ``R`` (eq. (4.2)).
+@uses_x64
+def max_stable_lr(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
+    """Largest stable learning rate ``2 B mu / nu`` with the factors frozen at ``R`` (eq. (4.2);
+    theory/clip_rules.md, eq. (11) for batch ``B``).
 
-    ``2`` for unclipped SGD with finite-variance noise; ``inf`` where ``nu = 0``.
+    ``2`` for unclipped SGD with finite-variance noise and one sample per step (``2B`` with
+    ``B``); ``inf`` where ``nu = 0``.
     """
-    return 2.0 * csc(noise, R, c)
+    batch = 1 if rule is None else rule.batch
+    return 2.0 * batch * csc(noise, R, c, rule)
 
 
-def _log_ratio(noise: NoiseLaw, R: Array, log_c: Array) -> Array:
+def _log_ratio(noise: NoiseLaw, R: Array, log_c: Array, rule=None) -> Array:
     """``log(mu^2 / nu_abs)``: CCC up to the factor ``2R + sigma^2``, which does not depend on
     ``c``, so its argmax is CCC's argmax even when ``sigma^2`` is infinite."""
-    m, na, _ = _factors_scalar(noise, R, jnp.exp(log_c))
+    if rule is None or rule.plain:
+        m, na, _ = _factors_scalar(noise, R, jnp.exp(log_c))
+    else:
+        f = rule.ode_factors(noise, R, jnp.exp(log_c))
+        m, na = f.mu, f.nu
     return 2.0 * jnp.log(m) - jnp.log(na)
 
 
+@uses_x64
 def threshold_unit(noise: NoiseLaw, R: ArrayLike) -> Array:
     """``sqrt(2R + scale^2)`` (``1`` where that is 0): the natural unit of a threshold at risk
-    ``R``, in ``R``'s dtype. An infinite ``scale`` counts as 0."""
+    ``R``, in ``R``'s dtype. An infinite ``scale`` counts as 0. (``R`` is not range-checked:
+    schedule tables evaluate it far beyond the risks a run visits.)"""
+    validation.noise_law(noise)
     R = jnp.asarray(R)
     s = jnp.asarray(noise.scale, R.dtype)
     unit = jnp.sqrt(2.0 * R + jnp.where(jnp.isfinite(s), s * s, 0.0))
     return jnp.where(unit > 0, unit, 1.0)
 
 
-def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int) -> Array:
+def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int, rule=None) -> Array:
     R = jnp.asarray(R, float)
     log_grid = jnp.log(threshold_unit(noise, R)) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
-    vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc))(log_grid)
+    vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc, rule))(log_grid)
     vals = jnp.where(jnp.isnan(vals), -jnp.inf, vals)
     i = jnp.argmax(vals)
     lo = log_grid[jnp.maximum(i - 1, 0)]
@@ -238,20 +322,23 @@ def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int) 
         lo, hi = state
         x1 = hi - g * (hi - lo)
         x2 = lo + g * (hi - lo)
-        better_left = _log_ratio(noise, R, x1) >= _log_ratio(noise, R, x2)
+        better_left = _log_ratio(noise, R, x1, rule) >= _log_ratio(noise, R, x2, rule)
         return jnp.where(better_left, lo, x1), jnp.where(better_left, x2, hi)
 
     lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
     log_c = 0.5 * (lo + hi)
-    best = _log_ratio(noise, R, log_c)
+    best = _log_ratio(noise, R, log_c, rule)
     sigma2 = jnp.asarray(noise.second_moment, float)
-    # Unclipped SGD (c = inf) has mu^2 / nu_abs = 1 / (2R + sigma^2). A finite c must beat it by
+    batch = 1 if rule is None else rule.batch
+    # Unclipped SGD (c = inf) has mu^2 / nu_abs = B / (2R + sigma^2). A finite c must beat it by
     # more than rounding: for Gaussian noise CCC rises to 1 and is flat at 1 in floating point.
-    unclipped = -jnp.log(2.0 * R + sigma2)
+    unclipped = -jnp.log((2.0 * R + sigma2) / batch)
     return jnp.where(unclipped >= best - 1e-12, jnp.inf, jnp.exp(log_c))
 
 
-def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: int = 60) -> Array:
+@uses_x64
+def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: int = 60,
+                      rule=None) -> Array:
     """The threshold ``c*(R) = argmax_c CCC_c(R)``; ``inf`` when no finite ``c`` beats SGD.
 
     A log-spaced scan of ``c`` over ``[1e-4, 1e4] * sqrt(2R + scale^2)`` brackets the maximum,
@@ -259,9 +346,11 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
 
     Args:
         noise: a noise law.
-        R: risk, ``> 0`` (any shape).
-        grid: points of the initial scan (static).
-        iters: golden-section iterations (static).
+        R: risk, finite and within ``[1e-100, 1e100]`` (any shape).
+        grid: points of the initial scan (static), an integer ``>= 3``.
+        iters: golden-section iterations (static), an integer ``>= 1``.
+        rule: a :class:`clipdyn.rules.ClipRule` (default: the paper's one-sample C-SGD); the
+            criterion is then the rule's CCC (theory/clip_rules.md).
 
     Returns:
         ``c*`` with the shape of ``R``.
@@ -269,5 +358,8 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
     References:
         theory/derivation.md, eq. (4.5); THEORY.md section 4.
     """
-    fn = jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters))
+    _check(noise, R)
+    grid = validation.integer("grid", grid, 3)
+    iters = validation.integer("iters", iters, 1)
+    fn = jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters, rule))
     return fn(jnp.asarray(R, float))

@@ -34,7 +34,20 @@ import numpy as np
 from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
 
+from clipdyn import validation
+from clipdyn.precision import uses_x64
+from clipdyn.validation import check_value  # re-exported: the laws' and schedules' parameter check
+
 Array = jax.Array
+
+DF_RANGE = (0.01, 1e6)
+"""Allowed Student-t degrees of freedom. Below 0.01 the quadrature in ``log tau`` needs more than
+36,000 nodes per evaluation (memory grows like ``1/df``); above 1e6 the law is Gaussian to 1e-6
+relative and the quadrature weights ``k log k - log Gamma(k)`` lose digits to cancellation (at
+``df = 1e12`` the factors are off by 4e-4): use ``Gaussian(scale)`` there."""
+
+WEIGHTS_TOL = 1e-9
+"""Mixture weights must sum to 1 within this; they are then rescaled to sum to 1 exactly."""
 
 __all__ = [
     "Gaussian",
@@ -46,6 +59,7 @@ __all__ = [
     "MixtureRep",
     "NoiseLaw",
     "check_value",
+    "check_law",
     "frozen_pytree",
     "cast_floats",
 ]
@@ -64,19 +78,7 @@ class MixtureRep(NamedTuple):
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer) and isinstance(
-        x, (int, float, list, tuple, np.ndarray, np.generic, jax.Array)
-    )
-
-
-def check_value(law: str, name: str, value, ok, allowed: str) -> None:
-    """Raise ``ValueError`` naming the bad value, when ``value`` is concrete."""
-    if not _is_concrete(value):
-        return
-    arr = np.asarray(value, dtype=float)
-    if arr.size == 0 or not bool(np.all(ok(arr))):
-        shown = arr.tolist() if arr.size <= 8 else f"array of shape {arr.shape}"
-        raise ValueError(f"{law}: {name}={shown} is not allowed; {name} must be {allowed}")
+    return validation.is_concrete(x)
 
 
 def frozen_pytree(cls):
@@ -94,8 +96,9 @@ def cast_floats(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
-def _finite_nonneg(a):
-    return np.isfinite(a) & (a >= 0)
+def check_law(noise, name: str = "noise"):
+    """Raise ``ValueError`` unless ``noise`` is a noise law (see :func:`clipdyn.validation.noise_law`)."""
+    return validation.noise_law(noise, name)
 
 
 class _Law:
@@ -106,6 +109,7 @@ class _Law:
         return cast_floats(self, dtype)
 
     @property
+    @uses_x64
     def variance(self) -> Array:
         m = jnp.asarray(self.mean)
         return jnp.where(jnp.isfinite(m), self.second_moment - m * m, jnp.inf)
@@ -116,29 +120,34 @@ class Gaussian(_Law):
     """Gaussian noise ``N(0, sigma^2)``.
 
     Args:
-        sigma: standard deviation, ``>= 0`` (``0`` is noiseless).
+        sigma: standard deviation: ``0`` (noiseless) or within ``[1e-100, 1e100]``.
     """
 
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        check_value("gaussian", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
+        validation.nonnegative("sigma", self.sigma, owner="gaussian")
 
+    @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         return jnp.asarray(self.sigma, dtype) * jax.random.normal(key, shape, dtype)
 
     @property
+    @uses_x64
     def mean(self) -> Array:
         return jnp.zeros_like(jnp.asarray(self.sigma, float))
 
     @property
+    @uses_x64
     def second_moment(self) -> Array:
         return jnp.square(jnp.asarray(self.sigma, float))
 
     @property
+    @uses_x64
     def scale(self) -> Array:
         return jnp.asarray(self.sigma, float)
 
+    @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
         s2 = jnp.reshape(self.second_moment, (1,))
         return MixtureRep(jnp.ones_like(s2), None, s2)
@@ -163,6 +172,7 @@ def _gamma_log_range(df: Array, drop: float = 46.0) -> tuple[Array, Array]:
     return left, x
 
 
+@uses_x64
 def _student_nodes(df: float) -> int:
     """Static node count for the Student-t quadrature at a concrete ``df``.
 
@@ -178,11 +188,15 @@ def _student_nodes(df: float) -> int:
 
 @frozen_pytree
 class StudentT(_Law):
-    """Student-t noise with ``df > 0`` degrees of freedom and scale ``scale`` (Cauchy: ``df=1``).
+    """Student-t noise with ``df`` degrees of freedom and scale ``scale`` (Cauchy: ``df=1``).
+
+    ``scale = 0`` is the noiseless law (a point mass at 0), whatever ``df``: its moments are 0 and
+    its factors are exactly those of ``Gaussian(0)``, although ``scale * t_df`` has no moments for
+    ``df <= 2`` when ``scale > 0``.
 
     Args:
-        df: degrees of freedom, ``> 0``.
-        scale: scale, ``>= 0``.
+        df: degrees of freedom, within :data:`DF_RANGE` ``= [0.01, 1e6]``.
+        scale: scale: ``0`` (noiseless) or within ``[1e-100, 1e100]``.
         n_nodes: quadrature nodes in ``log tau`` (static). Chosen from ``df`` when ``df`` is a
             concrete number; give it explicitly when ``df`` is traced (the default 2048 is
             accurate to 1e-8 for ``df >= 0.25``).
@@ -193,26 +207,37 @@ class StudentT(_Law):
     n_nodes: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
-        check_value("student-t", "df", self.df, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
-        check_value("student-t", "scale", self.scale, _finite_nonneg, "finite and >= 0")
+        lo, hi = DF_RANGE
+        check_value("student-t", "df", self.df, lambda a: (a >= lo) & (a <= hi),
+                    f"within [{lo:g}, {hi:g}] (finite and > 0; for larger df use gaussian)")
+        validation.nonnegative("scale", self.scale, owner="student-t")
+        if self.n_nodes is not None:
+            validation.integer("n_nodes", self.n_nodes, 2, owner="student-t")
         if self.n_nodes is None and _is_concrete(self.df) and np.ndim(self.df) == 0:
             object.__setattr__(self, "n_nodes", _student_nodes(float(self.df)))
 
+    @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         df = jnp.asarray(self.df, dtype)
         return jnp.asarray(self.scale, dtype) * jax.random.t(key, df, shape, dtype)
 
     @property
+    @uses_x64
     def mean(self) -> Array:
         df = jnp.asarray(self.df, float)
-        return jnp.where(df > 1.0, 0.0, jnp.nan)
+        noiseless = jnp.asarray(self.scale, float) == 0
+        return jnp.where((df > 1.0) | noiseless, 0.0, jnp.nan)
 
     @property
+    @uses_x64
     def second_moment(self) -> Array:
         df = jnp.asarray(self.df, float)
         s2 = jnp.square(jnp.asarray(self.scale, float))
-        return jnp.where(df > 2.0, s2 * df / jnp.where(df > 2.0, df - 2.0, 1.0), jnp.inf)
+        # scale = 0 is a point mass at 0 for every df: E[eps^2] = 0, not 0 * inf.
+        return jnp.where(df > 2.0, s2 * df / jnp.where(df > 2.0, df - 2.0, 1.0),
+                         jnp.where(s2 == 0, 0.0, jnp.inf))
 
+    @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
         df = jnp.asarray(self.df, float)
         n = self.n_nodes if self.n_nodes is not None else 2048
@@ -223,8 +248,12 @@ class StudentT(_Law):
         # Trapezoidal weights of the density of x = log tau (eq. (3.7)); the end points carry
         # density exp(-46) of the peak, so the rule is effectively on the whole line.
         logw = k * jnp.log(k) - gammaln(k) + k * (x - jnp.exp(x)) + jnp.log(h)
-        variances = jnp.square(jnp.asarray(self.scale, float)) * jnp.exp(-x)
-        return MixtureRep(jnp.exp(logw), None, variances)
+        s2 = jnp.square(jnp.asarray(self.scale, float))
+        weights = jnp.exp(logw)
+        # At scale 0 every component is the atom at 0; normalising makes the weights sum to 1
+        # exactly, so the factors equal Gaussian(0)'s to rounding, not to the quadrature's 1e-16.
+        weights = jnp.where(s2 == 0, weights / jnp.sum(weights), weights)
+        return MixtureRep(weights, None, s2 * jnp.exp(-x))
 
 
 def cauchy(scale: ArrayLike = 1.0) -> StudentT:
@@ -237,29 +266,34 @@ class Rademacher(_Law):
     """Symmetric two-point noise ``+-sigma`` with probability 1/2 each.
 
     Args:
-        sigma: the magnitude, ``>= 0``.
+        sigma: the magnitude: ``0`` (noiseless) or within ``[1e-100, 1e100]``.
     """
 
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        check_value("rademacher", "sigma", self.sigma, _finite_nonneg, "finite and >= 0")
+        validation.nonnegative("sigma", self.sigma, owner="rademacher")
 
+    @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         return jnp.asarray(self.sigma, dtype) * jax.random.rademacher(key, shape, dtype)
 
     @property
+    @uses_x64
     def mean(self) -> Array:
         return jnp.zeros_like(jnp.asarray(self.sigma, float))
 
     @property
+    @uses_x64
     def second_moment(self) -> Array:
         return jnp.square(jnp.asarray(self.sigma, float))
 
     @property
+    @uses_x64
     def scale(self) -> Array:
         return jnp.asarray(self.sigma, float)
 
+    @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
         s = jnp.asarray(self.sigma, float)
         means = jnp.stack([s, -s])
@@ -271,9 +305,11 @@ class GaussianMixture(_Law):
     """A finite mixture of Gaussians ``sum_j w_j N(m_j, s_j^2)``; may be asymmetric.
 
     Args:
-        weights: non-negative mixture weights (normalised here to sum to one).
-        means: component means.
-        sigmas: component standard deviations, ``>= 0`` (``0`` gives an atom).
+        weights: mixture weights, ``>= 0`` and summing to 1 within :data:`WEIGHTS_TOL` (they are
+            then rescaled to sum to 1 exactly; weights that do not sum to 1 are refused rather
+            than silently normalised).
+        means: component means: ``0`` or of magnitude within ``[1e-100, 1e100]``.
+        sigmas: component standard deviations: ``0`` (an atom) or within ``[1e-100, 1e100]``.
     """
 
     weights: ArrayLike
@@ -283,21 +319,28 @@ class GaussianMixture(_Law):
     def __post_init__(self):
         w, m, s = self.weights, self.means, self.sigmas
         if all(_is_concrete(v) for v in (w, m, s)):
+            for name, v in (("weights", w), ("means", m), ("sigmas", s)):
+                validation.check_real("mixture", name, v)
             shapes = {np.shape(w), np.shape(m), np.shape(s)}
-            if len(shapes) != 1 or np.ndim(w) != 1:
+            if len(shapes) != 1 or np.ndim(w) != 1 or np.size(w) == 0:
                 raise ValueError(
-                    "mixture: weights, means and sigmas must be 1-D lists of the same length; "
-                    f"got lengths {[np.size(v) for v in (w, m, s)]}"
+                    "mixture: weights, means and sigmas must be non-empty 1-D lists of the same "
+                    f"length; got lengths {[np.size(v) for v in (w, m, s)]}"
                 )
-            check_value("mixture", "weights", w, _finite_nonneg, "finite and >= 0")
-            if float(np.sum(w)) <= 0:
-                raise ValueError("mixture: weights must not all be zero")
-            check_value("mixture", "means", m, np.isfinite, "finite")
-            check_value("mixture", "sigmas", s, _finite_nonneg, "finite and >= 0")
-            object.__setattr__(self, "weights", np.asarray(w, float) / np.sum(w))
+            check_value("mixture", "weights", w, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+            total = float(np.sum(np.asarray(w, float)))
+            if not abs(total - 1.0) <= WEIGHTS_TOL:
+                raise ValueError(
+                    f"mixture: weights={np.asarray(w, float).tolist()} is not allowed; weights must "
+                    f"sum to 1 (within {WEIGHTS_TOL:g}); they sum to {total:.12g}"
+                )
+            validation.magnitude("means", m, owner="mixture")
+            validation.nonnegative("sigmas", s, owner="mixture")
+            object.__setattr__(self, "weights", np.asarray(w, float) / total)
             object.__setattr__(self, "means", np.asarray(m, float))
             object.__setattr__(self, "sigmas", np.asarray(s, float))
 
+    @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         k1, k2 = jax.random.split(key)
         w = jnp.asarray(self.weights, dtype)
@@ -306,18 +349,22 @@ class GaussianMixture(_Law):
         return jnp.asarray(self.means, dtype)[idx] + jnp.asarray(self.sigmas, dtype)[idx] * z
 
     @property
+    @uses_x64
     def mean(self) -> Array:
         return jnp.sum(jnp.asarray(self.weights, float) * jnp.asarray(self.means, float))
 
     @property
+    @uses_x64
     def second_moment(self) -> Array:
         m, s = jnp.asarray(self.means, float), jnp.asarray(self.sigmas, float)
         return jnp.sum(jnp.asarray(self.weights, float) * (m * m + s * s))
 
     @property
+    @uses_x64
     def scale(self) -> Array:
         return jnp.sqrt(self.second_moment)
 
+    @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
         w = jnp.asarray(self.weights, float)
         return MixtureRep(
@@ -329,10 +376,12 @@ class GaussianMixture(_Law):
 
 @frozen_pytree
 class Empirical(_Law):
-    """The empirical law of a sample of residuals: uniform over ``atoms`` (any shape, flattened).
+    """The empirical law of a sample of residuals: uniform over ``atoms``.
 
     Args:
-        atoms: the observed residuals, finite, at least one.
+        atoms: the observed residuals: a non-empty 1-D array of finite real numbers of magnitude
+            at most 1e100 (their squares are summed in float64; atoms below 1e-100 in magnitude
+            act as 0). Arrays of other shapes are refused rather than flattened.
     """
 
     atoms: ArrayLike
@@ -340,32 +389,40 @@ class Empirical(_Law):
     def __post_init__(self):
         a = self.atoms
         if _is_concrete(a):
-            arr = np.asarray(a, float).ravel()
-            if arr.size == 0:
+            if np.size(a) == 0:
                 raise ValueError("empirical: atoms must contain at least one value; got none")
-            if not np.all(np.isfinite(arr)):
+            arr = validation.real_vector(a, "empirical: atoms")
+            bad = ~(np.abs(arr) <= validation.MAX_MAGNITUDE)
+            if bad.any():
+                i = int(np.argmax(bad))
                 raise ValueError(
-                    f"empirical: atoms must be finite; got {int(np.sum(~np.isfinite(arr)))} "
-                    "non-finite value(s)"
+                    f"empirical: atoms[{i}]={arr[i]!r} is not allowed; atoms must be finite, with "
+                    f"magnitude <= {validation.MAX_MAGNITUDE:g} (their squares are summed in float64); "
+                    f"{int(bad.sum())} such value(s)"
                 )
             object.__setattr__(self, "atoms", arr)
 
+    @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
         a = jnp.ravel(jnp.asarray(self.atoms, dtype))
         return a[jax.random.randint(key, shape, 0, a.shape[0])]
 
     @property
+    @uses_x64
     def mean(self) -> Array:
         return jnp.mean(jnp.asarray(self.atoms, float))
 
     @property
+    @uses_x64
     def second_moment(self) -> Array:
         return jnp.mean(jnp.square(jnp.asarray(self.atoms, float)))
 
     @property
+    @uses_x64
     def scale(self) -> Array:
         return jnp.sqrt(self.second_moment)
 
+    @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
         a = jnp.ravel(jnp.asarray(self.atoms, float))
         n = a.shape[0]

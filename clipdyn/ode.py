@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipdyn import factors
+from clipdyn import factors, validation
+from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
 
 Array = jax.Array
@@ -93,38 +94,47 @@ class _Core(NamedTuple):
     mult: Array
     v0: Array
     trace: Array
+    dim: Array
 
 
-def _coefficients(schedule: Callable, noise, trace: Array) -> Callable:
-    """``(t, R) -> (a, b)`` with ``a = eta mu`` and ``b = eta^2 nu_abs / (2 Tr K)``."""
+def _coefficients(schedule: Callable, noise, trace: Array, rule, dim: Array) -> Callable:
+    """``(t, R) -> (a, b, iso)`` with ``a = eta mu``, ``b = eta^2 nu / (2 Tr K)`` and the
+    isotropic term ``iso = eta^2 (iso_d / d + iso_1) / 2`` of a clipping rule's pre-clip and DP
+    noise (theory/clip_rules.md, eq. (7); 0 for the paper's C-SGD)."""
 
     def coef(t, R):
         eta, c = schedule(t, R)
-        m, na, _ = factors._factors_scalar(noise, R, c)
-        return jnp.stack([eta * m, eta * eta * na / (2.0 * trace)])
+        if rule is None or rule.plain:
+            m, na, _ = factors._factors_scalar(noise, R, c)
+            iso = jnp.zeros_like(na)
+        else:
+            f = rule.ode_factors(noise, R, c)
+            m, na = f.mu, f.nu
+            iso = eta * eta * (f.iso_d / dim + f.iso_1) / 2.0
+        return jnp.stack([eta * m, eta * eta * na / (2.0 * trace), iso])
 
     return coef
 
 
 def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_steps: int,
-                divergence_factor, return_modes: bool):
-    lam, mult, v0, trace = core
+                divergence_factor, return_modes: bool, rule=None):
+    lam, mult, v0, trace, dim = core
     w = lam * mult  # dR/dv
     R0 = jnp.sum(w * v0)
-    coef = _coefficients(schedule, noise, trace)
+    coef = _coefficients(schedule, noise, trace, rule, dim)
     n_modes = jnp.sum(mult)
 
     def rhs(t, v):
         ab = coef(t, jnp.dot(w, v))
-        return lam * (-2.0 * ab[0] * v + ab[1])
+        return lam * (-2.0 * ab[0] * v + ab[1]) + ab[2]
 
     def step(t, v, h):
         R = jnp.dot(w, v)
         ab = coef(t, R)
         d_ab = jax.jacfwd(coef, argnums=(0, 1))(t, R)  # (d/dt, d/dR) of (a, b)
         diag = -2.0 * ab[0] * lam
-        u = lam * (-2.0 * d_ab[1][0] * v + d_ab[1][1])
-        f_t = lam * (-2.0 * d_ab[0][0] * v + d_ab[0][1])
+        u = lam * (-2.0 * d_ab[1][0] * v + d_ab[1][1]) + d_ab[1][2]
+        f_t = lam * (-2.0 * d_ab[0][0] * v + d_ab[0][1]) + d_ab[0][2]
         m_inv = 1.0 / (1.0 / (h * _GAMMA) - diag)
         z = u * m_inv
         denom = 1.0 - jnp.dot(w, z)
@@ -201,9 +211,11 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
     return risk, modes, status, t_end, n, nrej
 
 
+@uses_x64
 @functools.partial(jax.jit, static_argnames=("max_steps", "return_modes"))
 def ode_risk(core: _Core, noise, schedule, t_out: Array, rtol=1e-9, atol=1e-12,
-             max_steps: int = 200_000, divergence_factor=1e6, return_modes: bool = False):
+             max_steps: int = 200_000, divergence_factor=1e6, return_modes: bool = False,
+             rule=None):
     """Jitted, vmappable solver on merged modes (see :func:`solve_ode` for the friendly entry).
 
     Returns:
@@ -211,9 +223,10 @@ def ode_risk(core: _Core, noise, schedule, t_out: Array, rtol=1e-9, atol=1e-12,
         :data:`STATUS`.
     """
     return _solve_core(core, noise, schedule, t_out, rtol, atol, max_steps, divergence_factor,
-                       return_modes)
+                       return_modes, rule)
 
 
+@uses_x64
 def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
     """Merge modes with equal ``(lam, v0)`` and drop ``lam = 0`` modes.
 
@@ -227,10 +240,19 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
     keys = np.stack([lam[moving], v0[moving]], axis=1)
     uniq, index, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     core = _Core(jnp.asarray(uniq[:, 0]), jnp.asarray(counts, float), jnp.asarray(uniq[:, 1]),
-                 jnp.asarray(lam.sum()))
+                 jnp.asarray(lam.sum()), jnp.asarray(float(lam.size)))
     return core, np.ravel(index), moving
 
 
+def check_problem(problem, name: str = "problem") -> Problem:
+    """Raise ``ValueError`` unless ``problem`` is a :class:`clipdyn.problem.Problem`."""
+    if not isinstance(problem, Problem):
+        raise ValueError(f"{name} must be a clipdyn Problem (from clipdyn.problem.make_problem); "
+                         f"got {type(problem).__name__}")
+    return problem
+
+
+@uses_x64
 def solve_ode(
     problem: Problem,
     schedule,
@@ -243,6 +265,7 @@ def solve_ode(
     divergence_factor: float = 1e6,
     return_modes: bool = False,
     times=None,
+    rule=None,
 ) -> ODEResult:
     """Solve the ODE for ``R(t)`` on ``points`` evenly spaced times in ``[0, T]``.
 
@@ -259,31 +282,43 @@ def solve_ode(
         return_modes: also return ``v_i(t)`` at the output times (``points x d`` floats).
         times: explicit output times instead (increasing, starting at 0; ``T`` and ``points``
             are then ignored), e.g. a simulation's step times.
+        rule: a :class:`clipdyn.rules.ClipRule` (default: one sample per step, per-sample
+            clipping: the paper's C-SGD). Modes with ``lam = 0`` do not enter the risk and are
+            not integrated: with isotropic (DP or pre-clip) noise their returned energies stay
+            at ``v_i(0)``.
 
     Returns:
         :class:`ODEResult`.
 
     Raises:
-        ValueError: for a bad ``T`` or ``points``.
+        ValueError: for a bad argument: ``problem`` not a :class:`Problem`, ``schedule`` not a
+            schedule, ``T`` not finite and ``> 0``, ``points`` not an integer ``>= 2``, ``rtol``
+            outside ``[1e-14, 0.1]``, ``atol`` not finite and ``>= 0``, ``max_steps`` not an
+            integer ``>= 1``, ``divergence_factor`` not finite and ``> 0``.
         ODESolverError: when the step limit is reached or the step size underflows.
 
     References:
         theory/derivation.md, eqs. (2.7) and (6.1)-(6.3).
     """
+    check_problem(problem)
+    validation.schedule(schedule)
+    validation.rtol(rtol)
+    validation.check_value("", "atol", atol, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+    max_steps = validation.integer("max_steps", max_steps, 1)
+    validation.positive("divergence_factor", divergence_factor, bounded=False)
     if times is not None:
+        validation.check_real("", "times", times)
         t_out = np.asarray(times, dtype=float)
         if t_out.ndim != 1 or t_out.size < 2 or t_out[0] != 0 or np.any(np.diff(t_out) <= 0):
             raise ValueError("times must be increasing, start at 0 and have at least 2 entries")
         T, points = float(t_out[-1]), t_out.size
-    if not (np.isfinite(T) and T > 0):
-        raise ValueError(f"T={T} is not allowed; T must be finite and > 0")
-    if int(points) != points or points < 2:
-        raise ValueError(f"points={points} is not allowed; points must be an integer >= 2")
+    validation.positive("T", T, bounded=False)
+    points = validation.integer("points", points, 2)
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
     risk, modes, status, t_end, n, nrej = ode_risk(
         core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
-        bool(return_modes),
+        bool(return_modes), rule,
     )
     status = int(status)
     if status in (2, 3):

@@ -22,58 +22,75 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from clipdyn import validation
 from clipdyn.noise import NoiseLaw
+from clipdyn.precision import uses_x64
 
 Array = jax.Array
+
+_BYTES_PER_MODE = 64
+"""Memory a problem takes per mode, for the up-front size check: the spectrum and start in
+NumPy and in JAX (float64), and their copies while building (8 arrays of 8 bytes)."""
 
 __all__ = ["Problem", "make_problem", "identity_spectrum", "power_law_spectrum", "load_spectrum"]
 
 
 def identity_spectrum(d: int) -> np.ndarray:
     """``lam_i = 1`` for ``i = 1..d``."""
-    _check_dim(d)
-    return np.ones(int(d))
+    return np.ones(_check_dim(d, "identity"))
 
 
 def power_law_spectrum(d: int, alpha: float) -> np.ndarray:
-    """``lam_i = i^-alpha`` for ``i = 1..d``."""
-    _check_dim(d)
-    if not np.isfinite(alpha):
-        raise ValueError(f"power-law: alpha={alpha} is not allowed; alpha must be finite")
-    return np.arange(1, int(d) + 1, dtype=float) ** (-float(alpha))
+    """``lam_i = i^-alpha`` for ``i = 1..d`` (eigenvalues below float64's range are 0)."""
+    d = _check_dim(d, "power-law")
+    validation.check_value("power-law", "alpha", alpha, np.isfinite, "finite")
+    with np.errstate(under="ignore", over="ignore"):
+        lam = np.arange(1, d + 1, dtype=float) ** (-float(alpha))
+    return check_spectrum(lam, f"power-law spectrum (d={d}, alpha={float(alpha):g})")
 
 
 def load_spectrum(path: str | Path) -> np.ndarray:
-    """A spectrum from a ``.npy`` file holding a 1-D array of eigenvalues."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"spectrum file {str(path)!r} does not exist")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise ValueError(f"spectrum file {str(path)!r} is not a readable .npy array ({err})") from None
-    return check_spectrum(arr, f"spectrum file {str(path)!r}")
+    """A spectrum from a ``.npy`` file holding a 1-D array of real eigenvalues.
+
+    Refused, with the file named: a missing or unreadable file, a ``.npz`` archive, arrays that
+    are not 1-D, and arrays that are not of a real numeric dtype (complex, string, boolean).
+    """
+    arr = validation.load_npy_vector(path, "spectrum")
+    return check_spectrum(arr, f"spectrum file {str(Path(path))!r}")
 
 
 def check_spectrum(lam: ArrayLike, what: str = "spectrum") -> np.ndarray:
-    """Validate a spectrum: 1-D, finite, non-negative, not all zero."""
-    lam = np.asarray(lam, dtype=float)
-    if lam.ndim != 1 or lam.size == 0:
-        raise ValueError(f"{what}: must be a non-empty 1-D array; got shape {lam.shape}")
-    bad = ~np.isfinite(lam) | (lam < 0)
+    """Validate a spectrum and return it as float64.
+
+    Eigenvalues must be real, finite, ``>= 0`` and at most ``1e100``, and the largest must be at
+    least ``1e-100``: time is counted in units of ``Tr K`` steps and the start is
+    ``v_i = R0 / Tr K``, which must stay in float64's normal range (a spectrum of ``1e-320``
+    makes ``R0 / Tr K`` infinite, one of ``1e308`` makes ``Tr K`` infinite). Rescale such a
+    spectrum; the dynamics in ``t`` only depend on ``lam / Tr K`` and ``R0``.
+    """
+    lam = validation.real_vector(lam, what)
+    bad = ~(np.isfinite(lam) & (lam >= 0) & (lam <= validation.MAX_MAGNITUDE))
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"{what}: entry {i} is {lam[i]}; eigenvalues must be finite and >= 0"
+            f"{what}: entry {i} is {lam[i]!r}; eigenvalues must be finite, >= 0 and "
+            f"<= {validation.MAX_MAGNITUDE:g}"
         )
-    if not lam.sum() > 0:
+    top = float(lam.max())
+    if top == 0:
         raise ValueError(f"{what}: all eigenvalues are zero; at least one must be positive")
+    if top < validation.MIN_MAGNITUDE:
+        raise ValueError(
+            f"{what}: the largest eigenvalue is {top!r}; it must be >= {validation.MIN_MAGNITUDE:g} "
+            "so that Tr K and R0 / Tr K stay in float64's normal range (rescale the spectrum)"
+        )
     return lam
 
 
-def _check_dim(d) -> None:
-    if int(d) != d or d < 1:
-        raise ValueError(f"dimension d={d} is not allowed; d must be a positive integer")
+def _check_dim(d, what: str) -> int:
+    d = validation.integer("d", d, 1, owner=what)
+    validation.check_memory(d * _BYTES_PER_MODE, f"{what}: d={d}")
+    return d
 
 
 @jax.tree_util.register_dataclass
@@ -96,21 +113,25 @@ class Problem:
         return self.lam.shape[0]
 
     @property
+    @uses_x64
     def trace(self) -> Array:
         """``Tr K``: one unit of ODE time is ``Tr K`` SGD steps."""
         return jnp.sum(self.lam)
 
     @property
+    @uses_x64
     def R0(self) -> Array:
         """The initial risk ``sum_i lam_i v_i(0)``."""
         return jnp.sum(self.lam * self.v0)
 
     @property
+    @uses_x64
     def intrinsic_dimension(self) -> Array:
         """``d_int = Tr K / ||K||_op``; the theory is exact as it grows."""
         return self.trace / jnp.max(self.lam)
 
 
+@uses_x64
 def make_problem(
     lam: ArrayLike, noise: NoiseLaw, R0: float = 1.0, v0: ArrayLike | None = None
 ) -> Problem:
@@ -120,26 +141,36 @@ def make_problem(
         lam: the spectrum (see :func:`identity_spectrum`, :func:`power_law_spectrum`,
             :func:`load_spectrum`).
         noise: a noise law from :mod:`clipdyn.noise`.
-        R0: initial risk ``> 0``, used for the default start ``v_i(0) = R0 / Tr K``.
-        v0: explicit initial mode energies (then ``R0`` is ignored); non-negative, finite.
+        R0: initial risk, finite and within ``[1e-100, 1e100]``, used for the default start
+            ``v_i(0) = R0 / Tr K``.
+        v0: explicit initial mode energies (then ``R0`` is ignored); real, finite, ``>= 0``, with
+            ``sum(lam * v0)`` within ``[1e-100, 1e100]``.
 
     Returns:
-        The problem, in float64.
+        The problem, in float64 (whatever JAX's global precision setting).
+
+    Raises:
+        ValueError: for a bad spectrum, noise law, ``R0`` or ``v0``.
 
     References:
         theory/derivation.md, eq. (1.4).
     """
+    validation.noise_law(noise)
     lam = check_spectrum(lam)
     if v0 is None:
-        if not (np.isfinite(R0) and R0 > 0):
-            raise ValueError(f"R0={R0} is not allowed; R0 must be finite and > 0")
+        validation.positive("R0", R0)
         v0 = np.full_like(lam, float(R0) / lam.sum())
     else:
-        v0 = np.asarray(v0, dtype=float)
+        v0 = validation.real_vector(v0, "v0")
         if v0.shape != lam.shape:
             raise ValueError(f"v0 has shape {v0.shape}; it must match the spectrum, {lam.shape}")
         if not np.all(np.isfinite(v0) & (v0 >= 0)):
             raise ValueError("v0: mode energies must be finite and >= 0")
-        if not np.sum(lam * v0) > 0:
-            raise ValueError("v0: the initial risk sum(lam * v0) must be > 0")
+        with np.errstate(over="ignore", under="ignore"):
+            r0 = float(np.sum(lam * v0))
+        if not (validation.MIN_MAGNITUDE <= r0 <= validation.MAX_MAGNITUDE):
+            raise ValueError(
+                f"v0: the initial risk sum(lam * v0) = {r0!r} is not allowed; it must be within "
+                f"[{validation.MIN_MAGNITUDE:g}, {validation.MAX_MAGNITUDE:g}]"
+            )
     return Problem(jnp.asarray(lam), jnp.asarray(v0), noise)

@@ -1,26 +1,39 @@
 """Results files: ``NAME.npz`` arrays plus a ``NAME.json`` sidecar with configuration and provenance.
 
+**Paths** (:func:`results_paths`). A results path ``OUT`` that ends in ``.npz`` is used as given;
+any other ``OUT`` gets ``.npz`` appended (no other suffix is ever replaced, so ``run.a`` and
+``run.b`` stay two files: ``run.a.npz`` and ``run.b.npz``). The sidecar is the ``.npz`` path with
+``.npz`` replaced by ``.json``.
+
 Both files are written atomically (to a temporary file in the same folder, then renamed), so an
-interrupted run never leaves a half-written result. The sidecar records the whole configuration
-the caller passes and :func:`provenance`: package, JAX and NumPy versions, backend and devices,
-the PRNG implementation, the precision and the git commit.
+interrupted run never leaves a half-written result; they get the permissions the user's umask
+gives any new file. The sidecar records the whole configuration the caller passes and
+:func:`provenance`: package, JAX and NumPy versions, backend and devices, the PRNG
+implementation, the precision and the git commit.
+
+**Chunks** (:class:`ChunkStore`). A long computation keeps its finished pieces in
+``OUT.npz.partial/``, stamped with the fingerprint of what it computes; a rerun reuses them only
+under the same stamp, and recomputes (with a :class:`ChunkWarning`) a chunk file it cannot read.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["save_results", "load_results", "provenance", "atomic_write_bytes", "atomic_savez",
-           "seed_statistics"]
+__all__ = ["save_results", "load_results", "results_paths", "provenance", "atomic_write_bytes",
+           "atomic_savez", "seed_statistics", "ChunkStore", "ChunkWarning", "check_overwrite"]
 
 
 def _git_commit() -> str:
@@ -64,8 +77,42 @@ def provenance(precision: str | None = None) -> dict[str, Any]:
     }
 
 
+def results_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(arrays, sidecar)`` paths of the results path ``path``.
+
+    ``path`` is used as given when it ends in ``.npz``; otherwise ``.npz`` is appended (another
+    suffix is kept: ``run.a`` gives ``run.a.npz``). The sidecar replaces ``.npz`` by ``.json``.
+
+    Raises:
+        ValueError: for an empty path.
+    """
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise ValueError(f"results path {text!r} is not allowed; it must name a file, e.g. runs/sweep.npz")
+    npz = Path(text if str(text).endswith(".npz") else f"{text}.npz")
+    return npz, npz.with_suffix(".json")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:  # Linux >= 4.7
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it; it is restored at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename.
+
+    The file gets the mode any new file gets (``0o666`` less the umask), not the ``0o600`` of the
+    temporary file it is written through.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -74,6 +121,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,8 +130,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_savez(path: Path, **arrays) -> None:
     """``np.savez`` to ``path``, atomically (see :func:`atomic_write_bytes`)."""
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())
@@ -112,28 +158,26 @@ def _finite_json(x):
 
 def save_results(path: str | Path, arrays: dict[str, Any], config: dict[str, Any],
                  precision: str | None = None) -> Path:
-    """Save ``arrays`` to ``path`` (``.npz``) and ``config`` plus provenance to the ``.json`` beside it.
+    """Save ``arrays`` and ``config`` plus provenance to the paths :func:`results_paths` gives.
 
     Returns:
         The ``.npz`` path.
     """
-    path = Path(path).with_suffix(".npz")
+    path, sidecar = results_paths(path)
     meta = {"config": config, "provenance": provenance(precision), "arrays": sorted(arrays)}
     meta = json.loads(json.dumps(meta, default=_json_default))
     atomic_savez(path, **arrays)
-    atomic_write_bytes(path.with_suffix(".json"),
-                       json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
+    atomic_write_bytes(sidecar, json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
     return path
 
 
 def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load ``(arrays, metadata)`` saved by :func:`save_results`."""
-    path = Path(path).with_suffix(".npz")
+    """Load ``(arrays, metadata)`` saved by :func:`save_results` (same path rule)."""
+    path, meta_path = results_paths(path)
     if not path.is_file():
         raise ValueError(f"results file {str(path)!r} does not exist")
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return arrays, meta
 
@@ -152,3 +196,177 @@ def seed_statistics(risk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     var = (dev * dev).sum(axis=0) / np.maximum(n - 1, 1)
     se = np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
     return mean, se, n
+
+
+def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False) -> None:
+    """Refuse to replace finished results of another computation without ``overwrite``.
+
+    Results at ``path`` (see :func:`results_paths`) may be replaced when ``overwrite`` is set or
+    when their sidecar records the same ``config["fingerprints"]["sweep"]`` (the same
+    computation, recomputed). A results path that is a folder is always refused.
+
+    Raises:
+        ValueError: naming the file and ``--overwrite``.
+    """
+    npz, sidecar = results_paths(path)
+    for p in (npz, sidecar):
+        if p.is_dir():
+            raise ValueError(f"{str(p)!r} is an existing folder; the results need it as a file name "
+                             "(choose another --out)")
+    if overwrite or not (npz.exists() or sidecar.exists()):
+        return
+    try:
+        old = json.loads(sidecar.read_text())["config"]["fingerprints"]["sweep"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old = None
+    if old == fingerprint:
+        return
+    what = ("the results of a different sweep" if old is not None else
+            "results this sweep cannot identify as its own (its sidecar records no sweep fingerprint)")
+    raise ValueError(f"{str(npz)!r} already holds {what}; rerun with --overwrite (overwrite=True) to "
+                     "replace them, or choose another --out")
+
+
+class ChunkWarning(UserWarning):
+    """A chunk file could not be used (unreadable, or not the chunk it should hold); it is recomputed."""
+
+
+class ChunkStore:
+    """Finished chunks of one computation, kept in a folder until the whole result is saved.
+
+    The folder holds a stamp (``fingerprint``: JSON with the computation's ``"sweep"``
+    fingerprint, its ``"parts"`` and its ``"layout"``, the parameters that decide which items a
+    chunk holds) and one ``chunk_NNNNNN.npz`` per finished chunk, each written atomically. Chunks
+    are reused only under an equal fingerprint and layout; a stamp with no chunk beside it (a run
+    killed in its first chunk) is simply replaced.
+
+    Args:
+        folder: the folder, by convention the results path plus ``.partial``.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    @property
+    def stamp_path(self) -> Path:
+        return self.folder / "fingerprint"
+
+    def chunk_path(self, j: int) -> Path:
+        return self.folder / f"chunk_{j:06d}.npz"
+
+    def finished(self) -> list[Path]:
+        """The chunk files present (readable or not)."""
+        return sorted(self.folder.glob("chunk_*.npz")) if self.folder.is_dir() else []
+
+    def read_stamp(self) -> dict | None:
+        """The stamp, ``None`` if absent; a stamp in an older format reads as ``{"sweep": text}``."""
+        try:
+            text = self.stamp_path.read_text()
+        except OSError:
+            return None
+        try:
+            stamp = json.loads(text)
+        except ValueError:
+            stamp = None
+        return stamp if isinstance(stamp, dict) and "sweep" in stamp else {"sweep": text}
+
+    @staticmethod
+    def _differences(old: dict, new: dict) -> str:
+        if "parts" not in old:
+            return "it was written by another version of clipdyn"
+        diffs = [name for name, h in new.get("parts", {}).items() if old["parts"].get(name) != h]
+        for key, value in new.get("layout", {}).items():
+            was = old.get("layout", {}).get(key)
+            if was != value:
+                diffs.append(f"{key.replace('_', ' ')} ({was} there, {value} here)")
+        return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
+
+    def open(self, stamp: dict, overwrite: bool = False) -> int:
+        """Prepare the folder for the computation ``stamp`` describes.
+
+        Returns:
+            The number of chunk files kept for reuse.
+
+        Raises:
+            ValueError: if the folder holds finished chunks of another computation (or of this
+                one in another layout) and ``overwrite`` is not set; with ``overwrite`` they are
+                deleted.
+        """
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{str(self.folder)!r} exists and is not a folder; it is where this "
+                             "sweep keeps its finished chunks (move it away or choose another --out)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for tmp in self.folder.glob("*.tmp"):  # left by a run killed while writing
+            tmp.unlink(missing_ok=True)
+        old = self.read_stamp()
+        chunks = self.finished()
+        same = (old is not None and old.get("sweep") == stamp["sweep"]
+                and old.get("layout") == stamp.get("layout"))
+        if chunks and not same:
+            if not overwrite:
+                why = ("it has no fingerprint" if old is None else self._differences(old, stamp))
+                raise ValueError(
+                    f"{self.folder} holds {len(chunks)} finished chunk(s) of a different sweep "
+                    f"({why}); rerun with --overwrite (overwrite=True) to discard them, or choose "
+                    "another --out"
+                )
+            for p in chunks:
+                p.unlink()
+            chunks = []
+        if not same:
+            atomic_write_bytes(self.stamp_path, json.dumps(stamp, sort_keys=True).encode())
+        return len(chunks)
+
+    def load(self, j: int, expect: dict[str, tuple[tuple, str]],
+             read: Callable[[Path], bytes | None] | None = None) -> dict[str, np.ndarray] | None:
+        """Chunk ``j``'s arrays, or ``None`` when it must be computed.
+
+        Args:
+            j: the chunk index.
+            expect: ``{name: (shape, dtype)}`` of the arrays the chunk must hold (a dtype name
+                such as ``"float32"``, or a kind as in ``numpy.dtype.kind``: ``"b"``, ``"i"``).
+            read: how to read the file's bytes (``None`` if absent); by default from this
+                process's disk (a multi-process sweep passes the writer's bytes to everyone).
+
+        A file that cannot be read, or that lacks an array or holds one of another shape or
+        dtype, is reported by a :class:`ChunkWarning` naming it and computed again.
+        """
+        path = self.chunk_path(j)
+        if read is None:
+            try:
+                raw = path.read_bytes() if path.exists() else None
+            except OSError:
+                raw = b""
+        else:
+            raw = read(path)
+        if raw is None:
+            return None
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                missing = sorted(set(expect) - set(z.files))
+                arrays = {k: z[k] for k in expect if k in z.files}
+        except Exception as err:  # noqa: BLE001 - any unreadable file: recompute it
+            return self._reject(path, f"it cannot be read ({type(err).__name__}: {err})")
+        if missing:
+            return self._reject(path, f"it lacks the array(s) {missing}")
+        for name, (shape, kind) in expect.items():
+            a = arrays[name]
+            ok_kind = a.dtype.kind == kind if len(kind) == 1 else a.dtype == np.dtype(kind)
+            if a.shape != tuple(shape) or not ok_kind:
+                return self._reject(path, f"its {name!r} is {a.dtype}{list(a.shape)}, this chunk's is "
+                                          f"{kind}{list(shape)}")
+        return arrays
+
+    @staticmethod
+    def _reject(path: Path, why: str) -> None:
+        warnings.warn(f"chunk file {str(path)!r} is not usable: {why}; recomputing it", ChunkWarning,
+                      stacklevel=3)
+        return None
+
+    def save(self, j: int, arrays: dict[str, Any]) -> None:
+        """Write chunk ``j`` atomically."""
+        atomic_savez(self.chunk_path(j), **arrays)
+
+    def remove(self) -> None:
+        """Delete the folder (once the whole result is saved)."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -7,30 +7,56 @@ Grammar: ``name`` or ``name:key=value,key=value``; lists inside a value are ``/`
   ``empirical:file=PATH.npy``;
 * spectrum: ``identity:d=D``, ``power-law:d=D,alpha=A``, ``file:PATH.npy``;
 * threshold: a number, ``inf``, ``max-ccc``, or ``heuristic:kappa=K[,sigma2=S]``;
-* LIST: comma-separated numbers, or ``START:STOP:NUM`` (NUM evenly spaced values, both ends in).
+* a sweep's thresholds: a LIST, ``max-ccc``, or ``heuristic:kappa=K1/K2/...[,sigma2=S]``;
+* LIST: comma-separated numbers, or ``START:STOP:NUM`` (NUM evenly spaced values, both ends in;
+  START and STOP finite, NUM at most :data:`MAX_LIST`).
 
-Every parse error is a ``ValueError`` whose message names the bad text and what is allowed.
+A key may appear once in a SPEC, and only the keys a name takes are accepted. Every parse error is
+a ``ValueError`` whose message names the bad text and what is allowed; the values are then checked
+by the constructors, with the rules of :mod:`clipdyn.validation`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from clipdyn import noise as noise_laws
 from clipdyn import problem as problems
+from clipdyn import validation
 
-__all__ = ["parse_noise", "parse_spectrum", "parse_clip", "parse_list", "ClipSpec", "parse_float"]
+__all__ = ["parse_noise", "parse_spectrum", "parse_clip", "parse_clip_list", "parse_list", "ClipSpec",
+           "parse_float", "parse_int", "MAX_LIST", "NEGATIVE_VALUE"]
+
+MAX_LIST = 1_000_000
+"""The most values a LIST may hold (``START:STOP:NUM``): 8 MB of float64, far beyond any grid a
+sweep can run, and small enough that a typo such as ``0:1:1e12`` is refused at once instead of
+exhausting memory."""
+
+NEGATIVE_VALUE = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
+"""Command-line words that are values although they start with ``-``: ``-1``, ``-1e-3``, ``-.5``,
+``-inf``, ``-nan``, ``-1,2``, ``-1:1:3``. argparse's own test (plain integers and decimals only)
+misses ``-1e-3``, ``-inf``, ``-nan``, ``-1,2`` and ``-1:1:3`` and reads them as unknown options
+("expected one argument"); the command line's parser sets
+``parser._negative_number_matcher = NEGATIVE_VALUE`` so they reach the value checks, which then
+say what is wrong with them (no clipdyn option starts with ``-`` and a digit, ``.``, ``inf`` or
+``nan``). ``--c=-inf`` works with any parser."""
 
 
 def parse_float(text: str, what: str) -> float:
+    """A number from text (``inf`` and ``nan`` included: the value checks come after)."""
     try:
         return float(text)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"{what}: {text!r} is not a number") from None
+
+
+def parse_int(text: str, what: str, low: int, high: int | None = None) -> int:
+    """An integer option ``>= low`` (``1e3`` and ``8.0`` are integers; ``1.5`` and ``""`` are not)."""
+    return validation.integer(what, parse_float(text, what), low, high=high)
 
 
 def _split(spec: str, kind: str) -> tuple[str, dict[str, str]]:
@@ -41,6 +67,9 @@ def _split(spec: str, kind: str) -> tuple[str, dict[str, str]]:
             key, eq, value = part.partition("=")
             if not eq or not key.strip() or not value.strip():
                 raise ValueError(f"{kind} spec {spec!r}: {part!r} is not of the form key=value")
+            if key.strip() in params:
+                raise ValueError(f"{kind} spec {spec!r}: key {key.strip()!r} is given twice; give "
+                                 "each key once")
             params[key.strip()] = value.strip()
     return name.strip().lower(), params
 
@@ -94,14 +123,11 @@ def parse_noise(spec: str) -> noise_laws.NoiseLaw:
         )
     if name == "empirical":
         p = _take(spec, params, {"file": None})
-        path = Path(p["file"])
-        if not path.is_file():
-            raise ValueError(f"empirical noise file {str(path)!r} does not exist")
+        atoms = validation.load_npy_vector(p["file"], "empirical noise")
         try:
-            atoms = np.load(path, allow_pickle=False)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"empirical noise file {str(path)!r} is not a readable .npy array ({err})") from None
-        return noise_laws.Empirical(np.asarray(atoms, dtype=float))
+            return noise_laws.Empirical(atoms)
+        except ValueError as err:
+            raise ValueError(f"empirical noise file {p['file']!r}: {err}") from None
     raise ValueError(f"noise spec {spec!r}: unknown law {name!r}; allowed: {', '.join(NOISE_NAMES)}")
 
 
@@ -171,30 +197,115 @@ def parse_clip(spec: str) -> ClipSpec:
         ) from None
     if math.isnan(value) or value < 0:
         raise ValueError(f"clip {spec!r} is not allowed; the threshold must be >= 0 (or inf)")
+    validation.threshold("clip", value)
     return ClipSpec("constant", value=value)
 
 
+def parse_clip_list(spec: str, what: str = "--clip") -> list[ClipSpec]:
+    """A sweep's thresholds: a LIST of numbers >= 0 (``inf`` allowed), ``max-ccc``, or
+    ``heuristic:kappa=K1/K2/...[,sigma2=S]`` (the kappas also as ``START:STOP:NUM``).
+
+    The keys are checked as :func:`parse_clip` checks them: ``kappa`` is required, ``sigma2`` is
+    optional, anything else (or a key given twice) is refused.
+
+    Returns:
+        One :class:`ClipSpec` per threshold choice, in order.
+    """
+    text = spec.strip().lower()
+    if text == "max-ccc":
+        return [ClipSpec("max-ccc")]
+    if text.startswith("heuristic"):
+        name, params = _split(text, "clip")
+        if name != "heuristic":
+            raise ValueError(f"{what} {spec!r} is not allowed; use a LIST, max-ccc or "
+                             "heuristic:kappa=K1/K2[,sigma2=S]")
+        p = _take(spec, params, {"kappa": None, "sigma2": ""})
+        kappas = parse_list(p["kappa"].replace("/", ","), "heuristic kappa")
+        validation.positive("kappa", kappas, owner=f"{what} {spec!r}", bounded=False)
+        sigma2 = parse_float(p["sigma2"], "heuristic sigma2") if p["sigma2"] else None
+        if sigma2 is not None:
+            validation.check_value(f"{what} {spec!r}", "sigma2", sigma2,
+                                   lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+        return [ClipSpec("heuristic", kappa=float(k), sigma2=sigma2) for k in kappas]
+    try:
+        values = parse_list(text, what)
+    except ValueError as err:
+        raise ValueError(f"{err}; {what} takes a LIST of thresholds (numbers >= 0 or inf), max-ccc "
+                         "or heuristic:kappa=K1/K2") from None
+    validation.threshold(what, values)
+    return [ClipSpec("constant", value=float(c)) for c in values]
+
+
 def parse_list(text: str, what: str) -> np.ndarray:
-    """``a,b,c`` or ``START:STOP:NUM`` into a float array."""
+    """``a,b,c`` or ``START:STOP:NUM`` into a float array.
+
+    ``START`` and ``STOP`` must be finite (``0:inf:3`` has no evenly spaced values; list
+    ``inf`` explicitly: ``0,1,inf``) and ``NUM`` an integer in ``[1, MAX_LIST]``.
+    """
     text = text.strip()
     if text.count(":") == 2 and "," not in text:
         start, stop, num = text.split(":")
         n = parse_float(num, f"{what} NUM")
-        if not (n.is_integer() and n >= 1):
-            raise ValueError(f"{what} {text!r}: NUM must be a positive integer")
-        return np.linspace(parse_float(start, what), parse_float(stop, what), int(n))
+        if not (n.is_integer() and 1 <= n <= MAX_LIST):
+            raise ValueError(f"{what} {text!r}: NUM={num} is not allowed; NUM must be an integer "
+                             f"from 1 to {MAX_LIST}")
+        a, b = parse_float(start, what), parse_float(stop, what)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(f"{what} {text!r}: START and STOP must be finite numbers; to include "
+                             "inf, list the values (e.g. 0.1,1,inf)")
+        return np.linspace(a, b, int(n))
     values = [v for v in text.split(",") if v.strip()]
     if not values:
         raise ValueError(f"{what}: empty list")
+    if len(values) > MAX_LIST:
+        raise ValueError(f"{what}: {len(values)} values; a LIST holds at most {MAX_LIST}")
     return np.array([parse_float(v, what) for v in values])
 
 
-def make_schedule(clip: ClipSpec, eta: float, noise: noise_laws.NoiseLaw):
-    """The schedule a :class:`ClipSpec` names, with learning rate ``eta``."""
+def make_schedule(clip: ClipSpec, eta: float, noise: noise_laws.NoiseLaw, rule=None):
+    """The schedule a :class:`ClipSpec` names, with learning rate ``eta``; feedback schedules use
+    the factors of the clipping ``rule`` (default: the paper's one-sample C-SGD)."""
     from clipdyn import schedules  # local: schedules imports factors, which is heavier
 
     if clip.kind == "constant":
         return schedules.constant(eta, clip.value)
     if clip.kind == "max-ccc":
-        return schedules.max_ccc(eta, noise)
-    return schedules.heuristic(eta, clip.kappa, noise, clip.sigma2)
+        return schedules.max_ccc(eta, noise, rule=None if rule is None or rule.plain else rule)
+    return schedules.heuristic(eta, clip.kappa, noise, clip.sigma2,
+                               rule=None if rule is None or rule.plain else rule)
+
+
+RULE_NAMES = ("per-sample", "batch", "micro:size=b", "index:beta=P")
+
+
+def parse_rule(spec: str, batch: int = 1, dp_noise: float | None = None,
+               preclip_noise: float | None = None):
+    """A clipping rule from its SPEC (``per-sample``, ``batch``, ``micro:size=b``,
+    ``index:beta=P``) and the batch size and options (see :mod:`clipdyn.rules`)."""
+    from clipdyn import rules
+
+    name, params = _split(spec, "clip rule")
+    if name == "per-sample":
+        _take(spec, params, {})
+        return rules.per_sample(batch, dp_noise=dp_noise, preclip_noise=preclip_noise)
+    if name in ("batch", "micro") and preclip_noise is not None:
+        raise ValueError(f"--preclip-noise is not allowed with --clip-rule {spec}: pre-clip noise "
+                         "is defined for per-sample and index clipping only")
+    if name == "batch":
+        _take(spec, params, {})
+        return rules.batch_mean(batch, dp_noise=dp_noise)
+    if name == "micro":
+        p = _take(spec, params, {"size": None})
+        size = parse_float(p["size"], "micro size")
+        if not (size.is_integer() and size >= 1):
+            raise ValueError(f"clip rule {spec!r}: size={p['size']} must be an integer >= 1")
+        if batch % int(size):
+            raise ValueError(f"clip rule {spec!r}: size={int(size)} does not divide --batch {batch}")
+        return rules.micro_batch(batch, int(size), dp_noise=dp_noise)
+    if name == "index":
+        p = _take(spec, params, {"beta": None})
+        beta = parse_float(p["beta"], "index beta")
+        if not (beta > 0):
+            raise ValueError(f"clip rule {spec!r}: beta={p['beta']} must be > 0 (inf allowed)")
+        return rules.index_thresholds(batch, beta, dp_noise=dp_noise, preclip_noise=preclip_noise)
+    raise ValueError(f"clip rule {spec!r} is not allowed; use one of {', '.join(RULE_NAMES)}")

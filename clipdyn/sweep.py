@@ -5,8 +5,9 @@ every threshold x every learning rate). Runs that share a seed share their data 
 random numbers), so threshold comparisons are not drowned in seed noise.
 
 * The configuration axis is split into fixed-size chunks (one compilation for all of them; the
-  last chunk is padded) and each chunk is sharded over all local devices with
-  ``jax.shard_map``.
+  last chunk is padded) and each chunk is sharded over all devices with ``jax.shard_map``: in a
+  multi-process run (:mod:`clipdyn.distributed`) the devices of every process, with process 0
+  alone writing checkpoints and results.
 * Each finished chunk is written atomically to ``OUT.partial/``; a rerun of the same sweep loads
   the finished chunks instead of recomputing them, so an interruption loses at most the chunk in
   flight. The merged result is written with :func:`clipdyn.results.save_results`.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,14 +31,51 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from clipdyn import simulate as sim
+from clipdyn import distributed
+from clipdyn import rules as clip_rules
+from clipdyn import sim
+from clipdyn import validation
 from clipdyn.problem import Problem
 from clipdyn.noise import cast_floats
-from clipdyn.results import atomic_savez, atomic_write_bytes, save_results
+from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
+from clipdyn.sim.runner import block_size
 
-__all__ = ["SweepResult", "stack_schedules", "run_sweep", "simulate_runs", "seed_keys"]
+__all__ = ["SweepResult", "SweepInterrupted", "stack_schedules", "run_sweep", "simulate_runs",
+           "seed_keys", "checked_output_steps", "memory_estimate", "content_hash", "MAX_STEPS"]
 
 PRECISIONS = {"32": jnp.float32, "64": jnp.float64}
+
+MAX_STEPS = 2_000_000_000
+"""The most steps a run may take. The engines count steps in int32 (``RunState.k``, at most
+``2^31 - 1 = 2.147e9``) and advance them in blocks of up to 64, so a horizon ``T`` whose
+``T x Tr K`` steps exceed this bound is refused rather than left to wrap around."""
+
+LONG_RUN_SECONDS = 10.0
+"""A run estimated to take longer gets an up-front estimate line and a progress bar (with
+``progress``), even when stderr is not a terminal."""
+
+CALIBRATION_MIN_WORK = 1e8
+"""Runs of fewer mode-steps per seed and chunk (steps x configurations x padded ``d``) are not
+timed for an estimate: they take well under a second."""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: still a ``KeyboardInterrupt``, saying what was kept.
+
+    Attributes:
+        kept: finished chunks (saved in ``partial`` when the sweep has an ``out``).
+        total: the sweep's chunks.
+        partial: the folder holding them, or ``None`` without ``out``.
+    """
+
+    def __init__(self, kept: int, total: int, partial: Path | None):
+        self.kept, self.total, self.partial = kept, total, partial
+        if partial is not None:
+            text = (f"{kept} of {total} chunk(s) are kept in {partial}/; rerun the same command "
+                    "to resume")
+        else:
+            text = f"{kept} of {total} chunk(s) had finished; nothing is kept without an output file"
+        super().__init__(text)
 
 
 @dataclass
@@ -85,7 +124,7 @@ def _take(tree, idx: np.ndarray):
 
 
 def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
-    """``(schedules, prob, keys, steps) -> (risk, diverged, diverged_step)``, sharded over
+    """``(schedules, rules, prob, keys, steps) -> (risk, diverged, diverged_step)``, sharded over
     ``devices`` on the configuration axis.
 
     The problem, keys and steps are arguments, not closed-over constants: XLA would otherwise
@@ -94,8 +133,8 @@ def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
     last bits would change with the size of the sweep.
     """
 
-    def body(schedules, prob, keys, steps):
-        return sim.run_batch(prob, schedules, keys, steps, method, divergence_factor, dt, engine)
+    def body(schedules, rules, prob, keys, steps):
+        return sim.run_batch(prob, schedules, rules, keys, steps, method, divergence_factor, dt, engine)
 
     if len(devices) == 1:
         return jax.jit(body)
@@ -103,12 +142,142 @@ def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
     spec = P(None, "runs")
     # The runs' initial states do not depend on the (sharded) configuration, so the loop carry
     # starts replicated and becomes varying; check_vma=False lets shard_map accept that.
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("runs"), P(), P(), P()),
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("runs"), P("runs"), P(), P(), P()),
                                  out_specs=(spec, spec, spec), check_vma=False))
 
 
 def _fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sha256(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a, np.float64)).tobytes()).hexdigest()
+
+
+def content_hash(tree) -> str:
+    """sha256 of a pytree's structure (static fields included) and leaf values.
+
+    Floating leaves are hashed as float64, so the hash names the values, not how they were
+    passed. A sweep records the hashes of its spectrum, start, noise law (an empirical law's
+    atoms included), schedules and rules (``config["fingerprints"]``), so changing a file's
+    contents between an interrupted run and its rerun is noticed, not mixed in.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    h = hashlib.sha256(str(treedef).encode())
+    for leaf in leaves:
+        a = np.asarray(leaf)
+        if a.dtype.kind == "f":
+            a = a.astype(np.float64)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _round_digits(x: float, up: bool, digits: int = 6) -> float:
+    """``x`` rounded up (or down) at ``digits`` significant digits: a bound the user can type back."""
+    if not (x > 0 and math.isfinite(x)):
+        return x
+    unit = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return (math.ceil(x / unit * (1 - 1e-12)) if up else math.floor(x / unit * (1 + 1e-12))) * unit
+
+
+def checked_output_steps(T: float, points: int, trace: float, dt: float | None = None,
+                         names: tuple[str, str] = ("T", "points")) -> np.ndarray:
+    """The output steps of a run (:func:`clipdyn.sim.output_steps`), refusing horizons the engines
+    cannot count or resolve.
+
+    Args:
+        T, points: horizon and number of output times.
+        trace: ``Tr K``; one step is ``dt = 1 / Tr K`` of ODE time unless ``dt`` is given.
+        names: how messages name ``T`` and ``points`` (``("--T", "--points")`` on the command line).
+
+    Raises:
+        ValueError: when ``T / dt`` exceeds :data:`MAX_STEPS` (the number of steps it would need
+            is named), or when output times fall closer than one step, so that recorded steps
+            would repeat (``T < (points - 1) dt``; the least ``T`` is named).
+    """
+    tname, pname = names
+    step = 1.0 / trace if dt is None else float(dt)
+    need = float(T) / step
+    if not need <= MAX_STEPS:
+        raise ValueError(
+            f"{tname}={T:g} is not allowed: it needs {need:.4g} steps ({tname} / dt with one step "
+            f"dt = 1 / Tr K = {step:.6g}), and the engines count at most {MAX_STEPS:,} steps "
+            f"(int32 step counters); {tname} must be at most {_round_digits(MAX_STEPS * step, False):.6g}"
+        )
+    steps = sim.output_steps(float(T), int(points), trace, dt)
+    if np.any(np.diff(steps) <= 0):
+        least = _round_digits((int(points) - 1) * step, True)
+        raise ValueError(
+            f"{tname}={T:g} with {pname}={points} is not allowed: the output times would fall closer "
+            f"than one step (dt = {step:.6g}) and repeat; {tname} must be at least "
+            f"({pname} - 1) x dt = {least:.6g}, or use fewer {pname}"
+        )
+    return steps
+
+
+def memory_estimate(d: int, n_seeds: int, n_configs: int, points: int, chunk: int, itemsize: int,
+                    n_rows: int = 1, engine: str = "step", data_rows: int = 0) -> dict[str, float]:
+    """Bytes a sweep needs, by part (an estimate, rounded up).
+
+    * ``results``: the ``(S, C, P)`` float64 risks held on the host, their copy in the saved
+      ``.npz`` buffer and the chunks being merged (3 copies), plus flags and seeds;
+    * ``engine``: one seed's chunk at a time (seeds run one after another): the ``chunk x d_pad``
+      states with their updates and the loop's double buffer (4 copies), the block of drawn
+      samples (``block x rows x d_pad``, 3 copies), and for the block engine its Gram matrices;
+    * ``problem``: the padded spectrum, start and masks, and a dataset's rows.
+    """
+    d_pad = d + (-d) % sim.PAD
+    block = block_size(d_pad, n_rows)
+    parts = {
+        "results": 3.0 * n_seeds * n_configs * points * 8 + n_seeds * n_configs * 24.0 + n_seeds * 100.0,
+        "engine": (4.0 * chunk * d_pad + 3.0 * block * n_rows * d_pad + 2.0 * chunk * points) * itemsize,
+        "problem": (4.0 + data_rows) * d_pad * itemsize,
+    }
+    if engine == "block":
+        m = block * n_rows
+        parts["engine"] += (2.0 * m * m + 3.0 * chunk * m + m * d_pad) * itemsize
+    return parts
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1g} days" if seconds < 1e6 * 86400 else f"{seconds / 86400:.2g} days"
+
+
+def _seconds_per_step(call, steps_arr, work: float) -> float | None:
+    """Seconds per step of one seed of a compiled chunk program, timed on a few steps.
+
+    The output steps are an argument of the program, so timing it on ``0 .. n`` steps reuses the
+    compilation and leaves the real run untouched. ``None`` for runs too small to be worth it.
+    """
+    if work < CALIBRATION_MIN_WORK:
+        return None
+    total = int(steps_arr[-1])
+    points = steps_arr.shape[0]
+    jax.block_until_ready(call(jnp.zeros_like(steps_arr)))  # compilation, and no step
+    n = 8
+    while True:
+        cal = jnp.asarray(np.rint(np.linspace(0, n, points)), steps_arr.dtype)
+        t0 = time.perf_counter()
+        jax.block_until_ready(call(cal))
+        elapsed = time.perf_counter() - t0
+        if elapsed >= 0.3 or 8 * n > total // 4:
+            return elapsed / n
+        n *= 8
 
 
 def run_sweep(
@@ -129,6 +298,9 @@ def run_sweep(
     devices: Sequence | None = None,
     progress: bool = True,
     engine: str = "step",
+    rules: Any = None,
+    data: Any = None,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Run every configuration in ``schedules`` (leading axis ``C``) for every seed.
 
@@ -139,56 +311,94 @@ def run_sweep(
         T, points: horizon (ODE time) and number of evenly spaced output times.
         method: ``"sgd"`` (C-SGD / SGD) or ``"hsgd"`` (C-HSGD).
         precision: ``"32"`` (default) or ``"64"``.
-        chunk_size: configurations per chunk (default: all, rounded up to the device count).
-        out: results path (``.npz``; JSON sidecar beside it). With ``out``, finished chunks are
-            kept in ``OUT.partial/`` and reused by a rerun of the same sweep.
+        chunk_size: configurations per chunk (default and at most: all of them; rounded up to
+            the device count).
+        out: results path: ``OUT`` if it ends in ``.npz``, else ``OUT.npz``; the JSON sidecar
+            replaces ``.npz`` by ``.json`` (:func:`clipdyn.results.results_paths`). With ``out``,
+            finished chunks are kept in ``OUT.npz.partial/`` and reused by a rerun of the same
+            sweep (same configuration, same contents of spectrum, noise law, data, schedules and
+            rules, same chunk size); a chunk file that cannot be read is recomputed with a
+            :class:`clipdyn.results.ChunkWarning`.
         config: extra configuration recorded in the results (CLI arguments, say).
         divergence_factor: runs diverge once ``R > divergence_factor * R0``.
         dt: C-HSGD time step (default ``1 / Tr K``).
         prng_impl: JAX PRNG implementation (default: JAX's default, recorded in the results).
-        devices: devices to shard over (default: all local devices).
-        progress: show a progress bar over chunks.
+        devices: devices to shard over (default: all devices, every process's in a multi-process
+            run; such a run equals one process with the same number of devices, see
+            :mod:`clipdyn.distributed`).
+        progress: report progress on stderr: a bar over seeds x chunks when stderr is a
+            terminal or the sweep is long, and for a long sweep an up-front line with its size
+            and estimated time (timed on a few steps; numbers are the same with and without).
         engine: ``"step"`` (default; a run's numbers are bit-identical alone and in any sweep) or
             ``"block"`` (C-SGD by blocks of matrix products: several times faster for wide
-            sweeps, equal to ``"step"`` up to rounding; see :func:`clipdyn.simulate.run_batch`).
+            sweeps, equal to ``"step"`` up to rounding; see :func:`clipdyn.sim.run_batch`).
+        rules: the clipping rule of every configuration: one :class:`clipdyn.rules.ClipRule`
+            for all, or a sequence of ``C`` rules (default: one sample, per-sample clipping).
+            Rules with different batch sizes or kinds run as separate programs (their samples
+            still agree on the rows they share: common random numbers across ``B``).
+        data: a dataset in eigen-coordinates (:class:`clipdyn.data.DataProblem`) whose rows
+            the simulation draws instead of Gaussian samples; ``problem`` must be its problem.
+            Its ``fingerprint`` (a hash of its contents) identifies it for resuming.
+        overwrite: replace finished results of a different sweep at ``out`` and discard finished
+            chunks of a different sweep in its ``.partial/`` folder (without it, both are
+            refused). Results of the same sweep are always recomputed and replaced.
 
     Returns:
         :class:`SweepResult`.
 
     Raises:
-        ValueError: for bad arguments.
+        ValueError: for bad arguments; for a horizon beyond :data:`MAX_STEPS` steps or with
+            output times closer than one step (:func:`checked_output_steps`); for a sweep that
+            needs more memory than this machine has available (:func:`memory_estimate`); for an
+            ``out`` that would overwrite another sweep's results or chunks without ``overwrite``.
+        SweepInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), once the finished chunks are saved.
     """
     if method not in sim.METHODS:
         raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(sim.METHODS)}")
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not allowed; use 32 or 64")
-    if not (math.isfinite(T) and T > 0):
-        raise ValueError(f"T={T} is not allowed; T must be finite and > 0")
-    if int(points) != points or points < 2:
-        raise ValueError(f"points={points} is not allowed; points must be an integer >= 2")
-    seeds = np.asarray(list(seeds), dtype=np.int64)
-    if seeds.size == 0:
-        raise ValueError("at least one seed is needed")
+    validation.positive("T", T, bounded=False)
+    points = validation.integer("points", points, 2)
+    chunk_size = validation.optional_integer("chunk_size", chunk_size, 1)
+    validation.positive("divergence_factor", divergence_factor, bounded=False)
+    if dt is not None:
+        validation.positive("dt", dt, bounded=False)
+    if not hasattr(seeds, "__len__"):
+        seeds = validation.seeds(seeds)
+    n_seeds = len(seeds)
     dtype = PRECISIONS[str(precision)]
-    devices = list(devices) if devices is not None else jax.local_devices()
+    # Every process's devices: in a multi-process run (clipdyn.distributed) the mesh is global.
+    devices = list(devices) if devices is not None else distributed.global_devices()
     n_dev = len(devices)
     n_cfg = int(jax.tree.leaves(schedules)[0].shape[0])
-    chunk = n_cfg if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size={chunk_size} is not allowed; it must be >= 1")
+    # A chunk wider than the sweep would only be padding (chunk_size=1e9 padded to 1e9 runs).
+    chunk = n_cfg if chunk_size is None else min(chunk_size, n_cfg)
     chunk = n_dev * math.ceil(chunk / n_dev)
-    n_chunks = math.ceil(n_cfg / chunk)
 
-    prob = sim.prepare(problem, dtype)
+    rule_list = _rule_list(rules, n_cfg)
     trace = float(np.sum(np.asarray(problem.lam, np.float64)))
-    steps = sim.output_steps(T, int(points), trace, dt)
+    steps = checked_output_steps(T, points, trace, dt)
+    need = memory_estimate(int(problem.lam.shape[0]), n_seeds, n_cfg, points, chunk,
+                           jnp.dtype(dtype).itemsize, max(r.n_rows for r in rule_list), engine,
+                           0 if data is None else int(np.shape(data.features)[0]))
+    big = max(need, key=need.get)
+    validation.check_memory(
+        sum(need.values()),
+        f"this sweep ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
+        f"d = {int(problem.lam.shape[0])}, chunks of {chunk}; {big} {_bytes(need[big])})")
+    seeds = validation.seeds(seeds)
+    prob = sim.prepare(problem, dtype, data)
     dt_used = 1.0 / trace if dt is None else float(dt)
     t = steps * dt_used
     keys = seed_keys(seeds, prng_impl)
     schedules = cast_floats(schedules, dtype)
     sim.check_engine(engine, method)
+    if data is not None and method != "sgd":
+        raise ValueError("method 'hsgd' runs on Gaussian data only; use method 'sgd' with --data")
     run = _sharded_runner(method, divergence_factor, dt, devices, engine)
     steps_arr = jnp.asarray(steps)
+    plan = _chunk_plan(rule_list, chunk)
+    n_chunks = len(plan)
 
     full_config = {
         "method": method, "precision": str(precision), "T": float(T), "points": int(points),
@@ -197,55 +407,162 @@ def run_sweep(
         "prng_impl": prng_impl or str(jax.config.jax_default_prng_impl),
         "d": int(problem.lam.shape[0]), "trace": trace, "R0": float(problem.R0),
         "schedule_kind": type(schedules).__name__, "engine": engine,
+        "rules": [r.describe() for r in rule_list],
+        "batch": [int(r.batch) for r in rule_list],
+        "samples": [int(steps[-1]) * int(r.batch) for r in rule_list],
+        "dp_noise": [_param(r.dp_noise) if r.use_dp else None for r in rule_list],
+        "preclip_noise": [_param(r.preclip_noise) if r.use_preclip else None for r in rule_list],
+        "data": None if data is None else getattr(data, "describe", lambda: "dataset")(),
+        "data_fingerprint": None if data is None else getattr(data, "fingerprint", None),
         **(config or {}),
     }
-    partial = None
+    # What the sweep computes, by content: a changed file is a different sweep.
+    parts = {
+        "spectrum": _sha256(problem.lam), "start": _sha256(problem.v0),
+        "noise law": content_hash(problem.noise),
+        "data": None if data is None else str(getattr(data, "fingerprint", None) or content_hash(
+            (data.features, data.residuals, data.e0))),
+        "schedules": content_hash(schedules), "clipping rules": content_hash(rule_list),
+    }
+    full_config["fingerprints"] = dict(parts)
+    # The chunk size decides which configurations a chunk file holds, not the numbers: it is left
+    # out of the results' identity and kept in the chunks' layout.
+    identity = {k: v for k, v in full_config.items() if k != "chunk_size"}
+    full_config["fingerprints"]["sweep"] = _fingerprint(identity)
+    store = None
     if out is not None:
-        out = Path(out).with_suffix(".npz")
-        partial = out.parent / (out.name + ".partial")
-        partial.mkdir(parents=True, exist_ok=True)
-        fp = _fingerprint(full_config) + "-" + _fingerprint(
-            jax.tree.map(lambda x: np.asarray(x).tolist(), schedules))
-        stamp = partial / "fingerprint"
-        if stamp.exists() and stamp.read_text() != fp:
-            raise ValueError(
-                f"{partial} holds chunks of a different sweep; remove it or choose another --out"
-            )
-        atomic_write_bytes(stamp, fp.encode())
+        out, _ = results_paths(validation.output_path(out, "out"))
+        store = ChunkStore(Path(f"{out}.partial"))
+        stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
+                 "parts": {"configuration": _fingerprint({k: v for k, v in identity.items()
+                                                          if k != "fingerprints"}), **parts}}
+        # On the writer process only (clipdyn.distributed); a refusal reaches every process.
+        distributed.on_writer(check_overwrite, out, full_config["fingerprints"]["sweep"], overwrite)
+        distributed.on_writer(store.open, stamp, overwrite)
 
-    risk = np.empty((seeds.size, n_cfg, len(steps)), np.float64)
-    diverged = np.zeros((seeds.size, n_cfg), bool)
-    div_step = np.full((seeds.size, n_cfg), -1, np.int64)
+    n_points = len(steps)
+    risk = np.empty((n_seeds, n_cfg, n_points), np.float64)
+    diverged = np.zeros((n_seeds, n_cfg), bool)
+    div_step = np.full((n_seeds, n_cfg), -1, np.int64)
+    show = bool(progress) and distributed.is_writer()  # until the bar is set up
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_chunks, desc="sweep chunks", unit="chunk", leave=False)
-    for j in range(n_chunks):
-        lo, hi = j * chunk, min((j + 1) * chunk, n_cfg)
-        path = partial / f"chunk_{j:06d}.npz" if partial is not None else None
-        if path is not None and path.exists():
-            with np.load(path) as z:
+    done = 0  # finished chunks
+    units = n_chunks * n_seeds  # progress counts one seed of one chunk at a time
+    try:
+        for j, members in enumerate(plan):
+            expect = {"risk": ((n_seeds, members.size, n_points), jnp.dtype(dtype).name),
+                      "diverged": ((n_seeds, members.size), "b"),
+                      "diverged_step": ((n_seeds, members.size), "i")}
+            # The writer's checkpoint, on every process: all processes skip the same chunks.
+            z = None if store is None else store.load(j, expect, read=_writer_bytes)
+            if z is not None:
                 r, dv, ds = z["risk"], z["diverged"], z["diverged_step"]
-        else:
-            idx = np.minimum(np.arange(lo, lo + chunk), n_cfg - 1)  # pad with the last config
-            r, dv, ds = (np.asarray(a) for a in run(_take(schedules, idx), prob, keys, steps_arr))
-            r, dv, ds = r[:, : hi - lo], dv[:, : hi - lo], ds[:, : hi - lo]
-            if path is not None:
-                atomic_savez(path, risk=r, diverged=dv, diverged_step=ds)
-        risk[:, lo:hi], diverged[:, lo:hi], div_step[:, lo:hi] = r, dv, ds
+                if bar is not None:
+                    bar.update(n_seeds)
+            else:
+                idx = np.concatenate([members, np.full(chunk - members.size, members[-1])])  # pad
+                chunk_scheds = _take(schedules, idx)
+                chunk_rules = cast_floats(clip_rules.stack_rules([rule_list[i] for i in idx]), dtype)
+
+                def call(steps_in, i=0):
+                    return run(chunk_scheds, chunk_rules, prob, keys[i:i + 1], steps_in)
+
+                if show:
+                    show = False
+                    bar = _start_progress(call, steps_arr, units, j * n_seeds, n_seeds, chunk,
+                                          int(problem.lam.shape[0]))
+                # Seeds one at a time (as inside the program, so the numbers are the same): the
+                # bar moves, and Ctrl-C is answered, after every seed.
+                outs = []
+                for i in range(n_seeds):
+                    outs.append(distributed.to_host(call(steps_arr, i)))
+                    if bar is not None:
+                        bar.update(1)
+                r, dv, ds = (np.concatenate([o[k] for o in outs])[:, : members.size] for k in range(3))
+                if store is not None:
+                    distributed.on_writer(store.save, j,
+                                          {"risk": r, "diverged": dv, "diverged_step": ds})
+            risk[:, members], diverged[:, members], div_step[:, members] = r, dv, ds
+            done += 1
+    except KeyboardInterrupt:
+        raise SweepInterrupted(done, n_chunks, None if store is None else store.folder) from None
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     diverged_at = np.where(diverged, div_step * dt_used, np.nan)
     result = SweepResult(t, risk, diverged, diverged_at, seeds, full_config)
     if out is not None:
         arrays = result.arrays()
         arrays.update({f"schedule_{k}": np.asarray(v) for k, v in _schedule_arrays(schedules).items()})
-        save_results(out, arrays, full_config, precision=f"float{precision}")
-        shutil.rmtree(partial, ignore_errors=True)
+
+        def save():  # on the writer process only; the others return once it is saved
+            save_results(out, arrays, full_config, precision=f"float{precision}")
+            store.remove()
+
+        distributed.on_writer(save)
     return result
+
+
+def _writer_bytes(path: Path) -> bytes | None:
+    """The writer's file ``path`` on every process (``None`` if it has none)."""
+    data = b""
+    if distributed.is_writer() and path.exists():
+        try:
+            data = b"+" + path.read_bytes()  # "+": the file exists (it may be empty)
+        except OSError:
+            data = b"+"
+    data = distributed.broadcast_bytes(data)
+    return data[1:] if data else None
+
+
+def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk: int, d: int):
+    """The progress bar of a sweep (``None`` when it is neither long nor on a terminal), after an
+    up-front line with the sweep's size and estimated time when it is long."""
+    total = int(steps_arr[-1])
+    work = float(total) * chunk * (d + (-d) % sim.PAD)
+    per_step = _seconds_per_step(call, steps_arr, work) if jax.process_count() == 1 else None
+    left = units - done
+    long_run = per_step is not None and per_step * total * left > LONG_RUN_SECONDS
+    if long_run:
+        print(f"clipdyn: about {total:,} steps x {left} seed-chunk(s) ({n_seeds} seed(s), chunks of "
+              f"{chunk} configuration(s), d = {d}); estimated {_duration(per_step * total * left)} "
+              "(Ctrl-C stops; with an output file, rerunning resumes from the finished chunks)",
+              file=sys.stderr, flush=True)
+    if not (long_run or sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=units, initial=done, desc="runs", unit="seed-chunk", leave=False,
+                file=sys.stderr)
+
+
+def _param(x):
+    return np.asarray(x, float).tolist()
+
+
+def _rule_list(rules, n_cfg: int) -> list:
+    if rules is None:
+        return [clip_rules.default_rule()] * n_cfg
+    if isinstance(rules, clip_rules.ClipRule):
+        return [rules] * n_cfg
+    rule_list = list(rules)
+    if len(rule_list) != n_cfg or not all(isinstance(r, clip_rules.ClipRule) for r in rule_list):
+        raise ValueError(f"rules must be one ClipRule or a sequence of {n_cfg} ClipRules (one per "
+                         f"configuration); got {len(rule_list)} item(s)")
+    return rule_list
+
+
+def _chunk_plan(rule_list: list, chunk: int) -> list[np.ndarray]:
+    """Configuration indices of each chunk: configurations whose rules share their static fields
+    (kind, batch size, options) run together, in chunks of at most ``chunk``."""
+    groups: dict = {}
+    for i, r in enumerate(rule_list):
+        groups.setdefault(clip_rules.static_signature(r), []).append(i)
+    plan = []
+    for members in groups.values():
+        members = np.asarray(members)
+        plan += [members[i:i + chunk] for i in range(0, members.size, chunk)]
+    return plan
 
 
 def _schedule_arrays(schedules) -> dict[str, np.ndarray]:
@@ -265,4 +582,5 @@ def simulate_runs(problem: Problem, schedule, seeds: Sequence[int], T: float, po
     Returns:
         :class:`SweepResult` with ``C = 1``.
     """
-    return run_sweep(problem, stack_schedules([schedule]), seeds, T, points, progress=False, **kwargs)
+    kwargs.setdefault("progress", False)
+    return run_sweep(problem, stack_schedules([schedule]), seeds, T, points, **kwargs)

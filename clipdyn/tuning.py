@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clipdyn.ode import merge_modes, ode_risk
+from clipdyn import validation
+from clipdyn.ode import check_problem, merge_modes, ode_risk
+from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
 from clipdyn.schedules import PiecewiseConstant
 
@@ -49,8 +51,14 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     Returns:
         ``(n,)`` estimates, the geometric midpoints of the final brackets.
     """
+    if not callable(is_stable):
+        raise ValueError(f"is_stable must be a function etas -> stable; got {type(is_stable).__name__}")
+    validation.check_real("", "lo", lo)
+    validation.check_real("", "hi", hi)
+    iters = validation.integer("iters", iters, 1)
     if n is None:
         n = max(np.size(lo), np.size(hi))
+    n = validation.integer("n", n, 1)
     lo = np.broadcast_to(np.asarray(lo, float), (n,)).copy()
     hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
     if np.any(~(lo > 0) | ~(hi > lo)):
@@ -64,25 +72,46 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     return np.exp(0.5 * (log_lo + log_hi))
 
 
-def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol: float = 1e-8):
+@uses_x64
+def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol: float = 1e-8,
+                    rules=None):
     """``R(t)`` at ``points`` times in ``[0, T]`` for a batch of schedules, by one vmapped ODE solve.
+
+    Args:
+        rules: ``None`` (the paper's C-SGD), one :class:`clipdyn.rules.ClipRule` for every
+            schedule, or a batched rule (leading axis ``C``, see
+            :func:`clipdyn.rules.stack_rules`).
 
     Returns:
         ``(risk (C, points), status (C,))``; diverged runs have ``nan`` risk and status 1.
     """
+    check_problem(problem)
+    validation.schedule(schedules, "schedules")
+    validation.positive("T", T, bounded=False)
+    points = validation.integer("points", points, 2)
+    validation.rtol(rtol)
     core, _, _ = merge_modes(problem)
     t_out = jnp.linspace(0.0, float(T), points)
-    fn = jax.vmap(lambda s: ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3)[:3])
-    risk, _, status = fn(schedules)
+    n_cfg = jax.tree.leaves(schedules)[0].shape[0]
+    batched = rules is not None and jnp.ndim(jnp.asarray(rules.dp_noise)) == 1 and n_cfg > 0
+    fn = jax.vmap(lambda s, r: ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3, rule=r)[:3],
+                  in_axes=(0, 0 if batched else None))
+    risk, _, status = fn(schedules, rules)
     return np.asarray(risk), np.asarray(status)
 
 
-def ode_is_stable(problem: Problem, make_schedules: Callable[[np.ndarray], object], T: float):
+def ode_is_stable(problem: Problem, make_schedules: Callable[[np.ndarray], object], T: float,
+                  rules=None):
     """A predicate for :func:`bisect_max_lr`: the ODE's risk at ``T`` is below ``R0``."""
+    check_problem(problem)
+    if not callable(make_schedules):
+        raise ValueError("make_schedules must be a function etas -> batched schedule; got "
+                         f"{type(make_schedules).__name__}")
+    validation.positive("T", T, bounded=False)
     R0 = float(problem.R0)
 
     def is_stable(etas):
-        risk, status = ode_final_risks(problem, make_schedules(etas), T)
+        risk, status = ode_final_risks(problem, make_schedules(etas), T, rules=rules)
         return (status == 0) & (risk[:, -1] < R0)
 
     return is_stable
@@ -96,6 +125,7 @@ class LRSchedule(NamedTuple):
     history: np.ndarray
 
 
+@uses_x64
 def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, pieces: int = 8,
                          eta_init: float = 1.0, steps: int = 60, learning_rate: float = 0.1,
                          eta_max: float = 4.0, rtol: float = 1e-7) -> LRSchedule:
@@ -118,6 +148,15 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
     Returns:
         :class:`LRSchedule` with the best schedule seen, its ``R(T)`` and the history of ``R(T)``.
     """
+    check_problem(problem)
+    validation.positive("T", T, bounded=False)
+    validation.threshold("clip", clip)
+    pieces = validation.integer("pieces", pieces, 1)
+    steps = validation.integer("steps", steps, 1)
+    validation.positive("learning_rate", learning_rate, bounded=False)
+    validation.positive("eta_max", eta_max, bounded=False)
+    validation.check_real("", "eta_init", eta_init)
+    validation.rtol(rtol)
     if not 0 < eta_init < eta_max:
         raise ValueError(f"eta_init={eta_init} must be in (0, eta_max={eta_max})")
     core, _, _ = merge_modes(problem)

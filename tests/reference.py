@@ -98,3 +98,29 @@ def numpy_csgd(lam, e0, z, eps, eta, c, record):
         scale = 1.0 if norm <= limit else limit / norm
         e = e - eta / trace * scale * g
     return np.array(out)
+
+
+def numpy_rule_update(rule_kind, B, size, beta, S, K, x, eps, e, C, trace, zeta=None, zdp=None):
+    """The update direction ``G`` of one step of a clipping rule, written from its definition
+    (THEORY.md section 6) in plain NumPy, independently of clipdyn's coefficient form.
+
+    ``x``: (B, d) data rows, ``eps``: (B,), ``zeta``: (B, d) pre-clip normals (or None),
+    ``zdp``: (d,) DP normal (or None); ``K`` multiplies ``sqrt(Tr K / d)`` with ``d`` the number
+    of non-padding modes (the caller passes rows already zero on padding).
+    """
+    def clip(g, limit):
+        n = np.linalg.norm(g)
+        return g if n <= limit else g * (limit / n)
+
+    g = (x @ e - eps)[:, None] * x  # per-sample gradients (B, d)
+    if rule_kind in ("per-sample", "index"):
+        if zeta is not None:
+            g = g + zeta
+        limits = [C * (k ** (1.0 / beta)) if rule_kind == "index" else C for k in range(1, B + 1)]
+        G = np.mean([clip(g[b], limits[b]) for b in range(B)], axis=0)
+    else:
+        groups = g.reshape(B // size, size, -1).mean(axis=1)
+        G = np.mean([clip(gr, C) for gr in groups], axis=0)
+    if zdp is not None:
+        G = G + S * C / B * zdp
+    return G

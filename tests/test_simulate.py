@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import simulate as sm
+from clipdyn import sim as sm
 from clipdyn import sweep as sw
 from clipdyn.results import load_results, seed_statistics
 from clipdyn.ode import solve_ode
@@ -35,7 +35,7 @@ def _samples(prob, key, K):
     _, stream = sm.split_seed(key)
     draw = jax.jit(jax.vmap(lambda k: sm.draw_sample(stream, k, prob)))
     s = draw(jnp.arange(K))
-    return np.asarray(s.z), np.asarray(s.eps)
+    return np.asarray(s.x), np.asarray(s.eps)
 
 
 @pytest.mark.parametrize("noise, c", [(cd.Gaussian(0.5), 0.3), (cd.StudentT(2.5, 1.0), 1.0),

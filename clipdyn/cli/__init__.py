@@ -1,0 +1,52 @@
+"""The ``clipdyn`` command line.
+
+Every command prints a table by default and JSON with ``--json``. Bad input exits with status 2
+and one line on stderr (``clipdyn: error: ...``), never a traceback. In JSON, infinite values are
+written as the string ``"inf"`` and missing ones (after a divergence) as ``null``, so the output
+is strict JSON.
+
+Commands live beside what they drive: :mod:`clipdyn.cli.theory` (``factors``, ``ode``),
+:mod:`clipdyn.cli.sim` (``simulate``, ``sweep``, ``validate``), :mod:`clipdyn.cli.bias`
+(``bias``, Chen et al.'s finite-sum clipping bias); :mod:`clipdyn.cli.common` holds what they
+share.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from clipdyn.cli import sim, theory
+from clipdyn.cli.common import CLIError, Parser
+
+__all__ = ["main", "make_parser"]
+
+
+def make_parser() -> Parser:
+    parser = Parser(prog="clipdyn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    theory.add_commands(sub)
+    sim.add_commands(sub)
+    try:  # TODO(lead): plain import once clipdyn/cli/bias.py lands
+        from clipdyn.cli import bias
+    except ImportError:
+        bias = None
+    if bias is not None:
+        bias.add_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+        args.func(args)
+    except (CLIError, ValueError, OSError) as err:
+        print(f"clipdyn: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - solver failures and the like: one line too
+        print(f"clipdyn: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from clipdyn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""What every ``clipdyn`` command shares: output (table or strict JSON), option parsing with
+one-line errors, and the problem, schedule and clipping-rule options.
+
+Every parse error is a ``ValueError`` (or :class:`CLIError` from argparse) whose message names
+the bad value and what is allowed; :func:`clipdyn.cli.main` prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+__all__ = ["Parser", "CLIError", "emit", "format_table", "positive", "positive_list",
+           "threshold_list", "int_at_least", "add_problem_args", "add_rule_args",
+           "problem_from_args", "build_problem", "rule_from_args", "risk_series", "none_if_nan"]
+
+
+class CLIError(Exception):
+    """A command-line error (from argparse or a command): one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise CLIError(message)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def emit(obj, as_json: bool, table) -> None:
+    """Print ``obj`` as JSON or as the table ``table()`` returns."""
+    if as_json:
+        print(json.dumps(_jsonable(obj), allow_nan=False))
+    else:
+        print(table())
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, (float, np.floating)):
+            return "nan" if math.isnan(v) else f"{float(v):.6g}"
+        return str(v)
+
+    cells = [header] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def none_if_nan(x) -> list:
+    """Values for output: ``None`` where not finite (after a divergence)."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(x, float)]
+
+
+def risk_series(risk) -> list:
+    """Risk values for output: ``None`` where the run had diverged."""
+    return none_if_nan(risk)
+
+
+def positive(text: str, what: str) -> float:
+    """A finite value > 0, or a one-line ValueError naming the bad value."""
+    from clipdyn.specs import parse_float
+
+    x = parse_float(text, what)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{what}={text} is not allowed; it must be finite and > 0")
+    return x
+
+
+def non_negative(text: str, what: str) -> float:
+    """A finite value >= 0, or a one-line ValueError naming the bad value."""
+    from clipdyn.specs import parse_float
+
+    x = parse_float(text, what)
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError(f"{what}={text} is not allowed; it must be finite and >= 0")
+    return x
+
+
+def positive_list(text: str, what: str) -> np.ndarray:
+    """A LIST of finite values > 0, or a one-line ValueError naming the bad values."""
+    from clipdyn.specs import parse_list
+
+    x = parse_list(text, what)
+    if not np.all(np.isfinite(x) & (x > 0)):
+        raise ValueError(f"{what}: {x.tolist()} is not allowed; values must be finite and > 0")
+    return x
+
+
+def non_negative_list(text: str, what: str) -> np.ndarray:
+    """A LIST of finite values >= 0, or a one-line ValueError naming the bad values."""
+    from clipdyn.specs import parse_list
+
+    x = parse_list(text, what)
+    if not np.all(np.isfinite(x) & (x >= 0)):
+        raise ValueError(f"{what}: {x.tolist()} is not allowed; values must be finite and >= 0")
+    return x
+
+
+def threshold_list(text: str, what: str) -> np.ndarray:
+    """A LIST of thresholds >= 0 (``inf``: unclipped), or a one-line ValueError."""
+    from clipdyn.specs import parse_list
+
+    try:
+        c = parse_list(text, what)
+    except ValueError as err:
+        raise ValueError(f"{err}; thresholds are numbers >= 0 or inf") from None
+    if np.any(np.isnan(c) | (c < 0)):
+        raise ValueError(f"{what}: {c.tolist()} is not allowed; thresholds must be >= 0 (inf allowed)")
+    return c
+
+
+def int_at_least(text: str, what: str, low: int) -> int:
+    """An integer option ``>= low``, or a one-line ValueError naming the bad value."""
+    from clipdyn.specs import parse_float
+
+    x = parse_float(text, what)
+    if not (x.is_integer() and x >= low):
+        raise ValueError(f"{what}={text} is not allowed; it must be an integer >= {low}")
+    return int(x)
+
+
+def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lists: bool = False) -> None:
+    """The problem options shared by ``ode``, ``simulate``, ``sweep`` and ``validate``."""
+    p.add_argument("--spectrum", help="identity:d=D | power-law:d=D,alpha=A | file:PATH.npy")
+    p.add_argument("--noise", help="e.g. gaussian:sigma=0.5, student-t:df=3,scale=1")
+    p.add_argument("--data", default=None,
+                   help="a dataset instead of --spectrum/--noise: sklearn:name=N | cifar10:path=DIR | "
+                        "wikitext2:path=DIR | npz:path=FILE")
+    p.add_argument("--features", default=None, help="with --data: raw (default) | relu:d=D,seed=S")
+    if schedule:
+        p.add_argument("--eta", required=True, help="learning rate (> 0)")
+        p.add_argument("--clip", required=True, help="C >= 0 | inf | max-ccc | heuristic:kappa=K[,sigma2=S]")
+    p.add_argument("--R0", default="1", help="initial risk (> 0), default 1 (not with --data)")
+    p.add_argument("--T", required=True, help="horizon in ODE time t = steps / Tr K (> 0)")
+    p.add_argument("--points", default="101", help="output times, evenly spaced in [0, T] (default 101)")
+    add_rule_args(p, rule_lists)
+
+
+def add_rule_args(p: argparse.ArgumentParser, lists: bool = False) -> None:
+    """``--batch``, ``--clip-rule``, ``--dp-noise``, ``--preclip-noise`` (LISTs for ``sweep``)."""
+    kind = "LIST of " if lists else ""
+    p.add_argument("--batch", default="1", help=f"{kind}samples per step B (default 1)")
+    p.add_argument("--clip-rule", default="per-sample",
+                   help=f"{kind}per-sample (default) | batch | micro:size=b | index:beta=P")
+    p.add_argument("--dp-noise", default=None, help=f"{kind}DP noise multiplier S (>= 0): G += (S C / B) z")
+    p.add_argument("--preclip-noise", default=None,
+                   help=f"{kind}pre-clip noise K (>= 0; per-sample and index rules)")
+
+
+def rule_from_args(args):
+    """The one clipping rule the options describe."""
+    from clipdyn.specs import parse_rule
+
+    batch = int_at_least(args.batch, "--batch", 1)
+    dp = None if args.dp_noise is None else non_negative(args.dp_noise, "--dp-noise")
+    pre = None if args.preclip_noise is None else non_negative(args.preclip_noise, "--preclip-noise")
+    return parse_rule(args.clip_rule, batch, dp, pre)
+
+
+def problem_from_args(args):
+    """``(problem, data, T, points)`` from the shared problem options (not ``--eta``/``--clip``).
+
+    ``data`` is the :class:`clipdyn.data.DataProblem` of ``--data`` (``None`` for Gaussian data).
+    """
+    from clipdyn.problem import make_problem
+    from clipdyn.specs import parse_noise, parse_spectrum
+
+    T = positive(args.T, "--T")
+    points = int_at_least(args.points, "--points", 2)
+    # run-safety (issue 12, item 7): every output time is a row of the output and a time the ODE
+    # solver must stop at; more than MAX_LIST of them is no table anyone reads (--points 1e9
+    # used to run for minutes and then fill memory).
+    from clipdyn.specs import MAX_LIST
+
+    if points > MAX_LIST:
+        raise ValueError(f"--points={args.points} is not allowed; it must be an integer in "
+                         f"[2, {MAX_LIST:,}]")
+    if args.data is not None:
+        if args.spectrum is not None or args.noise is not None:
+            raise ValueError("--data replaces --spectrum and --noise; give one or the other")
+        if args.R0 != "1":
+            raise ValueError("--R0 is not allowed with --data: the start is theta_0 = 0, so R0 is "
+                             "the dataset's own risk at 0")
+        from clipdyn.data import load_problem
+
+        data = load_problem(args.data, args.features)
+        return data.problem, data, T, points
+    if args.features is not None:
+        raise ValueError("--features is only allowed with --data")
+    if args.spectrum is None or args.noise is None:
+        raise ValueError("give --spectrum SPEC and --noise SPEC (or --data SPEC)")
+    law = parse_noise(args.noise)
+    lam = parse_spectrum(args.spectrum)
+    R0 = positive(args.R0, "--R0")
+    return make_problem(lam, law, R0=R0), None, T, points
+
+
+def build_problem(args):
+    """The problem, dataset, schedule, rule, ``T`` and ``points`` that the options describe."""
+    from clipdyn.specs import make_schedule, parse_clip
+
+    problem, data, T, points = problem_from_args(args)
+    eta = positive(args.eta, "--eta")
+    clip = parse_clip(args.clip)
+    rule = rule_from_args(args)
+    schedule = make_schedule(clip, eta, problem.noise, rule)
+    return problem, data, schedule, rule, T, points

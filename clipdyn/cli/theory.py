@@ -1,0 +1,81 @@
+"""Theory commands of the ``clipdyn`` command line: ``factors`` and ``ode``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipdyn.cli.common import (add_problem_args, add_rule_args, build_problem, emit, format_table,
+                                positive, positive_list, risk_series, rule_from_args, threshold_list)
+
+__all__ = ["add_commands"]
+
+
+def cmd_factors(args) -> None:
+    import jax
+
+    from clipdyn import factors
+    from clipdyn.specs import parse_noise
+
+    if args.data is not None:
+        if args.noise is not None:
+            raise ValueError("--data replaces --noise; give one or the other")
+        from clipdyn.data import load_problem
+
+        law = load_problem(args.data, args.features).problem.noise
+    elif args.noise is None:
+        raise ValueError("give --noise SPEC (or --data SPEC)")
+    else:
+        law = parse_noise(args.noise)
+    rule = rule_from_args(args)
+    R = positive_list(args.R, "--R")
+    c = threshold_list(args.c, "--c")
+    RR, CC = np.meshgrid(R, c, indexing="ij")
+    f = jax.jit(lambda r, cc: factors.reduction_factors(law, r, cc, rule))(RR.ravel(), CC.ravel())
+    f = {k: np.asarray(v) for k, v in f._asdict().items()}
+    records = [
+        {"R": float(r), "c": float(cc), **{k: float(f[k][i]) for k in f}}
+        for i, (r, cc) in enumerate(zip(RR.ravel(), CC.ravel()))
+    ]
+    keys = ["R", "c"] + list(f)
+    emit(records, args.json, lambda: format_table(keys, [[rec[k] for k in keys] for rec in records]))
+
+
+def cmd_ode(args) -> None:
+    from clipdyn.ode import solve_ode
+
+    problem, _, schedule, rule, T, points = build_problem(args)
+    rtol = positive(args.rtol, "--rtol")
+    if not rtol < 0.1:
+        raise ValueError(f"--rtol={args.rtol} is not allowed; it must be in (0, 0.1)")
+    res = solve_ode(problem, schedule, T, points, rtol=rtol, rule=rule)
+    out = {
+        "t": np.asarray(res.t).tolist(),
+        "risk": risk_series(res.risk),
+        "diverged": bool(res.diverged),
+        "diverged_at": float(res.diverged_at),
+    }
+
+    def table():
+        rows = [[t, r] for t, r in zip(out["t"], out["risk"])]
+        note = f"\n# diverged at t = {out['diverged_at']:.6g}" if out["diverged"] else ""
+        return format_table(["t", "risk"], rows) + note
+
+    emit(out, args.json, table)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("factors", help="reduction factors and criteria on a grid of (R, c)")
+    p.add_argument("--noise", default=None, help="e.g. gaussian:sigma=0.5, student-t:df=3,scale=1")
+    p.add_argument("--data", default=None, help="a dataset: its residuals' law is the noise law")
+    p.add_argument("--features", default=None, help="with --data: raw (default) | relu:d=D,seed=S")
+    p.add_argument("--R", required=True, help="LIST of risks (> 0)")
+    p.add_argument("--c", required=True, help="LIST of thresholds (>= 0, inf allowed)")
+    add_rule_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_factors)
+
+    p = sub.add_parser("ode", help="solve the deterministic ODE for the risk curve")
+    add_problem_args(p)
+    p.add_argument("--rtol", default="1e-9", help="solver tolerance (default 1e-9)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ode)

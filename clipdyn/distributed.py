@@ -1,0 +1,350 @@
+"""Sweeps across processes and hosts with JAX's multi-process runtime (``jax.distributed``).
+
+A multi-process sweep runs the same program in every process (one per host, or one per GPU):
+every process builds the same problem and schedules from the same options, the configurations
+are sharded over the *global* mesh of all processes' devices (``jax.devices()``), and each
+chunk's results are gathered back to every process. One process, the *writer* (process 0),
+writes the chunk checkpoints and the results file; the others learn from it which chunks are
+already finished, so every process skips the same chunks (a process that skipped a collective
+the others enter would leave them waiting).
+
+A run's numbers depend on the per-device batch (on CPU the last bits of a row depend on it), so a
+multi-process sweep equals, bit for bit with the step engine, a one-process sweep over the same
+*total* number of devices (``tests/test_distributed.py``: 2 processes x 2 CPU devices against
+1 process x 4).
+
+Facts about jax 0.10 this module relies on (measured, see ``tests/test_distributed.py``):
+
+* Cross-process collectives on CPU need ``jax_cpu_collectives_implementation`` (``"gloo"`` by
+  default since jax 0.6.1; unset, the first collective fails with "Multiprocess computations
+  aren't implemented on the CPU backend"). :func:`initialize` sets ``"gloo"`` only if it is unset.
+* Host-replicated inputs (NumPy arrays, or JAX arrays not committed to a device) may be passed
+  to a program sharded over the global mesh; its outputs are global arrays that no one process
+  can read whole, hence :func:`to_host`.
+* A dead peer leaves the others blocked until the heartbeat timeout (JAX's default 100 s), and
+  a finishing process waits for the others up to the shutdown timeout (300 s); both are options
+  of :class:`Cluster`.
+* The coordinator binds every interface unless told otherwise; a loopback coordinator address
+  (one-host runs, tests) binds the loopback interface only.
+
+References:
+    JAX, "Introduction to multi-controller JAX" and ``jax.distributed.initialize``
+    (https://docs.jax.dev/en/latest/multi_process.html).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+__all__ = ["Cluster", "initialize", "shutdown", "session", "is_writer", "global_devices",
+           "barrier", "to_host", "broadcast_bytes", "on_writer",
+           "add_cli_options", "cluster_from_args", "DEFAULT_TIMEOUTS"]
+
+#: JAX's defaults (seconds) for the connection, heartbeat and shutdown timeouts.
+DEFAULT_TIMEOUTS = {"init_timeout": 300, "heartbeat_timeout": 100, "shutdown_timeout": 300}
+
+
+def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
+    """An integer in ``[low, high]`` from an int or a decimal string, or a one-line ValueError."""
+    allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+    if isinstance(value, bool):
+        raise ValueError(f"{what}={value} is not allowed; it must be {allowed}")
+    if isinstance(value, (int, np.integer)):
+        x = int(value)
+    else:
+        text = str(value).strip()
+        try:
+            x = int(text)
+        except ValueError:
+            raise ValueError(f"{what}={value} is not allowed; it must be {allowed}") from None
+    if x < low or (high is not None and x > high):
+        raise ValueError(f"{what}={value} is not allowed; it must be {allowed}")
+    return x
+
+
+def parse_coordinator(text: str) -> tuple[str, int]:
+    """``(host, port)`` from ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6 addresses).
+
+    Raises:
+        ValueError: without a host, or unless ``PORT`` is an integer in 1..65535.
+    """
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not host or host in ("[", "[]"):
+        raise ValueError(f"--coordinator={text} is not allowed; give HOST:PORT, e.g. 10.0.0.1:1234")
+    return host, _integer(port, f"--coordinator={text}: port", 1, 65535)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How this process joins a multi-process run.
+
+    Either the explicit trio (``coordinator``, ``num_processes``, ``process_id``), or
+    ``auto=True`` to let ``jax.distributed.initialize()`` read the cluster's environment
+    (SLURM, Open MPI, Cloud TPU pods, Kubernetes).
+
+    Attributes:
+        coordinator: ``HOST:PORT`` of process 0, where it runs the coordination service.
+        num_processes: number of processes ``N >= 1``.
+        process_id: this process, ``0 <= I < N``; process 0 is the writer.
+        auto: detect the three from the environment instead.
+        init_timeout: seconds to wait for every process to connect.
+        heartbeat_timeout: seconds after which a silent process counts as dead and the others
+            abort (instead of waiting forever inside a collective).
+        shutdown_timeout: seconds a finishing process waits for the others at exit.
+
+    Raises:
+        ValueError: for a bad address, count, id or timeout, or a mix of ``auto`` and the trio.
+    """
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False
+    init_timeout: int = DEFAULT_TIMEOUTS["init_timeout"]
+    heartbeat_timeout: int = DEFAULT_TIMEOUTS["heartbeat_timeout"]
+    shutdown_timeout: int = DEFAULT_TIMEOUTS["shutdown_timeout"]
+
+    def __post_init__(self):
+        trio = (self.coordinator, self.num_processes, self.process_id)
+        if self.auto:
+            if any(v is not None for v in trio):
+                raise ValueError("--distributed reads the cluster's environment; it is not allowed "
+                                 "with --coordinator, --num-processes or --process-id")
+        else:
+            if any(v is None for v in trio):
+                raise ValueError("give all of --coordinator HOST:PORT, --num-processes N and "
+                                 "--process-id I (or --distributed to read them from the cluster)")
+            parse_coordinator(self.coordinator)
+            n = _integer(self.num_processes, "--num-processes", 1)
+            i = _integer(self.process_id, "--process-id", 0)
+            if i >= n:
+                raise ValueError(f"--process-id={self.process_id} is not allowed; it must be an "
+                                 f"integer in 0..{n - 1} (--num-processes={n})")
+            object.__setattr__(self, "num_processes", n)
+            object.__setattr__(self, "process_id", i)
+        for name in DEFAULT_TIMEOUTS:
+            flag = "--" + name.replace("_", "-")
+            object.__setattr__(self, name, _integer(getattr(self, name), flag, 1))
+
+    def kwargs(self) -> dict:
+        """Keyword arguments for ``jax.distributed.initialize``."""
+        kw = {"initialization_timeout": self.init_timeout,
+              "heartbeat_timeout_seconds": self.heartbeat_timeout,
+              "shutdown_timeout_seconds": self.shutdown_timeout}
+        if not self.auto:
+            host, port = parse_coordinator(self.coordinator)
+            kw.update(coordinator_address=f"{host}:{port}", num_processes=self.num_processes,
+                      process_id=self.process_id)
+            if _is_loopback(host):  # every process is on this host: do not listen on the network
+                kw["coordinator_bind_address"] = f"{host}:{port}"
+        return kw
+
+
+def initialize(cluster: Cluster) -> None:
+    """Join the multi-process run ``cluster`` describes (before any other JAX call).
+
+    Sets ``jax_cpu_collectives_implementation`` to ``"gloo"`` if it is unset (CPU collectives
+    across processes need one; a user's ``"mpi"`` is kept).
+
+    Raises:
+        ValueError: if ``auto`` finds no cluster environment, or JAX's backend already started.
+    """
+    if not isinstance(cluster, Cluster):
+        raise ValueError(f"cluster must be a Cluster; got {type(cluster).__name__}")
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**cluster.kwargs())
+    except ValueError as err:
+        if cluster.auto:
+            raise ValueError(f"--distributed found no cluster environment (SLURM, Open MPI, Cloud "
+                             f"TPU, Kubernetes) to read ({err}); give --coordinator HOST:PORT "
+                             f"--num-processes N --process-id I instead") from None
+        raise
+    except RuntimeError as err:
+        raise ValueError(f"cannot join the multi-process run: {err}") from None
+
+
+def shutdown() -> None:
+    """Leave the multi-process run (waits for the others, up to the shutdown timeout)."""
+    jax.distributed.shutdown()
+
+
+@contextlib.contextmanager
+def session(cluster: Cluster | None):
+    """Run the body inside the multi-process run ``cluster`` (nothing to do for ``None``).
+
+    On success every process shuts down together. After an error the exception propagates; at
+    exit JAX's runtime waits for the other processes up to the shutdown timeout, and if they do
+    not all arrive, it aborts every process (measured with jax 0.10, see the module docstring).
+    Meanwhile native output on stdout is sent to stderr (see :func:`_native_stdout_to_stderr`).
+    """
+    if cluster is None:
+        yield
+        return
+    with _native_stdout_to_stderr():
+        initialize(cluster)
+        yield
+        shutdown()
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr():
+    """Send what native code prints to file descriptor 1 to stderr while Python's ``sys.stdout``
+    keeps the real standard output: gloo prints a line on stdout for every communicator it
+    connects, which would break a command's ``--json`` output."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured): nothing to guard
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    os.dup2(sys.stderr.fileno(), fd)
+    python_stdout = sys.stdout
+    sys.stdout = open(saved, "w", buffering=1, encoding=python_stdout.encoding, closefd=False)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = python_stdout
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def is_writer() -> bool:
+    """Whether this process writes results and checkpoints (process 0; always in one process)."""
+    return jax.process_index() == 0
+
+
+def global_devices() -> list:
+    """Every process's devices, in process order (the mesh of a multi-process sweep)."""
+    return list(jax.devices())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier called ``name`` (no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of a pytree of arrays, gathered to every process if they span several.
+
+    Gathering moves data only, so values are bit-for-bit those computed on the devices.
+    """
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+_MAX_BYTES = 2**31 - 1
+
+
+def broadcast_bytes(data: bytes | None) -> bytes:
+    """The writer's ``data`` on every process (``data`` is ignored elsewhere).
+
+    Bytes travel as ``uint8`` arrays summed with zeros from the other processes, which is exact.
+    """
+    if jax.process_count() == 1:
+        return bytes(data or b"")
+    from jax.experimental import multihost_utils
+
+    data = bytes(data or b"") if is_writer() else b""
+    if len(data) > _MAX_BYTES:
+        raise ValueError(f"cannot broadcast {len(data)} bytes; at most {_MAX_BYTES}")
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray([len(data)], np.int32))[0])
+    if n == 0:
+        return b""
+    buf = np.frombuffer(data, np.uint8) if is_writer() else np.zeros(n, np.uint8)
+    return multihost_utils.broadcast_one_to_all(buf).tobytes()
+
+
+def on_writer(fn: Callable[..., Any], *args, **kwargs) -> None:
+    """Call ``fn`` on the writer process only; every process returns once it has returned.
+
+    An exception raised by ``fn`` on the writer is raised there and reaches every other process
+    too (a ``ValueError`` for a ``ValueError`` or ``OSError``, which the command line reports as
+    bad input, a ``RuntimeError`` otherwise, with the writer's message), so no process goes on
+    to a collective that the writer will never enter. ``fn``'s return value is discarded.
+    """
+    if jax.process_count() == 1:
+        fn(*args, **kwargs)
+        return
+    failure = None
+    message = b""
+    if is_writer():
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+            failure = err
+            kind = b"V" if isinstance(err, (ValueError, OSError)) else b"R"
+            message = kind + f"on process 0: {type(err).__name__}: {err}".encode()
+    message = broadcast_bytes(message)
+    if failure is not None:
+        raise failure
+    if message:
+        error = ValueError if message[:1] == b"V" else RuntimeError
+        raise error(message[1:].decode(errors="replace"))
+
+
+def add_cli_options(parser) -> None:
+    """The ``--coordinator``, ``--num-processes``, ``--process-id``, ``--distributed`` and timeout
+    options of a command that can run across processes."""
+    g = parser.add_argument_group("multi-process runs (jax.distributed)")
+    g.add_argument("--coordinator", default=None,
+                   help="HOST:PORT of process 0 (with --num-processes and --process-id)")
+    g.add_argument("--num-processes", default=None, help="number of processes N >= 1")
+    g.add_argument("--process-id", default=None, help="this process, 0 <= I < N; 0 writes the results")
+    g.add_argument("--distributed", action="store_true",
+                   help="read the three from the cluster (SLURM, Open MPI, Cloud TPU, Kubernetes)")
+    for name, default in DEFAULT_TIMEOUTS.items():
+        what = {"init_timeout": "for every process to connect",
+                "heartbeat_timeout": "before a silent process counts as dead",
+                "shutdown_timeout": "for the others at exit"}[name]
+        g.add_argument("--" + name.replace("_", "-"), default=None,
+                       help=f"seconds to wait {what} (default {default})")
+
+
+def cluster_from_args(args) -> Cluster | None:
+    """The :class:`Cluster` of the options of :func:`add_cli_options` (``None``: one process).
+
+    Raises:
+        ValueError: for bad values, a mix of ``--distributed`` and the explicit trio, or a
+            timeout without either.
+    """
+    timeouts = {name: getattr(args, name) for name in DEFAULT_TIMEOUTS
+                if getattr(args, name, None) is not None}
+    trio = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in trio):
+        if timeouts:
+            flag = "--" + next(iter(timeouts)).replace("_", "-")
+            raise ValueError(f"{flag} is only allowed with --coordinator or --distributed")
+        return None
+    return Cluster(*trio, auto=bool(args.distributed), **timeouts)
+

@@ -1,0 +1,331 @@
+"""Clipping rules: how the ``B`` per-sample gradients of one step become the update ``G``.
+
+One step uses ``B`` fresh samples, ``g_b = w_b x_b`` with ``w_b = <x_b, theta - theta*> - eps_b``,
+the threshold ``C = c sqrt(Tr K)``, and ``theta <- theta - (eta / Tr K) G``. Time stays
+``t = steps / Tr K`` whatever ``B`` is (THEORY.md section 6; theory/clip_rules.md):
+
+=================  =====================================================================
+rule               ``G``
+=================  =====================================================================
+``per-sample``     ``mean_b clip_C(g_b)`` (the default; ``B = 1`` is the paper's C-SGD)
+``batch``          ``clip_C(mean_b g_b)`` (optax's ``clip_by_global_norm`` on the batch mean)
+``micro:size=b``   mean over the ``B / b`` groups of ``clip_C(group mean)``
+``index:beta=P``   per-sample with threshold ``C k^(1/P)`` for the ``k``-th sample
+=================  =====================================================================
+
+Two options combine with the rules: DP noise ``S`` (``G <- G + (S C / B) z``, ``z ~ N(0, I_d)``,
+optax's private-aggregation convention) and pre-clip noise ``K`` (with ``per-sample`` and
+``index``: ``g_b <- g_b + K sqrt(Tr K / d) zeta_b`` before clipping).
+
+A :class:`ClipRule` is a pytree: its kind, batch size, group size and which options are on are
+static (they fix array shapes); ``beta``, ``dp_noise`` and ``preclip_noise`` are arrays, so a sweep
+vmaps over them as over thresholds. The same object is consumed by
+
+* the simulators, through :meth:`ClipRule.coefficients`: given the residuals and the Gram
+  matrix of the step's rows (data rows, then pre-clip rows, then the DP row) it returns the
+  coefficients ``a`` with ``G = sum_i a_i row_i``; the step engine and the block engine call it
+  alike, so clipping is written once;
+* the ODE, C-HSGD and the criteria, through :meth:`ClipRule.ode_factors`: the rule's descent
+  factor ``mu``, its ``lam``-proportional noise ``nu`` and its isotropic noise terms.
+
+References:
+    Marshall, Xiao, Agarwala, Paquette, arXiv 2406.11733; Abadi et al., "Deep learning with
+    differential privacy" (CCS 2016); Chen, Wu, Hong, NeurIPS 2020; Nobile, Grohs, arXiv
+    2605.02701 (PS-Clip-SGD); theory/clip_rules.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from clipdyn import factors
+from clipdyn.noise import NoiseLaw, check_value, frozen_pytree
+
+Array = jax.Array
+
+__all__ = ["ClipRule", "RuleFactors", "clip_scale", "per_sample", "batch_mean", "micro_batch",
+           "index_thresholds", "RULE_KINDS", "default_rule", "stack_rules", "static_signature"]
+
+RULE_KINDS = ("per-sample", "batch", "micro", "index")
+
+
+def clip_scale(norm: Array, limit: Array) -> Array:
+    """``min(1, C / ||g||)``, written so that ``||g|| = 0`` and ``C = inf`` give 1 without 0/0 or
+    inf/inf. The one clipping formula of the library: every engine and rule calls it."""
+    return jnp.where(norm > limit, limit / jnp.where(norm > 0, norm, 1.0), 1.0)
+
+
+class RuleFactors(NamedTuple):
+    """A rule's coefficients in the ODE (theory/clip_rules.md, eq. (7)):
+
+    ``dv_i/dt = -2 eta mu lam_i v_i + eta^2/2 (lam_i nu / Tr K + iso_d / d + iso_1)``.
+
+    ``nu`` reduces to ``nu_abs`` for ``B = 1``; ``iso_d`` is the pre-clip noise's isotropic part
+    (``O(1/d)`` per mode) and ``iso_1`` the DP noise's (``S^2 c^2 / B^2`` per mode).
+    """
+
+    mu: Array
+    nu: Array
+    iso_d: Array
+    iso_1: Array
+
+
+def _static(default):
+    return dataclasses.field(default=default, metadata=dict(static=True))
+
+
+@frozen_pytree
+class ClipRule:
+    """A clipping rule with batch size ``batch`` (see the module doc).
+
+    Build it with :func:`per_sample`, :func:`batch_mean`, :func:`micro_batch` or
+    :func:`index_thresholds` (or :func:`clipdyn.specs.parse_rule`).
+
+    Attributes:
+        kind: ``"per-sample"``, ``"batch"``, ``"micro"`` or ``"index"`` (static).
+        batch: samples per step ``B`` (static).
+        size: samples per clipped group: 1 for per-sample and index, ``B`` for batch, ``b``
+            for micro (static).
+        beta: the index rule's exponent (``inf`` elsewhere: every threshold is ``C``).
+        dp_noise: the DP noise multiplier ``S`` (used when ``use_dp``).
+        preclip_noise: the pre-clip noise level ``K`` (used when ``use_preclip``).
+        use_dp, use_preclip: whether the options are on (static: they add rows to a step).
+    """
+
+    kind: str = _static("per-sample")
+    batch: int = _static(1)
+    size: int = _static(1)
+    beta: ArrayLike = math.inf
+    dp_noise: ArrayLike = 0.0
+    preclip_noise: ArrayLike = 0.0
+    use_dp: bool = _static(False)
+    use_preclip: bool = _static(False)
+
+    def __post_init__(self):
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"clip rule {self.kind!r} is not allowed; use one of "
+                             "per-sample, batch, micro:size=b, index:beta=P")
+        for name in ("batch", "size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"clip rule: {name}={v!r} is not allowed; it must be an integer >= 1")
+        if self.batch % self.size:
+            raise ValueError(f"clip rule micro: size={self.size} does not divide the batch "
+                             f"B={self.batch}; the micro-batch size must divide B")
+        expected = {"per-sample": 1, "index": 1, "batch": self.batch}.get(self.kind, self.size)
+        if self.size != expected:
+            raise ValueError(f"clip rule {self.kind}: size={self.size} is not allowed; it is "
+                             f"{expected} for this rule")
+        check_value("clip rule index", "beta", self.beta, lambda a: ~np.isnan(a) & (a > 0),
+                    "> 0 (inf: every threshold is C)")
+        check_value("clip rule", "dp_noise", self.dp_noise, lambda a: np.isfinite(a) & (a >= 0),
+                    "finite and >= 0")
+        check_value("clip rule", "preclip_noise", self.preclip_noise,
+                    lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+        if self.use_preclip and self.kind not in ("per-sample", "index"):
+            raise ValueError(f"pre-clip noise is not allowed with the {self.kind} rule; it is "
+                             "defined for per-sample and index clipping only")
+
+    # ---- shapes --------------------------------------------------------------------------
+    @property
+    def plain(self) -> bool:
+        """One sample, no options: every rule is the paper's C-SGD (the engines' fast path)."""
+        return self.batch == 1 and not self.use_dp and not self.use_preclip
+
+    @property
+    def n_extra(self) -> int:
+        """Rows a step adds to its ``B`` data rows: ``B`` pre-clip rows, then one DP row."""
+        return (self.batch if self.use_preclip else 0) + (1 if self.use_dp else 0)
+
+    @property
+    def n_rows(self) -> int:
+        return self.batch + self.n_extra
+
+    def describe(self) -> str:
+        """The rule as its SPEC (``per-sample``, ``batch``, ``micro:size=b``, ``index:beta=P``)."""
+        if self.kind == "micro":
+            return f"micro:size={self.size}"
+        if self.kind == "index":
+            return "index:beta=" + _fmt(self.beta)
+        return self.kind
+
+    # ---- the simulators' side -------------------------------------------------------------
+    def thresholds(self, C: Array) -> Array:
+        """Per-position thresholds ``(B,)``: ``C k^(1/beta)`` for the index rule, else ``C``."""
+        C = jnp.asarray(C)
+        k = jnp.arange(1, self.batch + 1, dtype=C.dtype)
+        if self.kind != "index":
+            return jnp.broadcast_to(C, k.shape)
+        return C * k ** (1.0 / jnp.asarray(self.beta, C.dtype))
+
+    def coefficients(self, r: Array, gram: Array, C: Array, pre_scale: Array) -> Array:
+        """The update's coefficients on the step's rows: ``G = sum_i a_i row_i``.
+
+        Args:
+            r: residuals ``w_b = <x_b, e> - eps_b`` of the ``B`` data rows, ``(B,)``.
+            gram: inner products of the step's rows ``(n_rows, n_rows)``: data rows
+                ``x_1..x_B``, then (pre-clip) ``zeta_1..zeta_B``, then (DP) ``z``. Only the
+                blocks the rule needs are read.
+            C: the threshold ``c sqrt(Tr K)`` (``inf``: unclipped).
+            pre_scale: ``sqrt(Tr K / d)``, the pre-clip noise's unit.
+
+        Returns:
+            ``(n_rows,)`` coefficients.
+
+        References:
+            theory/clip_rules.md, eqs. (1)-(4).
+        """
+        B, n = self.batch, self.size
+        dtype = r.dtype
+        diag = jnp.diagonal(gram)
+        if self.kind in ("per-sample", "index"):
+            Ck = self.thresholds(jnp.asarray(C, dtype))
+            if self.use_preclip:
+                a = jnp.asarray(self.preclip_noise, dtype) * pre_scale
+                cross = gram[jnp.arange(B), B + jnp.arange(B)]
+                sq = r * r * diag[:B] + 2.0 * r * a * cross + a * a * diag[B:2 * B]
+                s = clip_scale(jnp.sqrt(jnp.maximum(sq, 0.0)), Ck)
+                coef = jnp.concatenate([s * r / B, s * a / B])
+            else:
+                s = clip_scale(jnp.abs(r) * jnp.sqrt(diag[:B]), Ck)
+                coef = s * r / B
+        else:
+            m = B // n
+            rg = r.reshape(m, n)
+            blocks = gram[:B, :B].reshape(m, n, m, n)[jnp.arange(m), :, jnp.arange(m), :]
+            sq = jnp.sum(rg * jnp.sum(blocks * rg[:, None, :], axis=-1), axis=-1) / (n * n)
+            s = clip_scale(jnp.sqrt(jnp.maximum(sq, 0.0)), jnp.asarray(C, dtype))
+            coef = (s[:, None] * rg / (n * m)).reshape(B)
+        if self.use_dp:
+            dp = jnp.asarray(self.dp_noise, dtype) * jnp.asarray(C, dtype) / B
+            coef = jnp.concatenate([coef, jnp.where(jnp.isfinite(dp), dp, 0.0)[None]])
+        return coef
+
+    # ---- the theory's side ----------------------------------------------------------------
+    def ode_factors(self, noise: NoiseLaw, R: Array, c: Array) -> RuleFactors:
+        """``(mu, nu, iso_d, iso_1)`` of the rule at risk ``R`` and threshold ``c`` (scalars).
+
+        Per-sample: ``mu_1``, ``nu_abs / B``; batch and micro: the group factors of
+        :func:`clipdyn.batch_factors.group_factors` (``nu`` divided by the number of groups);
+        index: the average over positions of the per-sample factors at ``c k^(1/beta)`` (``nu``
+        summed and divided by ``B^2``); pre-clip noise replaces the per-sample factors by
+        :func:`clipdyn.batch_factors.preclip_factors` and adds their isotropic part; DP noise
+        adds ``S^2 c^2 / B^2`` to every mode (theory/clip_rules.md, eqs. (5)-(9)). ``c = inf``
+        gives unclipped SGD with batch ``B``; the DP term then has no finite scale and is 0.
+        """
+        B = self.batch
+        zero = jnp.zeros_like(jnp.asarray(R, float))
+        if self.plain:  # every rule is the paper's C-SGD with one sample and no options
+            m, na, _ = factors._factors_scalar(noise, R, c)
+            return RuleFactors(m, na, zero, zero)
+        if self.kind in ("per-sample", "index"):
+            c = jnp.asarray(c, float)
+            if self.use_preclip:
+                from clipdyn import batch_factors
+
+                K = jnp.asarray(self.preclip_noise, float)
+
+                def one(cc):
+                    return batch_factors.preclip_factors(noise, R, cc, K)
+            else:
+                def one(cc):
+                    m, na, _ = factors._factors_scalar(noise, R, cc)
+                    return m, na, zero
+
+            if self.kind == "index":
+                m, nu, iso = jax.vmap(one)(self.thresholds(c))
+                mu_, nu_, iso_d = jnp.mean(m), jnp.sum(nu) / (B * B), jnp.sum(iso) / (B * B)
+            else:
+                mu_, nu_, iso = one(c)
+                nu_ = nu_ if B == 1 else nu_ / B
+                iso_d = iso / B
+        else:
+            from clipdyn import batch_factors
+
+            mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size)
+            nu_ = nu_g / (B // self.size)
+            iso_d = zero
+        iso_1 = zero
+        if self.use_dp:
+            c = jnp.asarray(c, float)
+            S = jnp.asarray(self.dp_noise, float)
+            iso_1 = jnp.where(jnp.isfinite(c), S * S * c * c / (B * B), 0.0)
+        return RuleFactors(mu_, nu_, iso_d, iso_1)
+
+    def sgd_noise(self, noise: NoiseLaw, R: Array) -> Array:
+        """``nu`` of unclipped SGD with this batch size, ``(2R + sigma^2) / B``: the reference
+        that makes the rule's ``nu`` unitless in the criteria."""
+        return (2.0 * jnp.asarray(R, float) + noise.second_moment) / self.batch
+
+
+def _fmt(x) -> str:
+    try:
+        return f"{float(x):g}"
+    except (TypeError, ValueError):
+        return "traced"
+
+
+def _options(dp_noise, preclip_noise) -> dict:
+    return dict(dp_noise=0.0 if dp_noise is None else dp_noise,
+                preclip_noise=0.0 if preclip_noise is None else preclip_noise,
+                use_dp=dp_noise is not None, use_preclip=preclip_noise is not None)
+
+
+def per_sample(batch: int = 1, *, dp_noise=None, preclip_noise=None) -> ClipRule:
+    """Per-sample clipping, ``G = mean_b clip_C(g_b)`` (the default rule).
+
+    Args:
+        batch: samples per step ``B``.
+        dp_noise: DP noise multiplier ``S`` (``None``: off).
+        preclip_noise: pre-clip noise ``K`` (``None``: off).
+
+    Example:
+        >>> from clipdyn import rules
+        >>> rules.per_sample(8, dp_noise=0.5).n_rows
+        9
+    """
+    return ClipRule("per-sample", batch, 1, **_options(dp_noise, preclip_noise))
+
+
+def batch_mean(batch: int, *, dp_noise=None) -> ClipRule:
+    """Batch clipping, ``G = clip_C(mean_b g_b)`` (optax's ``clip_by_global_norm``)."""
+    return ClipRule("batch", batch, batch, **_options(dp_noise, None))
+
+
+def micro_batch(batch: int, size: int, *, dp_noise=None) -> ClipRule:
+    """Micro-batch clipping: each group of ``size`` consecutive samples is averaged and clipped,
+    and the ``batch / size`` clipped group means are averaged (clipping each accumulated
+    micro-batch, as in gradient accumulation with ``optax.MultiSteps``)."""
+    return ClipRule("micro", batch, size, **_options(dp_noise, None))
+
+
+def index_thresholds(batch: int, beta, *, dp_noise=None, preclip_noise=None) -> ClipRule:
+    """Per-sample clipping with threshold ``C k^(1/beta)`` for the ``k``-th sample of the batch
+    (PS-Clip-SGD's ``alpha k^(1/beta)`` with ``alpha = C``)."""
+    return ClipRule("index", batch, 1, beta, **_options(dp_noise, preclip_noise))
+
+
+def static_signature(rule: ClipRule) -> tuple:
+    """What must agree between the rules of one compiled program (array shapes and branches)."""
+    return (rule.kind, rule.batch, rule.size, rule.use_dp, rule.use_preclip)
+
+
+def stack_rules(rules) -> ClipRule:
+    """One batched rule (array leaves with a leading axis) from rules sharing their static fields."""
+    rules = list(rules)
+    sigs = {static_signature(r) for r in rules}
+    if len(sigs) != 1:
+        raise ValueError(f"rules of one program must share kind, batch size and options; got {sorted(sigs)}")
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, float) for x in xs]), *rules)
+
+
+def default_rule() -> ClipRule:
+    """The paper's C-SGD: one sample per step, no options."""
+    return ClipRule()

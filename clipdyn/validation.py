@@ -1,0 +1,383 @@
+"""Validation rules shared by clipdyn's public functions and its command line.
+
+One rule, one message. Every check raises ``ValueError`` of the form
+
+    [OWNER: ]NAME=VALUE is not allowed; NAME must be ALLOWED
+
+so a bad risk reads the same from ``clipdyn.reduction_factors(law, R=-1, c=1)``
+(``R=-1 is not allowed; R must be finite and > 0 ...``) and from ``clipdyn factors --R -1``
+(the command line passes ``name="--R"``). Checks apply to concrete values only: inside ``jit``,
+``vmap`` or ``grad`` values are tracers and pass unchecked (their concrete values were checked
+before tracing, or the transformation is the caller's own).
+
+**Types.** Numbers are Python ``int``/``float``, NumPy or JAX numbers, or arrays of a real
+numeric dtype (integer or floating). Strings, booleans, complex numbers and ``None`` are refused,
+whatever NumPy would make of them (``float("3")`` works, so ``StudentT(df="3")`` used to be
+accepted and fail later inside ``jit``).
+
+**Magnitudes.** clipdyn squares and multiplies its inputs in float64 (``2R + sigma^2``, ``c^2``,
+``m_j^2 + s_j^2``, ``R0 / Tr K``, ``lam_i v_i``), whose normal range is about
+``[2.2e-308, 1.8e308]``. Positive parameters are therefore kept within
+``[MIN_MAGNITUDE, MAX_MAGNITUDE] = [1e-100, 1e100]``: a square, a product of two squares or a
+sum of squares over 1e8 terms then stays finite and normal with a wide margin, and nothing a
+least-squares problem can mean is excluded (rescale the data if it is).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+__all__ = [
+    "MIN_MAGNITUDE",
+    "MAX_MAGNITUDE",
+    "MAX_SEED",
+    "RTOL_RANGE",
+    "is_concrete",
+    "check_real",
+    "check_value",
+    "positive",
+    "nonnegative",
+    "magnitude",
+    "threshold",
+    "integer",
+    "optional_integer",
+    "seeds",
+    "schedule",
+    "noise_law",
+    "rtol",
+    "real_vector",
+    "load_npy_vector",
+    "output_path",
+    "available_memory",
+    "check_memory",
+]
+
+MIN_MAGNITUDE = 1e-100
+MAX_MAGNITUDE = 1e100
+MAX_SEED = 2**32 - 1  # JAX in 32-bit mode folds larger seeds onto smaller ones
+RTOL_RANGE = (1e-14, 0.1)
+
+def _num(x: float) -> str:
+    return f"{x:g}".replace("e+", "e")
+
+
+_RANGE = f"within [{_num(MIN_MAGNITUDE)}, {_num(MAX_MAGNITUDE)}]"
+_NUMERIC_KINDS = "iuf"  # signed and unsigned integers, floating point
+
+
+_CHECKABLE = (bool, int, float, complex, str, bytes, list, tuple, np.ndarray, np.generic, jax.Array)
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` is a value to check now: a number, string, list or array holding no tracer.
+
+    Anything else passes unchecked: tracers, and the placeholders JAX puts in a pytree's fields
+    when it rebuilds one (``None``, sentinel objects, ``ShapeDtypeStruct``), which run the
+    dataclasses' ``__post_init__`` too.
+    """
+    if not isinstance(x, _CHECKABLE):
+        return False
+    if isinstance(x, (list, tuple)):
+        return all(is_concrete(v) for v in x)
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _prefix(owner: str) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def _show(value) -> str:
+    if isinstance(value, (str, bytes)):
+        return repr(value)
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything unprintable is shown by its type
+        return f"<{type(value).__name__}>"
+    if arr.ndim == 0:
+        return str(arr.item())
+    if arr.size <= 8:
+        return str(arr.tolist())
+    return f"array of shape {arr.shape}"
+
+
+def _refuse(owner: str, name: str, value, allowed: str):
+    raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be {allowed}")
+
+
+def _kind(value) -> tuple[str, str]:
+    """``(dtype kind, what it is called)`` of a concrete value."""
+    if isinstance(value, (bool, np.bool_)):
+        return "b", "bool"
+    if isinstance(value, (str, bytes)):
+        return "U", type(value).__name__
+    if value is None:
+        return "O", "None"
+    if isinstance(value, int):  # arbitrarily large Python ints are integers too
+        return "i", "int"
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001
+        return "O", type(value).__name__
+    if np.isscalar(value) or arr.ndim == 0:
+        return arr.dtype.kind, type(value).__name__
+    return arr.dtype.kind, f"an array of dtype {arr.dtype}"
+
+
+def check_real(owner: str, name: str, value) -> None:
+    """Refuse anything that is not a real number or an array of real numbers (when concrete)."""
+    if not is_concrete(value):
+        return
+    kind, what = _kind(value)
+    if kind not in _NUMERIC_KINDS:
+        raise ValueError(
+            f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be a real number "
+            f"(int or float), not {what}"
+        )
+
+
+def check_value(owner: str, name: str, value, ok: Callable[[np.ndarray], Any], allowed: str) -> None:
+    """Raise ``ValueError`` naming the bad value unless ``ok(value)`` holds everywhere.
+
+    Args:
+        owner: what the value belongs to (``"gaussian"``, ``"schedule"``), or ``""``.
+        name: the parameter's name as the caller knows it (``"sigma"``, ``"--R"``).
+        value: the value; tracers pass unchecked.
+        ok: elementwise predicate on the value as a float64 array.
+        allowed: what is allowed, completing "``name`` must be ...".
+    """
+    if not is_concrete(value):
+        return
+    check_real(owner, name, value)
+    arr = np.asarray(value, dtype=float)
+    with np.errstate(invalid="ignore", over="ignore"):
+        good = arr.size > 0 and bool(np.all(ok(arr)))
+    if not good:
+        _refuse(owner, name, value, allowed)
+
+
+def _in_range(a):
+    return (a >= MIN_MAGNITUDE) & (a <= MAX_MAGNITUDE)
+
+
+def positive(name: str, value, *, owner: str = "", bounded: bool = True):
+    """A finite value ``> 0`` (within the magnitude bounds unless ``bounded=False``); returned as given."""
+    if bounded:
+        check_value(owner, name, value, lambda a: np.isfinite(a) & _in_range(a),
+                    f"finite and > 0 ({_RANGE})")
+    else:
+        check_value(owner, name, value, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    return value
+
+
+def nonnegative(name: str, value, *, owner: str = ""):
+    """``0`` or a finite value within the magnitude bounds (a noise scale, say)."""
+    check_value(owner, name, value, lambda a: (a == 0) | (np.isfinite(a) & _in_range(a)),
+                f"finite and >= 0 (0, or {_RANGE})")
+    return value
+
+
+def magnitude(name: str, value, *, owner: str = ""):
+    """A finite value of either sign whose magnitude is 0 or within the bounds (a mean, say)."""
+    check_value(owner, name, value, lambda a: (a == 0) | (np.isfinite(a) & _in_range(np.abs(a))),
+                f"finite, with |{name}| 0 or {_RANGE}")
+    return value
+
+
+def threshold(name: str, value, *, owner: str = ""):
+    """A clipping threshold: ``0``, ``inf`` (unclipped) or a value within the magnitude bounds.
+
+    A finite threshold beyond 1e100 would overflow ``c^2``; it never clips anything a bounded
+    noise law and risk can produce, so ``inf`` says the same exactly.
+    """
+    check_value(owner, name, value, lambda a: (a == 0) | (a == np.inf) | _in_range(a),
+                f">= 0: 0, inf (unclipped) or {_RANGE}")
+    return value
+
+
+def integer(name: str, value, low: int, *, high: int | None = None, owner: str = "") -> int:
+    """An integer ``>= low`` (and ``<= high``): ``int``, NumPy integer or an integral float.
+
+    Returns:
+        The value as a Python ``int``.
+    """
+    if not is_concrete(value):
+        raise ValueError(f"{_prefix(owner)}{name} must be a concrete integer, not a traced value")
+    upper = "" if high is None else f" and <= {high}"
+    allowed = f"an integer >= {low}{upper}"
+    kind, what = _kind(value)
+    if kind not in _NUMERIC_KINDS or np.ndim(value) != 0:
+        raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be "
+                         f"{allowed}, not {what}")
+    if kind == "f":
+        x = float(value)
+        if not (math.isfinite(x) and x.is_integer()):
+            _refuse(owner, name, value, allowed)
+        n = int(x)
+    else:
+        n = value if isinstance(value, int) else int(np.asarray(value))
+    if n < low or (high is not None and n > high):
+        _refuse(owner, name, value, allowed)
+    return n
+
+
+def optional_integer(name: str, value, low: int, *, owner: str = "") -> int | None:
+    """``None`` (the default is used) or an integer ``>= low``."""
+    return None if value is None else integer(name, value, low, owner=owner)
+
+
+def seeds(value, name: str = "seeds") -> np.ndarray:
+    """Integer seeds: a non-empty sequence of distinct integers in ``[0, MAX_SEED]``.
+
+    Runs with the same seed share their samples, so a repeated seed would be counted twice as
+    independent; an integer ``S`` alone is refused (write ``range(S)``).
+
+    Returns:
+        The seeds as an ``int64`` array.
+    """
+    if (isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__")
+            or (hasattr(value, "ndim") and value.ndim != 1)):
+        what = f"a {value.ndim}-D array" if hasattr(value, "ndim") else type(value).__name__
+        raise ValueError(f"{name}={_show(value)} is not allowed; {name} must be a sequence of integer "
+                         f"seeds, e.g. range(8) for 8 seeds, not {what}")
+    items = list(value)
+    if not items:
+        raise ValueError(f"{name}=[] is not allowed; give at least one seed")
+    out = [integer(f"{name}[{i}]", s, 0, high=MAX_SEED) for i, s in enumerate(items)]
+    uniq, counts = np.unique(out, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"{name}: seed(s) {uniq[counts > 1].tolist()} repeated; each seed must appear "
+                         "once (runs with one seed share their samples)")
+    return np.asarray(out, dtype=np.int64)
+
+
+def schedule(value, name: str = "schedule"):
+    """A clipdyn schedule: a callable ``(t, R) -> (eta, c)`` (see :mod:`clipdyn.schedules`)."""
+    if not callable(value) or isinstance(value, type):
+        raise ValueError(
+            f"{name} must be a clipdyn schedule (callable (t, R) -> (eta, c)); got {type(value).__name__}"
+        )
+    return value
+
+
+_LAW_NAMES = "Gaussian, StudentT, cauchy(...), Rademacher, GaussianMixture or Empirical"
+
+
+def noise_law(value, name: str = "noise"):
+    """A clipdyn noise law (duck-typed: ``gaussian_mixture``, ``second_moment`` and ``sample``)."""
+    if isinstance(value, type) or not all(
+        hasattr(value, attr) for attr in ("gaussian_mixture", "second_moment", "sample")
+    ):
+        shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
+        raise ValueError(f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise); "
+                         f"got {type(value).__name__}{shown}")
+    return value
+
+
+def rtol(value, name: str = "rtol"):
+    """The ODE's relative tolerance, in ``RTOL_RANGE``.
+
+    Below 1e-14 the error estimate is rounding (float64 resolves 2.2e-16 per operation) and the
+    step size underflows; above 0.1 the curve has no digit to trust.
+    """
+    lo, hi = RTOL_RANGE
+    check_value("", name, value, lambda a: np.isfinite(a) & (a >= lo) & (a <= hi),
+                f"a relative tolerance in [{lo:g}, {hi:g}]")
+    return value
+
+
+def real_vector(value, what: str) -> np.ndarray:
+    """A concrete 1-D array of real numbers (integer or float), as float64.
+
+    Args:
+        value: the array (or anything NumPy turns into one).
+        what: how messages name it (``"spectrum"``, ``"spectrum file 'lam.npy'"``).
+    """
+    kind, found = _kind(value)
+    if kind not in _NUMERIC_KINDS:
+        dtype = found if found.startswith("an array") else f"a {found}"
+        raise ValueError(f"{what} must hold real numbers (integer or float); got {dtype}")
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D array; got shape {arr.shape}")
+    return arr
+
+
+def load_npy_vector(path: str | Path, what: str) -> np.ndarray:
+    """A 1-D real array from a ``.npy`` file; every refusal names the file.
+
+    Refused: a missing or unreadable file, a ``.npz`` archive, pickled (object) arrays, and arrays
+    that are not 1-D or not of a real numeric dtype (complex, string, boolean, structured).
+    """
+    path = Path(path)
+    label = f"{what} file {str(path)!r}"
+    if not path.is_file():
+        raise ValueError(f"{label} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise ValueError(f"{label} is not a readable .npy array ({err})") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise ValueError(f"{label} is a .npz archive; give a .npy file holding one 1-D array")
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        raise ValueError(f"{label} holds an array of dtype {arr.dtype}; it must hold real numbers "
+                         "(integer or float)")
+    if arr.ndim != 1:
+        raise ValueError(f"{label} holds an array of shape {arr.shape}; it must be 1-D")
+    return arr.astype(float)
+
+
+def output_path(value, name: str = "--out") -> Path:
+    """A results path: a non-empty file name, not an existing folder."""
+    text = str(value) if value is not None else ""
+    if not text.strip() or text.endswith(("/", "\\")):
+        raise ValueError(f"{name}={text!r} is not allowed; {name} must name a file, e.g. runs/sweep.npz")
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"{name}={text!r} is an existing folder; {name} must name a file inside it, "
+                         f"e.g. {str(path / 'sweep.npz')!r}")
+    return path
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def check_memory(n_bytes: float, what: str) -> None:
+    """Refuse up front what cannot fit in this machine's available memory, with the amount.
+
+    Args:
+        n_bytes: what ``what`` would need.
+        what: the request, as the user wrote it (``"identity: d=1000000000"``).
+    """
+    have = available_memory()
+    if have is not None and n_bytes > have:
+        raise ValueError(f"{what} needs about {_bytes(n_bytes)} of memory; this machine has "
+                         f"{_bytes(have)} available")

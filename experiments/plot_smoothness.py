@@ -1,0 +1,79 @@
+"""Draw figures/smoothness.png from saved results.
+
+Usage: python experiments/plot_smoothness.py figures/data/smoothness.npz figures/smoothness.png
+"""
+
+from common import plot_main  # first: it selects the Agg backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+TITLES = {"xent": "MLP on digits, cross-entropy", "square": "MLP on digits, squared loss (networks.py)"}
+STYLE = {"sgd": ("C0", "SGD"), "clipped": ("C3", "clipped SGD"), "gd": ("C2", "full-batch GD")}
+
+
+def alive(a, key):
+    """Indices of a trace before its divergence (all of it if it did not diverge)."""
+    n = a[f"{key}_smoothness"].size
+    at = int(a.get(f"{key}_diverged_at", -1))
+    return slice(0, n if at < 0 else at)
+
+
+def scatter(ax, a, key, tag, extra=""):
+    color, label = STYLE[tag]
+    keep = alive(a, key)
+    g, e = a[f"{key}_grad_norm"][keep], a[f"{key}_smoothness"][keep]
+    slope, intercept, se = a[f"{key}_fit"]
+    ax.loglog(g, e, ".", ms=2, alpha=0.35, color=color)
+    xs = np.geomspace(g.min(), g.max(), 50)
+    ax.loglog(xs, np.exp(intercept) * xs ** slope, "-", color=color, lw=1.5,
+              label=f"{label}{extra}: slope {slope:.2f} $\\pm$ {se:.2f}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def draw(a, meta):
+    cfg = meta["config"]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
+    for ax, name in zip(axes[0, :2], cfg["objectives"]):
+        for tag in ("sgd", "clipped"):
+            key = f"{name}_{tag}"
+            scatter(ax, a, key, tag, f" (lr {float(a[f'{key}_lr']):g})")
+        ax.set(xlabel="||grad f|| (full training objective)", ylabel="smoothness estimate",
+               title=f"{TITLES[name]}\nclip c = {float(a[f'{name}_clip']):.3g}")
+        ax.legend(fontsize=8)
+    ax = axes[0, 2]
+    for tag in ("sgd", "clipped", "gd"):
+        scatter(ax, a, f"ls_{tag}", tag)
+    for lam in a["ls_lam_range"]:
+        ax.axhline(lam, color="gray", lw=0.8, ls=":")
+    ax.set(xlabel="||grad R||", ylabel="smoothness estimate",
+           title=f"least squares, lam_i = i^-0.3, d = {cfg['d']} (L1 = 0)\ndotted: lam_min, lam_max")
+    ax.legend(fontsize=8)
+    for ax, name in zip(axes[1, :2], cfg["objectives"]):
+        for tag in ("sgd", "clipped"):
+            key = f"{name}_{tag}"
+            color, label = STYLE[tag]
+            loss = a[f"{key}_loss"][alive(a, key)]
+            ax.semilogy(np.arange(loss.size), loss, color=color,
+                        label=f"{label}, lr {float(a[f'{key}_lr']):g}: final {loss[-1]:.3g}")
+        ax.set(xlabel="step", ylabel="training loss", title=f"{TITLES[name]}: best learning rate of each")
+        ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    lrs = np.asarray(cfg["lrs"], float)
+    for j, name in enumerate(cfg["objectives"]):
+        for tag, ls in (("sgd", "-"), ("clipped", "--")):
+            final = a[f"{name}_{tag}_grid_final"]
+            ok = np.isfinite(final)
+            ax.loglog(lrs[ok], final[ok], ls, marker="o", color=f"C{4 + j}", label=f"{name}, {STYLE[tag][1]}")
+            if (~ok).any():
+                ax.plot(lrs[~ok], np.full((~ok).sum(), np.nanmax(final[ok]) * 3), "x", color=f"C{4 + j}", ms=9)
+    ax.set(xlabel="learning rate", ylabel=f"training loss after {cfg['epochs']} epochs",
+           title="learning-rate grid (x: diverged, drawn above the rest)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+if __name__ == "__main__":
+    plot_main(draw)

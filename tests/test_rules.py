@@ -1,0 +1,184 @@
+"""Clipping rules in the simulators: each rule's step against a plain NumPy implementation fed
+the same samples (float64), the block engine against the step engine, ``B = 1`` against the
+numbers of the one-sample engine before rules existed (bit for bit), and per-sample clipping and
+DP noise against optax's own transforms on the same inputs.
+"""
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import clipdyn as cd
+from clipdyn import rules, sim
+from clipdyn import sweep as sw
+from clipdyn.problem import make_problem, power_law_spectrum
+from clipdyn.schedules import Constant, constant
+
+import reference as ref
+
+DATA = Path(__file__).resolve().parent / "data"
+
+RULES = {
+    "per-sample B=4": rules.per_sample(4),
+    "batch B=4": rules.batch_mean(4),
+    "micro B=6 size=2": rules.micro_batch(6, 2),
+    "index B=4 beta=2": rules.index_thresholds(4, 2.0),
+    "per-sample B=3 preclip": rules.per_sample(3, preclip_noise=0.7),
+    "index B=3 beta=1 preclip+dp": rules.index_thresholds(3, 1.0, dp_noise=0.3, preclip_noise=0.4),
+    "batch B=4 dp": rules.batch_mean(4, dp_noise=0.5),
+}
+
+
+def _numpy_run(prob, rule, key, eta, c, K):
+    """The rule's trajectory from the engine's own samples, updated by the NumPy reference."""
+    init_key, stream = sim.split_seed(key)
+    e = np.asarray(sim.initial_error(init_key, prob), np.float64)
+    lam = np.asarray(prob.lam, np.float64)
+    trace = float(prob.trace)
+    d = int(np.sum(np.asarray(prob.active)))
+    draw = jax.jit(lambda k: sim.draw_sample(stream, k, prob, rule.batch, rule.n_extra))
+    C = c * math.sqrt(trace)
+    for k in range(K):
+        s = draw(k)
+        x = np.sqrt(lam) * np.asarray(s.x, np.float64)
+        extra = np.asarray(s.extra, np.float64)
+        zeta = extra[: rule.batch] * (float(rule.preclip_noise) * math.sqrt(trace / d)) if rule.use_preclip else None
+        zdp = extra[-1] if rule.use_dp else None
+        G = ref.numpy_rule_update(rule.kind, rule.batch, rule.size, float(rule.beta),
+                                  float(rule.dp_noise), float(rule.preclip_noise), x,
+                                  np.asarray(s.eps, np.float64), e, C, trace, zeta, zdp)
+        e = e - eta / trace * G
+    return 0.5 * np.sum(lam * e * e)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_rule_step_matches_numpy(name):
+    # float64; same samples, same start: only rounding separates the two (pairwise sums in
+    # clipdyn vs NumPy's), so 1e-10 relative after 150 steps of a contraction.
+    rule = RULES[name]
+    problem = make_problem(power_law_spectrum(64, 0.5), cd.StudentT(2.5, 0.5))
+    prob = sim.prepare(problem, jnp.float64)
+    trace = float(prob.trace)
+    K, eta, c = 150, 1.5, 0.4
+    want = _numpy_run(prob, rule, jax.random.key(5), eta, c, K)
+    res = sw.simulate_runs(problem, constant(eta, c), [5], T=K / trace, points=2, precision="64",
+                           rules=rule)
+    assert sim.output_steps(K / trace, 2, trace)[-1] == K
+    np.testing.assert_allclose(res.risk[0, 0, -1], want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["batch B=4", "micro B=6 size=2", "index B=3 beta=1 preclip+dp"])
+def test_block_engine_equals_step_engine(name):
+    # float64: the block engine's Gram-matrix recurrence is exact algebra, so the two engines
+    # differ only by rounding (1e-10 relative over ~400 steps).
+    rule = RULES[name]
+    problem = make_problem(power_law_spectrum(100, 0.3), cd.Gaussian(0.5))
+    scheds = sw.stack_schedules([Constant(1.0, 0.3), Constant(2.0, 1.0), Constant(0.5, math.inf)])
+    kw = dict(precision="64", rules=rule, progress=False)
+    a = sw.run_sweep(problem, scheds, [0, 1], 12.0, 4, **kw)
+    b = sw.run_sweep(problem, scheds, [0, 1], 12.0, 4, engine="block", **kw)
+    np.testing.assert_allclose(b.risk, a.risk, rtol=1e-10)
+
+
+def test_b1_is_todays_csgd_bit_for_bit():
+    # tests/data/b1_reference.npz was written by the one-sample engine at commit b52634c, before
+    # clipping rules existed (script in its docstring's commit message). With B = 1 and no options
+    # every rule must reproduce it exactly, in both precisions and all engines.
+    ref_runs = np.load(DATA / "b1_reference.npz")
+    lam = power_law_spectrum(200, 0.3)
+    sch = sw.stack_schedules([constant(1.0, 0.3), constant(1.5, 1.0), constant(0.7, np.inf)])
+    cases = [("gauss", cd.Gaussian(0.5), "32", "sgd", "step"), ("gauss", cd.Gaussian(0.5), "32", "sgd", "block"),
+             ("gauss", cd.Gaussian(0.5), "32", "hsgd", "step"),
+             ("student", cd.StudentT(2.5, 0.5), "64", "sgd", "step")]
+    for name, law, prec, method, engine in cases:
+        prob = make_problem(lam, law, R0=1.0)
+        for rule in (None, rules.per_sample(1), rules.batch_mean(1), rules.micro_batch(1, 1),
+                     rules.index_thresholds(1, 3.0)):
+            res = sw.run_sweep(prob, sch, [0, 3], 2.0, 5, method=method, precision=prec,
+                               engine=engine, progress=False, rules=rule)
+            np.testing.assert_array_equal(res.risk, ref_runs[f"{name}_{prec}_{method}_{engine}"])
+
+
+def _per_example(B=5, d=7, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, d)) * np.linspace(0.5, 2.0, d)
+    r = rng.standard_t(2.0, size=B) * 3.0
+    return x, r
+
+
+def test_per_sample_and_dp_equal_optax():
+    # float64 (jax.experimental.enable_x64); optax's own DP-SGD aggregation and per-example
+    # clipping on the same per-example gradients g_b = r_b x_b and the same noise draw: equal
+    # to rounding (1e-13).
+    with jax.experimental.enable_x64():
+        x, r = _per_example()
+        B, d = x.shape
+        g = jnp.asarray(r[:, None] * x)
+        C, S = 2.5, 0.8
+        tx = optax.contrib.differentially_private_aggregate(C, S, key=jax.random.key(11))
+        state = tx.init(jnp.zeros(d))
+        want, _ = tx.update(g, state)
+        # optax draws its noise from split(key)[1] for the single leaf.
+        _, noise_key = jax.random.split(jax.random.key(11))
+        z = jax.random.normal(noise_key, (d,), jnp.float64)
+        rule = rules.per_sample(B, dp_noise=S)
+        rows = jnp.concatenate([jnp.asarray(x), z[None]])
+        coef = rule.coefficients(jnp.asarray(r), rows @ rows.T, jnp.asarray(C), jnp.asarray(1.0))
+        np.testing.assert_allclose(coef @ rows, want, rtol=1e-13, atol=1e-14)
+        # Per-sample clipping alone: optax's per_example_global_norm_clip returns the sum.
+        summed, _ = optax.per_example_global_norm_clip([g], C)
+        coef = rules.per_sample(B).coefficients(jnp.asarray(r), jnp.asarray(x @ x.T), jnp.asarray(C),
+                                                jnp.asarray(1.0))
+        np.testing.assert_allclose(coef @ jnp.asarray(x), summed[0] / B, rtol=1e-13)
+
+
+def test_batch_and_micro_equal_optax_clip_by_global_norm():
+    # float64: clip_by_global_norm on the batch mean (batch rule) and on each micro-batch mean,
+    # then averaged (micro rule), against the rule's coefficients; equal to rounding.
+    with jax.experimental.enable_x64():
+        x, r = _per_example(B=6)
+        B, d = x.shape
+        g = r[:, None] * x
+        C = 1.5
+        clip = optax.clip_by_global_norm(C)
+        want, _ = clip.update(jnp.asarray(g.mean(0)), clip.init(None))
+        coef = rules.batch_mean(B).coefficients(jnp.asarray(r), jnp.asarray(x @ x.T), jnp.asarray(C),
+                                                jnp.asarray(1.0))
+        np.testing.assert_allclose(coef @ jnp.asarray(x), want, rtol=1e-13)
+        groups = [clip.update(jnp.asarray(gr.mean(0)), clip.init(None))[0] for gr in g.reshape(3, 2, d)]
+        coef = rules.micro_batch(B, 2).coefficients(jnp.asarray(r), jnp.asarray(x @ x.T),
+                                                    jnp.asarray(C), jnp.asarray(1.0))
+        np.testing.assert_allclose(coef @ jnp.asarray(x), np.mean(groups, axis=0), rtol=1e-13)
+
+
+def test_rule_validation():
+    with pytest.raises(ValueError, match="does not divide"):
+        rules.micro_batch(6, 4)
+    with pytest.raises(ValueError, match="pre-clip noise is not allowed"):
+        rules.ClipRule("batch", 4, 4, preclip_noise=0.5, use_preclip=True)
+    with pytest.raises(ValueError, match="dp_noise"):
+        rules.per_sample(2, dp_noise=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        rules.index_thresholds(4, 0.0)
+    with pytest.raises(ValueError, match="batch"):
+        rules.per_sample(0)
+
+
+def test_per_sample_factors_reduce_to_paper_factors():
+    # float64: B = 1 rules give the paper's factors exactly; per-sample with B divides nu by B
+    # and keeps mu and the unitless nu and CCC (THEORY.md section 6).
+    law = cd.StudentT(3.0, 1.0)
+    with jax.experimental.enable_x64():
+        base = cd.reduction_factors(law, 0.3, 0.8)
+        for rule in (rules.per_sample(1), rules.index_thresholds(1, 2.0)):
+            f = cd.reduction_factors(law, 0.3, 0.8, rule)
+            np.testing.assert_allclose([f.mu, f.nu_abs, f.ccc], [base.mu, base.nu_abs, base.ccc], rtol=1e-14)
+        f = cd.reduction_factors(law, 0.3, 0.8, rules.per_sample(8))
+        np.testing.assert_allclose([f.mu, f.nu_abs * 8, f.nu, f.ccc],
+                                   [base.mu, base.nu_abs, base.nu, base.ccc], rtol=1e-14)
+        assert float(cd.max_stable_lr(law, 0.3, math.inf, rules.per_sample(8))) == pytest.approx(16.0)
