@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIZE   ?= default
 BENCH  ?= quick
-PKG    := $(wildcard clipdyn/*.py) pyproject.toml
-DATA   := figures/data
+PKG    := $(shell find clipdyn -name '*.py') pyproject.toml
 
 .PHONY: test test-slow figures bench clean-venv criteria risk-curves concentration stability \
-        when-clipping-helps schedules heuristic
+        when-clipping-helps schedules heuristic clip-rules dp real-data clipping-bias \
+        l0l1-acceleration smoothness network-clipping
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,23 +30,37 @@ clean-venv:
 # ---- figures: each study saves results under figures/data, a plot script draws them --------
 # `make figures SIZE=paper` writes to figures/paper/ (larger d and more seeds, for an accelerator).
 # A study reruns only when its script or the package changed (make's own timestamps).
-STUDIES := criteria risk_curves concentration stability when_clipping_helps schedules heuristic
+STUDIES := criteria risk_curves concentration stability when_clipping_helps schedules heuristic \
+           clip_rules dp real_data clipping_bias l0l1_acceleration smoothness network_clipping
 ifeq ($(SIZE),default)
 FIGDIR := figures
 else
 FIGDIR := figures/$(SIZE)
 endif
-DATA := $(FIGDIR)/data
+RESULTS := $(FIGDIR)/data
 FIGURES := $(patsubst %,$(FIGDIR)/%.png,$(STUDIES))
 
 figures: $(FIGURES)
 
-$(DATA)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
-	@mkdir -p $(DATA)
+$(RESULTS)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
+	@mkdir -p $(RESULTS)
 	$(PY) experiments/$*.py --out $@ --size $(SIZE)
 
-$(FIGDIR)/%.png: experiments/plot_%.py experiments/common.py $(DATA)/%.npz | $(STAMP)
-	$(PY) experiments/plot_$*.py $(DATA)/$*.npz $@
+# The real-data study runs on digits unless DATA names another dataset, e.g.
+# `make real-data DATA=cifar10:path=DIR` (its results then go to files of their own).
+DATA ?=
+ifneq ($(DATA),)
+REAL_DATA_FIG := $(FIGDIR)/real_data_$(subst /,_,$(subst :,_,$(subst =,_,$(DATA)))).png
+$(REAL_DATA_FIG): experiments/real_data.py experiments/plot_real_data.py $(PKG) | $(STAMP)
+	@mkdir -p $(RESULTS)
+	$(PY) experiments/real_data.py --out $(RESULTS)/$(basename $(notdir $@)).npz --size $(SIZE) --data "$(DATA)"
+	$(PY) experiments/plot_real_data.py $(RESULTS)/$(basename $(notdir $@)).npz $@
+else
+REAL_DATA_FIG := $(FIGDIR)/real_data.png
+endif
+
+$(FIGDIR)/%.png: experiments/plot_%.py experiments/common.py $(RESULTS)/%.npz | $(STAMP)
+	$(PY) experiments/plot_$*.py $(RESULTS)/$*.npz $@
 
 .SECONDARY:
 
@@ -57,6 +71,13 @@ stability: $(FIGDIR)/stability.png
 when-clipping-helps: $(FIGDIR)/when_clipping_helps.png
 schedules: $(FIGDIR)/schedules.png
 heuristic: $(FIGDIR)/heuristic.png
+clip-rules: $(FIGDIR)/clip_rules.png
+dp: $(FIGDIR)/dp.png
+real-data: $(REAL_DATA_FIG)
+clipping-bias: $(FIGDIR)/clipping_bias.png
+l0l1-acceleration: $(FIGDIR)/l0l1_acceleration.png
+smoothness: $(FIGDIR)/smoothness.png
+network-clipping: $(FIGDIR)/network_clipping.png
 
 # ---- benchmarks: `make bench` (quick) or `make bench BENCH=full`; updates BENCHMARKS.md -------
 bench: $(STAMP)

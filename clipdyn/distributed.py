@@ -8,10 +8,12 @@ writes the chunk checkpoints and the results file; the others learn from it whic
 already finished, so every process skips the same chunks (a process that skipped a collective
 the others enter would leave them waiting).
 
-A run's numbers depend on the per-device batch (on CPU the last bits of a row depend on it), so a
-multi-process sweep equals, bit for bit with the step engine, a one-process sweep over the same
-*total* number of devices (``tests/test_distributed.py``: 2 processes x 2 CPU devices against
-1 process x 4).
+Every device runs the same program on the same per-device batch whichever process it belongs
+to, and gathering moves data without arithmetic, so a multi-process sweep equals a one-process
+sweep over the same *total* number of devices, bit for bit with the step engine
+(``tests/test_distributed.py``: 2 processes x 2 CPU devices against 1 process x 4). Compare with
+a reference of the same global device count: the block engine's last bits may depend on the
+per-device batch (matrix-product kernels do; the step engine's do not, ``tests/test_simulate.py``).
 
 Facts about jax 0.10 this module relies on (measured, see ``tests/test_distributed.py``):
 
@@ -21,9 +23,12 @@ Facts about jax 0.10 this module relies on (measured, see ``tests/test_distribut
 * Host-replicated inputs (NumPy arrays, or JAX arrays not committed to a device) may be passed
   to a program sharded over the global mesh; its outputs are global arrays that no one process
   can read whole, hence :func:`to_host`.
-* A dead peer leaves the others blocked until the heartbeat timeout (JAX's default 100 s), and
-  a finishing process waits for the others up to the shutdown timeout (300 s); both are options
-  of :class:`Cluster`.
+* A dead peer: a collective in flight with it fails at once (gloo: "Connection reset by
+  peer"); otherwise the coordination service notices its missing heartbeats within the
+  heartbeat timeout (JAX's default 100 s). A process leaving, with or without an error, waits
+  for the others up to the shutdown timeout (300 s), after which the runtime aborts every
+  process still there. Both timeouts are options of :class:`Cluster` (the test uses 5 s: a
+  killed non-writer ends the writer about 4 s later, a killed writer ends the other at once).
 * The coordinator binds every interface unless told otherwise; a loopback coordinator address
   (one-host runs, tests) binds the loopback interface only.
 
@@ -44,8 +49,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-__all__ = ["Cluster", "initialize", "shutdown", "session", "is_writer", "global_devices",
-           "barrier", "to_host", "broadcast_bytes", "on_writer",
+__all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", "is_writer",
+           "global_devices", "barrier", "to_host", "broadcast_bytes", "on_writer",
            "add_cli_options", "cluster_from_args", "DEFAULT_TIMEOUTS"]
 
 #: JAX's defaults (seconds) for the connection, heartbeat and shutdown timeouts.

@@ -209,7 +209,8 @@ class StudentT(_Law):
     def __post_init__(self):
         lo, hi = DF_RANGE
         check_value("student-t", "df", self.df, lambda a: (a >= lo) & (a <= hi),
-                    f"within [{lo:g}, {hi:g}] (finite and > 0; for larger df use gaussian)")
+                    f"within [{validation.number_text(lo)}, {validation.number_text(hi)}] "
+                    "(for larger df the law is Gaussian: use gaussian)")
         validation.nonnegative("scale", self.scale, owner="student-t")
         if self.n_nodes is not None:
             validation.integer("n_nodes", self.n_nodes, 2, owner="student-t")
@@ -328,7 +329,8 @@ class GaussianMixture(_Law):
                     f"length; got lengths {[np.size(v) for v in (w, m, s)]}"
                 )
             check_value("mixture", "weights", w, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
-            total = float(np.sum(np.asarray(w, float)))
+            with np.errstate(over="ignore"):
+                total = float(np.sum(np.asarray(w, float)))
             if not abs(total - 1.0) <= WEIGHTS_TOL:
                 raise ValueError(
                     f"mixture: weights={np.asarray(w, float).tolist()} is not allowed; weights must "
@@ -396,9 +398,9 @@ class Empirical(_Law):
             if bad.any():
                 i = int(np.argmax(bad))
                 raise ValueError(
-                    f"empirical: atoms[{i}]={arr[i]!r} is not allowed; atoms must be finite, with "
-                    f"magnitude <= {validation.MAX_MAGNITUDE:g} (their squares are summed in float64); "
-                    f"{int(bad.sum())} such value(s)"
+                    f"empirical: atoms[{i}]={float(arr[i])!r} is not allowed; atoms must be finite, "
+                    f"with magnitude <= {validation.number_text(validation.MAX_MAGNITUDE)} (their "
+                    f"squares are summed in float64); {int(bad.sum())} such value(s)"
                 )
             object.__setattr__(self, "atoms", arr)
 

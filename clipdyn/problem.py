@@ -73,15 +73,16 @@ def check_spectrum(lam: ArrayLike, what: str = "spectrum") -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"{what}: entry {i} is {lam[i]!r}; eigenvalues must be finite, >= 0 and "
-            f"<= {validation.MAX_MAGNITUDE:g}"
+            f"{what}: entry {i} is {float(lam[i])!r}; eigenvalues must be finite, >= 0 and "
+            f"<= {validation.number_text(validation.MAX_MAGNITUDE)}"
         )
     top = float(lam.max())
     if top == 0:
         raise ValueError(f"{what}: all eigenvalues are zero; at least one must be positive")
     if top < validation.MIN_MAGNITUDE:
         raise ValueError(
-            f"{what}: the largest eigenvalue is {top!r}; it must be >= {validation.MIN_MAGNITUDE:g} "
+            f"{what}: the largest eigenvalue is {top!r}; it must be >= "
+            f"{validation.number_text(validation.MIN_MAGNITUDE)} "
             "so that Tr K and R0 / Tr K stay in float64's normal range (rescale the spectrum)"
         )
     return lam
@@ -171,6 +172,7 @@ def make_problem(
         if not (validation.MIN_MAGNITUDE <= r0 <= validation.MAX_MAGNITUDE):
             raise ValueError(
                 f"v0: the initial risk sum(lam * v0) = {r0!r} is not allowed; it must be within "
-                f"[{validation.MIN_MAGNITUDE:g}, {validation.MAX_MAGNITUDE:g}]"
+                f"[{validation.number_text(validation.MIN_MAGNITUDE)}, "
+                f"{validation.number_text(validation.MAX_MAGNITUDE)}]"
             )
     return Problem(jnp.asarray(lam), jnp.asarray(v0), noise)

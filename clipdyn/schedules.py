@@ -89,9 +89,9 @@ class TimeVarying:
     def __post_init__(self):
         # Each is a function of t or a constant; a constant is checked like Constant's.
         if not callable(self.eta_fn):
-            _check_eta(self.eta_fn)
+            validation.positive("eta_fn", self.eta_fn, owner="time-varying", bounded=False)
         if not callable(self.clip_fn):
-            _check_clip(self.clip_fn)
+            validation.threshold("clip_fn", self.clip_fn, owner="time-varying")
 
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
         eta = self.eta_fn(t) if callable(self.eta_fn) else self.eta_fn

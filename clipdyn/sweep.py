@@ -8,15 +8,24 @@ random numbers), so threshold comparisons are not drowned in seed noise.
   last chunk is padded) and each chunk is sharded over all devices with ``jax.shard_map``: in a
   multi-process run (:mod:`clipdyn.distributed`) the devices of every process, with process 0
   alone writing checkpoints and results.
-* Each finished chunk is written atomically to ``OUT.partial/``; a rerun of the same sweep loads
-  the finished chunks instead of recomputing them, so an interruption loses at most the chunk in
-  flight. The merged result is written with :func:`clipdyn.results.save_results`.
+* Each finished chunk is written atomically to ``OUT.npz.partial/``; a rerun of the same sweep
+  loads the finished chunks instead of recomputing them, so an interruption (Ctrl-C raises
+  :class:`SweepInterrupted`, a ``KeyboardInterrupt`` saying what was kept) loses at most the chunk
+  in flight. "The same sweep" is decided by content: the sha256 of the spectrum, start, noise
+  law, dataset, schedules and rules, with the configuration, is stamped on the folder and recorded
+  in the results (``config["fingerprints"]``). Chunks of another sweep, and finished results of
+  another sweep, are never mixed in or replaced without ``overwrite``; a chunk file that cannot be
+  read is recomputed. The merged result is written with :func:`clipdyn.results.save_results`.
+* Sizes are checked before anything runs: the horizon against the engines' int32 step counters
+  (:data:`MAX_STEPS`), the output times against the step, and the memory the sweep needs
+  (:func:`memory_estimate`) against what the machine has available.
 * A run's numbers depend only on its seed and configuration: alone or in a sweep, sharded or
   not, they are the same (tested).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +44,7 @@ from clipdyn import distributed
 from clipdyn import rules as clip_rules
 from clipdyn import sim
 from clipdyn import validation
+from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
 from clipdyn.noise import cast_floats
 from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
@@ -74,7 +84,7 @@ class SweepInterrupted(KeyboardInterrupt):
             text = (f"{kept} of {total} chunk(s) are kept in {partial}/; rerun the same command "
                     "to resume")
         else:
-            text = f"{kept} of {total} chunk(s) had finished; nothing is kept without an output file"
+            text = "nothing is saved without an output file"
         super().__init__(text)
 
 
@@ -103,6 +113,7 @@ class SweepResult:
                 "diverged_at": self.diverged_at, "seeds": self.seeds}
 
 
+@uses_x64
 def stack_schedules(schedules: Sequence) -> Any:
     """One batched schedule (leading axis ``C``) from ``C`` schedules of the same kind."""
     kinds = {type(s) for s in schedules}
@@ -111,6 +122,7 @@ def stack_schedules(schedules: Sequence) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *schedules)
 
 
+@uses_x64
 def seed_keys(seeds: Sequence[int], impl: str | None = None) -> Array:
     """Typed PRNG keys for integer seeds (``impl``: ``threefry2x32``, ``rbg``, ``unsafe_rbg``)."""
     return jnp.stack([jax.random.key(int(s), impl=impl) for s in seeds])
@@ -127,12 +139,21 @@ def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
     """``(schedules, rules, prob, keys, steps) -> (risk, diverged, diverged_step)``, sharded over
     ``devices`` on the configuration axis.
 
+    One jitted function per ``(method, divergence_factor, dt, devices, engine)``, kept for the
+    process: sweeps of the same shapes (a bisection, a rerun, a resumed sweep) reuse its
+    compilation instead of compiling the same program again.
+
     The problem, keys and steps are arguments, not closed-over constants: XLA would otherwise
     specialise the program on their values (dividing by a constant ``Tr K`` becomes a
     multiplication by its reciprocal, say) in ways that depend on the batch shape, and a run's
     last bits would change with the size of the sweep.
     """
+    return _cached_runner(method, float(divergence_factor), None if dt is None else float(dt),
+                          tuple(devices), engine)
 
+
+@functools.lru_cache(maxsize=32)
+def _cached_runner(method, divergence_factor, dt, devices, engine):
     def body(schedules, rules, prob, keys, steps):
         return sim.run_batch(prob, schedules, rules, keys, steps, method, divergence_factor, dt, engine)
 
@@ -240,14 +261,6 @@ def memory_estimate(d: int, n_seeds: int, n_configs: int, points: int, chunk: in
     return parts
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} PB"  # pragma: no cover
-
-
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -255,7 +268,7 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1g} days" if seconds < 1e6 * 86400 else f"{seconds / 86400:.2g} days"
+    return f"{seconds / 86400:.3g} days"
 
 
 def _seconds_per_step(call, steps_arr, work: float) -> float | None:
@@ -280,6 +293,7 @@ def _seconds_per_step(call, steps_arr, work: float) -> float | None:
         n *= 8
 
 
+@uses_x64
 def run_sweep(
     problem: Problem,
     schedules: Any,
@@ -353,6 +367,10 @@ def run_sweep(
             ``out`` that would overwrite another sweep's results or chunks without ``overwrite``.
         SweepInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), once the finished chunks are saved.
     """
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be a clipdyn Problem (from clipdyn.problem.make_problem); "
+                         f"got {type(problem).__name__}")
+    validation.schedule(schedules, "schedules")
     if method not in sim.METHODS:
         raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(sim.METHODS)}")
     if str(precision) not in PRECISIONS:
@@ -384,8 +402,8 @@ def run_sweep(
     big = max(need, key=need.get)
     validation.check_memory(
         sum(need.values()),
-        f"this sweep ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
-        f"d = {int(problem.lam.shape[0])}, chunks of {chunk}; {big} {_bytes(need[big])})")
+        f"the runs ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
+        f"d = {int(problem.lam.shape[0])}, chunks of {chunk}; {big} {validation.bytes_text(need[big])})")
     seeds = validation.seeds(seeds)
     prob = sim.prepare(problem, dtype, data)
     dt_used = 1.0 / trace if dt is None else float(dt)
@@ -575,6 +593,7 @@ def _schedule_arrays(schedules) -> dict[str, np.ndarray]:
     return out
 
 
+@uses_x64
 def simulate_runs(problem: Problem, schedule, seeds: Sequence[int], T: float, points: int = 101,
                   **kwargs) -> SweepResult:
     """Run one schedule for several seeds (a sweep with one configuration).

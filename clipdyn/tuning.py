@@ -94,9 +94,17 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     t_out = jnp.linspace(0.0, float(T), points)
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
     batched = rules is not None and jnp.ndim(jnp.asarray(rules.dp_noise)) == 1 and n_cfg > 0
-    fn = jax.vmap(lambda s, r: ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3, rule=r)[:3],
-                  in_axes=(0, 0 if batched else None))
-    risk, _, status = fn(schedules, rules)
+
+    def one(args):
+        s, r = args
+        return ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3, rule=r if batched else rules)[:3]
+
+    # Group rules (batch, micro) evaluate their factors by Laplace inversion, whose intermediate
+    # arrays are large: solve a few configurations at a time instead of all at once.
+    group = rules is not None and rules.kind in ("batch", "micro") and not rules.plain
+    size = min(n_cfg, 4) if group else n_cfg
+    risk, _, status = jax.lax.map(one, (schedules, rules if batched else jnp.zeros(n_cfg)),
+                                  batch_size=size)
     return np.asarray(risk), np.asarray(status)
 
 

@@ -53,7 +53,9 @@ __all__ = [
     "real_vector",
     "load_npy_vector",
     "output_path",
+    "number_text",
     "available_memory",
+    "bytes_text",
     "check_memory",
 ]
 
@@ -62,11 +64,12 @@ MAX_MAGNITUDE = 1e100
 MAX_SEED = 2**32 - 1  # JAX in 32-bit mode folds larger seeds onto smaller ones
 RTOL_RANGE = (1e-14, 0.1)
 
-def _num(x: float) -> str:
+def number_text(x: float) -> str:
+    """A bound as the messages write it: ``1e100``, ``0.01``."""
     return f"{x:g}".replace("e+", "e")
 
 
-_RANGE = f"within [{_num(MIN_MAGNITUDE)}, {_num(MAX_MAGNITUDE)}]"
+_RANGE = f"within [{number_text(MIN_MAGNITUDE)}, {number_text(MAX_MAGNITUDE)}]"
 _NUMERIC_KINDS = "iuf"  # signed and unsigned integers, floating point
 
 
@@ -362,12 +365,16 @@ def available_memory() -> int | None:
         return None
 
 
-def _bytes(n: float) -> str:
+def bytes_text(n: float) -> str:
+    """An amount of memory as the messages write it: ``7.45 GB``."""
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if n < 1024 or unit == "PB":
             return f"{n:.3g} {unit}"
         n /= 1024
     return f"{n:.3g} PB"  # pragma: no cover
+
+
+_bytes = bytes_text  # the name clipdyn.sweep used first
 
 
 def check_memory(n_bytes: float, what: str) -> None:
@@ -379,5 +386,5 @@ def check_memory(n_bytes: float, what: str) -> None:
     """
     have = available_memory()
     if have is not None and n_bytes > have:
-        raise ValueError(f"{what} needs about {_bytes(n_bytes)} of memory; this machine has "
-                         f"{_bytes(have)} available")
+        raise ValueError(f"{what} needs about {bytes_text(n_bytes)} of memory; this machine has "
+                         f"{bytes_text(have)} available")

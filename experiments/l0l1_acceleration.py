@@ -90,7 +90,8 @@ def main():
     arrays, summary = {}, {}
     with jax.enable_x64(True):
         for name, (fn, starts, eps) in functions(size).items():
-            Ms, its, reached, param = [], {m: [] for m in METHODS}, {m: [] for m in METHODS}, {m: [] for m in METHODS}
+            Ms = []
+            its, reached, param = ({m: [] for m in METHODS} for _ in range(3))
             for x0 in starts:
                 M, out = study(fn, x0, eps, size)
                 Ms.append(M)

@@ -7,18 +7,22 @@ gradient accumulation clipping each micro-batch beats clipping once after accumu
 with momentum 0.9, batch 32 (micro-batches of 8 for the accumulation rules), on clean targets and on
 targets with Student-t noise (df 1.5, infinite variance) added to the training split.
 
-Tuning, identical for every rule: 15 configurations on 2 tuning seeds (their own data splits and
-noise draws), the clipping rules over 5 learning rates x 3 thresholds, unclipped SGD over 15
-log-spaced learning rates; the configuration with the lowest mean final validation loss (clean
-targets) wins, and one diverging on any tuning seed is out. The winner is then trained on the
+Tuning, identical for every rule: 20 configurations on 2 tuning seeds (their own data splits and
+noise draws), the clipping rules over 5 learning rates x 4 thresholds, unclipped SGD over 20
+log-spaced learning rates (a wider range: it has no threshold to tame large steps); the
+configuration with the lowest mean final validation loss (clean targets) wins, and one diverging
+on any tuning seed is out. The winner is then trained on the
 evaluation seeds, whose test split is never used for tuning. Wall-clock time per epoch is measured
-per rule on one training run (jitted, no evaluation, best of 5 after compilation). Chen, Wu and
+per rule on one training run (jitted, no evaluation, best of 5 after compilation); the process's
+CPU time and the load average are recorded beside it, and the figure's time axis is CPU time when
+the machine was busier than its cores (wall-clock there measures the other processes). Chen, Wu and
 Hong's symmetry proxy is measured on per-sample gradient noise at checkpoints of the tuned
 unclipped and per-sample runs (seed 0).
 
 Usage: python experiments/network_clipping.py --out figures/data/network_clipping.npz [--size ...]
 """
 
+import os
 import time
 from functools import partial
 
@@ -32,12 +36,14 @@ from clipdyn.sources import networks as nw
 import common
 
 SIZES = {
-    "tiny": dict(epochs=3, lrs=[0.01, 0.03], clips=[3.0], tune_seeds=1, eval_seeds=1, timing_repeats=1,
-                 n_projections=4, n_null=4, n_points=128),
-    "default": dict(epochs=30, lrs=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1], clips=[1.0, 3.0, 10.0], tune_seeds=2,
-                    eval_seeds=15, timing_repeats=5, n_projections=32, n_null=16, n_points=512),
-    "paper": dict(epochs=100, lrs=list(np.geomspace(1e-3, 0.3, 6)), clips=list(np.geomspace(0.3, 30, 5)),
-                  tune_seeds=3, eval_seeds=30, timing_repeats=10, n_projections=64, n_null=32, n_points=1024),
+    "tiny": dict(epochs=3, lrs=[0.01, 0.03], clips=[3.0], none_lrs=(0.01, 0.03), tune_seeds=1, eval_seeds=1,
+                 timing_repeats=1, n_projections=4, n_null=4, n_points=128),
+    "default": dict(epochs=20, lrs=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1], clips=[0.3, 1.0, 3.0, 10.0],
+                    none_lrs=(1e-4, 0.3), tune_seeds=2, eval_seeds=20, timing_repeats=5, n_projections=16,
+                    n_null=8, n_points=256),
+    "paper": dict(epochs=60, lrs=list(np.geomspace(1e-3, 1.0, 7)), clips=list(np.geomspace(0.1, 30, 6)),
+                  none_lrs=(1e-5, 1.0), tune_seeds=3, eval_seeds=63, timing_repeats=10, n_projections=64,
+                  n_null=32, n_points=1024),
 }
 NOISES = {"clean": 0.0, "noisy": 0.1}
 NOISE_DF = 1.5
@@ -47,12 +53,13 @@ SYMMETRY_RULES = ("none", "per-sample")
 TUNE_SEED0 = 1000  # tuning splits are seeds 1000.., evaluation splits 0..: disjoint
 
 
-def grid(rule, lrs, clips):
-    """The rule's configurations: lr x threshold, or, for unclipped SGD, as many log-spaced lrs."""
+def grid(rule, size):
+    """The rule's configurations: lr x threshold, or, for unclipped SGD, as many log-spaced lrs
+    over the wider range ``none_lrs`` (it has no threshold to tame large steps)."""
+    lrs, clips = size["lrs"], size["clips"]
     n = len(lrs) * len(clips)
     if rule == "none":
-        lr = np.geomspace(min(lrs), 3 * max(lrs), n) if n > 1 else np.asarray(lrs, float)
-        return lr, np.full(n, np.inf)
+        return np.geomspace(*size["none_lrs"], n), np.full(n, np.inf)
     lr, c = np.meshgrid(np.asarray(lrs, float), np.asarray(clips, float), indexing="ij")
     return lr.ravel(), c.ravel()
 
@@ -90,17 +97,17 @@ def main():
     batches = np.asarray(jax.jit(jax.vmap(partial(nw.shuffled_batches, n_train=n_train, epochs=E,
                                                   batch=BATCH)))(batch_keys))
     seed_index = {seed: i for i, seed in enumerate(all_seeds)}
-    n_runs = max(len(grid("batch", size["lrs"], size["clips"])[0]) * T, len(NOISES) * S)
+    n_runs = max(len(grid("batch", size)[0]) * T, len(NOISES) * S)
     rules = nw.RULES
     shape = (len(NOISES), len(rules), S, E + 1)
-    out = {k: np.full(shape, np.nan) for k in ("train_loss", "val_loss", "test_loss", "test_acc")}
+    out = {k: np.full(shape, np.nan) for k in ("val_loss", "test_loss", "test_acc")}
     diverged = np.full(shape[:3], -1)
-    G = len(grid("batch", size["lrs"], size["clips"])[0])
+    G = len(grid("batch", size)[0])
     grid_lr, grid_clip = np.zeros((len(rules), G)), np.zeros((len(rules), G))
     grid_score = np.full((len(NOISES), len(rules), G), np.inf)
     grid_diverged = np.zeros((len(NOISES), len(rules), G), int)
     best_lr, best_clip = np.zeros((len(NOISES), len(rules))), np.zeros((len(NOISES), len(rules)))
-    sec_per_epoch = np.zeros(len(rules))
+    sec_per_epoch, cpu_sec_per_epoch, load = np.zeros(len(rules)), np.zeros(len(rules)), np.zeros(len(rules))
     ckpt_params = {}
 
     for r, rule in enumerate(rules):
@@ -121,7 +128,7 @@ def main():
                                          splits, jax.tree.map(lambda a: a[idx], params0), batches[idx]))
             return jax.tree.map(lambda a: np.asarray(a)[:k], res)
 
-        lr_g, clip_g = grid(rule, size["lrs"], size["clips"])
+        lr_g, clip_g = grid(rule, size)
         grid_lr[r], grid_clip[r] = lr_g, clip_g
         for n, noise in enumerate(NOISES):
             seeds = [(TUNE_SEED0 + t, noise) for t in range(T) for _ in range(G)]
@@ -150,12 +157,14 @@ def main():
         argv = (np.float32(best_lr[0, r]), np.float32(min(best_clip[0, r], np.finfo(np.float32).max)),
                 one, jax.tree.map(lambda a: a[0], params0), batches[0])
         jax.block_until_ready(timed(*argv))
-        times = []
+        times, cpu = [], []
+        load[r] = os.getloadavg()[0]
         for _ in range(size["timing_repeats"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             jax.block_until_ready(timed(*argv))
             times.append(time.perf_counter() - t0)
-        sec_per_epoch[r] = min(times) / E
+            cpu.append(time.process_time() - c0)
+        sec_per_epoch[r], cpu_sec_per_epoch[r] = min(times) / E, min(cpu) / E
         print(f"{rule:>10}: clean acc {np.nanmean(out['test_acc'][0, r, :, -1]):.3f}, noisy acc "
               f"{np.nanmean(out['test_acc'][1, r, :, -1]):.3f}, {1e3 * sec_per_epoch[r]:.1f} ms/epoch "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
@@ -178,6 +187,7 @@ def main():
     sym_skewed = float(nw.symmetry_statistic(jnp.asarray(skew - skew.mean(axis=0), jnp.float32)))
 
     arrays = dict(epochs=np.arange(E + 1), **out, diverged_epoch=diverged, sec_per_epoch=sec_per_epoch,
+                  cpu_sec_per_epoch=cpu_sec_per_epoch, load_average=load,
                   grid_lr=grid_lr, grid_clip=grid_clip, grid_score=grid_score, grid_diverged=grid_diverged,
                   best_lr=best_lr, best_clip=best_clip, sym_epochs=np.asarray(checkpoints), sym_h=sym_h,
                   sym_null=sym_null, sym_skewed=np.asarray(sym_skewed))
@@ -187,7 +197,7 @@ def main():
               "loss": "1/2 ||f(x) - y||^2, one-hot targets", "symmetry_rules": list(SYMMETRY_RULES),
               "tuning": "lowest mean final validation loss over the tuning seeds; a configuration "
                         "diverging on any tuning seed is excluded",
-              "tune_seeds_first": TUNE_SEED0, "diverged_loss": DIVERGED_LOSS,
+              "tune_seeds_first": TUNE_SEED0, "diverged_loss": DIVERGED_LOSS, "cpu_count": os.cpu_count(),
               "runtime_s": time.perf_counter() - start}
     save_results(args.out, arrays, config, precision="float32")
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")

@@ -1,6 +1,7 @@
 """Draw figures/l0l1_acceleration.png from saved results.
 
-Usage: python experiments/plot_l0l1_acceleration.py figures/data/l0l1_acceleration.npz figures/l0l1_acceleration.png
+Usage: python experiments/plot_l0l1_acceleration.py figures/data/l0l1_acceleration.npz \
+           figures/l0l1_acceleration.png
 """
 
 from common import plot_main  # first: it selects the Agg backend
@@ -40,7 +41,8 @@ def draw(a, meta):
             ax.loglog(M, ref * M / M[0], ":", color="k", lw=0.8, label="proportional to M")
         dim = fn["dim"]
         ax.set(xlabel="M = sup ||grad f|| on {f <= f(x0)}", ylabel=f"iterations to ||grad f|| <= {fn['eps']:g}",
-               title=f"{TITLES[name]}{'' if dim == 1 else f', d = {dim}'}: (L0, L1) = ({fn['L0']:g}, {fn['L1']:g})",
+               title=f"{TITLES[name]}{'' if dim == 1 else f', d = {dim}'}: "
+                     f"(L0, L1) = ({fn['L0']:g}, {fn['L1']:g})",
                ylim=(0.7, cap * 3))
     axes.flat[0].legend(fontsize=8, loc="center left")
     return fig

@@ -7,30 +7,29 @@ from common import plot_main  # first: it selects the Agg backend
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 TITLES = {"xent": "MLP on digits, cross-entropy", "square": "MLP on digits, squared loss (networks.py)"}
 STYLE = {"sgd": ("C0", "SGD"), "clipped": ("C3", "clipped SGD"), "gd": ("C2", "full-batch GD")}
 
 
-def alive(a, key):
-    """Indices of a trace before its divergence (all of it if it did not diverge)."""
-    n = a[f"{key}_smoothness"].size
-    at = int(a.get(f"{key}_diverged_at", -1))
-    return slice(0, n if at < 0 else at)
+def minor_label(v, _):
+    """Label the minor ticks 2, 3 and 5 of a decade (for axes spanning little more than a decade)."""
+    mantissa = v / 10.0 ** np.floor(np.log10(v))
+    return f"{v:g}" if np.any(np.isclose(mantissa, (2.0, 3.0, 5.0))) else ""
 
 
 def scatter(ax, a, key, tag, extra=""):
     color, label = STYLE[tag]
-    keep = alive(a, key)
-    g, e = a[f"{key}_grad_norm"][keep], a[f"{key}_smoothness"][keep]
+    g, e = a[f"{key}_grad_norm"], a[f"{key}_smoothness"]
     slope, intercept, se = a[f"{key}_fit"]
     ax.loglog(g, e, ".", ms=2, alpha=0.35, color=color)
     xs = np.geomspace(g.min(), g.max(), 50)
     ax.loglog(xs, np.exp(intercept) * xs ** slope, "-", color=color, lw=1.5,
               label=f"{label}{extra}: slope {slope:.2f} $\\pm$ {se:.2f}")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        short = np.log10(lim[1] / lim[0]) < 1.5
+        axis.set_minor_formatter(FuncFormatter(minor_label) if short else NullFormatter())
 
 
 def draw(a, meta):
@@ -39,7 +38,9 @@ def draw(a, meta):
     for ax, name in zip(axes[0, :2], cfg["objectives"]):
         for tag in ("sgd", "clipped"):
             key = f"{name}_{tag}"
-            scatter(ax, a, key, tag, f" (lr {float(a[f'{key}_lr']):g})")
+            clipped = float(a[f"{key}_clipped_fraction"])
+            note = f", {clipped:.0%} of steps clipped" if clipped else ""
+            scatter(ax, a, key, tag, f" (lr {float(a[f'{key}_lr']):g}{note})")
         ax.set(xlabel="||grad f|| (full training objective)", ylabel="smoothness estimate",
                title=f"{TITLES[name]}\nclip c = {float(a[f'{name}_clip']):.3g}")
         ax.legend(fontsize=8)
@@ -55,7 +56,7 @@ def draw(a, meta):
         for tag in ("sgd", "clipped"):
             key = f"{name}_{tag}"
             color, label = STYLE[tag]
-            loss = a[f"{key}_loss"][alive(a, key)]
+            loss = a[f"{key}_loss"]
             ax.semilogy(np.arange(loss.size), loss, color=color,
                         label=f"{label}, lr {float(a[f'{key}_lr']):g}: final {loss[-1]:.3g}")
         ax.set(xlabel="step", ylabel="training loss", title=f"{TITLES[name]}: best learning rate of each")

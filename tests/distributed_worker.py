@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
 
     def recording_run_sweep(*args, **kwargs):
         res = run_sweep(*args, **kwargs)
+        distributed.barrier("sweep returned")  # every process gets here (exercises the barrier)
         np.savez(report, risk=res.risk, diverged=res.diverged, diverged_at=res.diverged_at,
                  gathers=gathers["n"])
         return res

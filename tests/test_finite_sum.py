@@ -61,7 +61,7 @@ def test_log_tail_against_quadrature():
     """float64. eq. (5): ``log G(-s)`` against quadrature of ``G(-s)/phi(s) = int u e^{-us-u^2/2}``
     (scaled by ``1 + s`` so quad sees an O(1) integrand). Tolerance: 1e-13 relative in ``G``, plus
     rounding of the log itself (4 ulp of ``s^2/2``), which dominates for large ``s``."""
-    s = np.concatenate([np.linspace(0.0, 12.0, 49), [2.4999999, 2.5, 2.5000001, 20.0, 38.0, 40.0,
+    s = np.concatenate([np.linspace(0.0, 12.0, 49), [3.9999999, 4.0, 4.0000001, 20.0, 38.0, 40.0,
                                                        100.0, 1e3, 1e5]])
     with jax.enable_x64(True):
         got = np.asarray(fs._log_tail(jnp.asarray(s)))
@@ -119,7 +119,7 @@ def test_h_jit_vmap_and_slope():
         prob = fs.finite_sum(a, 1.0, ks)
         grid = jax.jit(jax.vmap(lambda p: jax.vmap(lambda x: fs.clipped_gradient(p, x))(xs),
                                 in_axes=(fs.FiniteSum(None, None, 0),)))(prob)
-        slope = jax.vmap(jax.grad(lambda x: fs.clipped_gradient(fs.finite_sum(a, 1.0, 2.0), x)))(xs)
+        slope = jax.jit(jax.vmap(jax.grad(lambda x: fs.clipped_gradient(fs.finite_sum(a, 1.0, 2.0), x))))(xs)
     ref = np.array([[ref_h(a, 1.0, k, x) for x in xs] for k in ks])
     np.testing.assert_allclose(np.asarray(grid), ref, rtol=0, atol=1e-12)
     m = xs[:, None] - a[None, :]
@@ -150,8 +150,8 @@ def test_zero_exact_where_h_underflows():
     prob = fs.finite_sum([-3.0, 3.0], 1.0, 0.01)
     with jax.enable_x64(True):
         assert float(fs.clipped_gradient(prob, 0.7)) == 0.0  # underflow: the case this guards
-        assert int(fs._sign_h(prob, jnp.asarray(0.7))) == 1
-        assert int(fs._sign_h(prob, jnp.asarray(-0.7))) == -1
+        sign = jax.jit(jax.vmap(lambda x: fs._sign_h(prob, jnp.ones(2), x)))
+        assert np.asarray(sign(jnp.asarray([-0.7, 0.7]))).tolist() == [-1, 1]
     assert fs.zero_set(prob) == [[0.0, 0.0]]
 
 
@@ -240,8 +240,8 @@ def test_d_dimensional_is_per_coordinate():
 @pytest.mark.parametrize("k", [0.0, 1.0, 3.0])
 def test_sgd_ends_at_predicted_zero(k):
     """float64. 16 seeds x 10 000 steps, step 0.03, from ``x0 = 0``; each seed's iterate averaged
-    over the second half (at least 30 relaxation times ``1 / (eta h')``). Tolerance, eq. (9): 5 standard errors of the seed mean (empirical)
-    plus the curvature shift ``|h''| eta c^2 / (4 h'^2)`` (``k > 0``) or, at the kink of the
+    over the second half (at least 30 relaxation times ``1 / (eta h')``). Tolerance, eq. (9): 5
+    standard errors of the seed mean (empirical) plus the curvature shift ``|h''| eta c^2 / (4 h'^2)`` (``k > 0``) or, at the kink of the
     ``k = 0`` field, one stationary standard deviation ``c sqrt(eta / (2 h'_min))``. The runs
     also end far from ``x*`` while the bias is large (``k = 0, 1``)."""
     a, c, eta = np.asarray(ASYM), 1.0, 0.03
@@ -252,10 +252,10 @@ def test_sgd_ends_at_predicted_zero(k):
     se = avg.std(ddof=1) / math.sqrt(avg.size)
     if k == 0:
         shift = c * math.sqrt(eta / (2 * (1 / 3)))  # one-sided slopes at 0 are 2/3 and 1/3
-    else:
-        with jax.enable_x64(True):
-            h = lambda x: fs.clipped_gradient(prob, x)  # noqa: E731
-            h1, h2 = float(jax.grad(h)(z)), float(jax.grad(jax.grad(h))(z))
+    else:  # h' and h'' from eq. (6) with scipy's normal law
+        lo, hi = (-c - (z - a)) / k, (c - (z - a)) / k
+        h1 = np.mean(stats.norm.cdf(hi) - stats.norm.cdf(lo))
+        h2 = np.mean(stats.norm.pdf(lo) - stats.norm.pdf(hi)) / k
         shift = abs(h2) * eta * c**2 / (4 * h1**2)
     assert abs(avg.mean() - z) <= 5 * se + shift, (avg.mean(), z, se, shift)
     if k <= 1:
@@ -307,3 +307,93 @@ def test_stein_no_bias_with_centred_gaussian_features():
     x = z + np.array([0.8, 0.0, -0.5])
     g = np.clip(-eps, -c, c)[:, None] * x
     assert np.max(np.abs(g.mean(axis=0)) / (g.std(axis=0, ddof=1) / math.sqrt(N))) > 10
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    from clipdyn.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_bias_json_example2(capsys):
+    """float64. ``clipdyn bias`` on Example 2 (negative points after ``--points``): per ``k`` the
+    record ``{k, zeros, x_star}``; the stationary interval ``[-2, 2]`` at ``k = 0`` and the point 0
+    for ``k > 0``, equal to the library's values."""
+    code, out, err = run_cli(capsys, "bias", "--points", "-3,3", "--clip", "1",
+                             "--perturbation", "0,0.5,2", "--json")
+    assert code == 0, err
+    recs = json.loads(out)
+    assert [set(r) for r in recs] == [{"k", "zeros", "x_star"}] * 3
+    assert [r["k"] for r in recs] == [0.0, 0.5, 2.0]
+    assert recs[0]["zeros"] == [[-2.0, 2.0]]
+    assert recs[1]["zeros"] == recs[2]["zeros"] == [[0.0, 0.0]]
+    assert all(r["x_star"] == 0.0 for r in recs)
+
+
+def test_cli_bias_table_and_skewed_values(capsys):
+    """float64. Table header, one row per ``k``, and the JSON zeros equal ``zero_interval``'s."""
+    code, out, _ = run_cli(capsys, "bias", "--points=-1,0,5", "--clip", "1", "--perturbation", "0,1")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["k", "zero_lo", "zero_hi", "x_star", "bias"] and len(lines) == 3
+    code, out, _ = run_cli(capsys, "bias", "--points=-1,0,5", "--clip", "1", "--perturbation", "0,1",
+                           "--json")
+    z = fs.zero_interval(fs.finite_sum(ASYM, 1.0, np.array([0.0, 1.0])))
+    assert [r["zeros"] for r in json.loads(out)] == [[z[0].tolist()], [z[1].tolist()]]
+
+
+@pytest.mark.parametrize("argv, bad", [
+    (["--points", "1,nan", "--clip", "1"], "nan"),
+    (["--points", "1,x", "--clip", "1"], "'x'"),
+    (["--points", "1,2", "--clip", "0"], "--clip=0"),
+    (["--points", "1,2", "--clip", "inf"], "--clip=inf"),
+    (["--points", "1,2", "--clip", "1", "--perturbation", "0,-1"], "-1.0"),
+    (["--points", ",", "--clip", "1"], "empty"),
+    (["--clip", "1"], "--points"),
+])
+def test_cli_bias_errors(capsys, argv, bad):
+    """Bad input: exit status 2 and one line on stderr naming the bad value."""
+    code, out, err = run_cli(capsys, "bias", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("clipdyn: error: ") and err.count("\n") == 1 and bad in err
+
+
+# ---- input validation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("points, clip, k, bad", [
+    ([], 1.0, 0.0, "points of shape (0,)"),
+    ([[[1.0]]], 1.0, 0.0, "points of shape (1, 1, 1)"),
+    ([1.0, np.nan], 1.0, 0.0, "nan"),
+    ([1.0, np.inf], 1.0, 0.0, "inf"),
+    ([1.0, 2.0], 0.0, 0.0, "clip c=0.0"),
+    ([1.0, 2.0], -1.0, 0.0, "clip c=-1.0"),
+    ([1.0, 2.0], np.inf, 0.0, "clip c=inf"),
+    ([1.0, 2.0], np.nan, 0.0, "clip c=nan"),
+    ([1.0, 2.0], 1.0, -0.5, "perturbation k=-0.5"),
+    ([1.0, 2.0], 1.0, np.inf, "perturbation k=inf"),
+    ([1.0, 2.0], 1.0, [0.0, np.nan], "perturbation k=[0.0, nan]"),
+])
+def test_finite_sum_rejects_bad_input(points, clip, k, bad):
+    with pytest.raises(ValueError, match="not allowed") as err:
+        fs.finite_sum(points, clip, k)
+    assert bad in str(err.value)
+
+
+def test_functions_reject_bad_input():
+    prob = fs.finite_sum(ASYM, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"x of shape \(2,\)"):
+        fs.clipped_gradient(prob, np.zeros(2))
+    with pytest.raises(ValueError, match="scalar k"):
+        fs.zero_set(prob._replace(perturbation=np.array([0.0, 1.0])))
+    for kwargs, bad in ((dict(step=0.0), "step=0.0"), (dict(step=math.nan), "step=nan"),
+                        (dict(steps=0), "steps=0"), (dict(steps=10, record_every=3), "multiple"),
+                        (dict(seeds=[]), "seeds=[]"), (dict(seeds=[0.5]), "seeds=[0.5]"),
+                        (dict(x0=np.zeros(2)), "x0 of shape (2,)"), (dict(x0=math.inf), "x0")):
+        args = dict(x0=0.0, step=0.1, steps=10, seeds=[0], record_every=1) | kwargs
+        with pytest.raises(ValueError) as err:
+            fs.clipped_sgd(prob, **args)
+        assert bad in str(err.value)

@@ -202,7 +202,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(sw, "_sharded_runner", counting)
-    calls["fail_at"] = 3
+    calls["fail_at"] = 5  # 2 calls (seeds) per chunk: chunks 0 and 1 finish, chunk 2 is interrupted
     with pytest.raises(_Interrupt):
         sw.run_sweep(problem, scheds, [0, 1], 1.0, 3, chunk_size=2, out=out, progress=False)
     partial = tmp_path / "sweep.npz.partial"
@@ -210,7 +210,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert not out.exists()
     calls.update(n=0, fail_at=None)
     res = sw.run_sweep(problem, scheds, [0, 1], 1.0, 3, chunk_size=2, out=out, progress=False)
-    assert calls["n"] == 1  # only the unfinished third chunk ran
+    assert calls["n"] == 2  # only the unfinished third chunk ran (once per seed)
     full = sw.run_sweep(problem, scheds, [0, 1], 1.0, 3, chunk_size=2, progress=False)
     np.testing.assert_array_equal(res.risk, full.risk)
     arrays, meta = load_results(out)
@@ -220,6 +220,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     # A different sweep refuses to reuse another sweep's chunks.
     partial.mkdir()
     (partial / "fingerprint").write_text("something else")
+    np.savez(partial / "chunk_000000.npz", risk=np.zeros((2, 2, 3)))  # a finished chunk of it
     with pytest.raises(ValueError, match="different sweep"):
         sw.run_sweep(problem, scheds, [0, 1], 1.0, 3, chunk_size=2, out=out, progress=False)
 

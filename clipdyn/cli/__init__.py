@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from clipdyn.cli import sim, theory
+from clipdyn.cli import bias, sim, theory
 from clipdyn.cli.common import CLIError, Parser
 
 __all__ = ["main", "make_parser"]
@@ -26,12 +26,7 @@ def make_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     theory.add_commands(sub)
     sim.add_commands(sub)
-    try:  # TODO(lead): plain import once clipdyn/cli/bias.py lands
-        from clipdyn.cli import bias
-    except ImportError:
-        bias = None
-    if bias is not None:
-        bias.add_command(sub)
+    bias.add_command(sub)
     return parser
 
 

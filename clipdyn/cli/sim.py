@@ -22,8 +22,7 @@ import warnings
 import numpy as np
 
 from clipdyn.cli.common import (add_problem_args, build_problem, emit, format_table, int_at_least,
-                                none_if_nan, non_negative_list, positive_list, problem_from_args,
-                                threshold_list)
+                                none_if_nan, non_negative_list, positive_list, problem_from_args)
 from clipdyn.results import seed_statistics
 
 __all__ = ["add_commands"]
@@ -119,47 +118,33 @@ def _sweep_schedules(args, law, rule=None):
     """The schedules of ``clipdyn sweep``: every threshold x every learning rate (feedback
     schedules use the factors of ``rule``)."""
     from clipdyn import schedules as sch
-    from clipdyn.specs import _split, parse_float, parse_list
+    from clipdyn.specs import parse_clip_list
 
     etas = positive_list(args.eta, "--eta")
-    text = args.clip.strip().lower()
+    clips = parse_clip_list(args.clip, "--clip")
     records, scheds = [], []
-    if text == "max-ccc":
+    if clips[0].kind == "max-ccc":
         base = sch.max_ccc(float(etas[0]), law, rule=rule)
         for e in etas:
             scheds.append(sch.MaxCCC(float(e), base.noise, base.log_R, base.u, base.rule))
             records.append({"eta": float(e), "clip": "max-ccc"})
-    elif text.startswith("heuristic"):
-        _, params = _split(text, "clip")
-        if "kappa" not in params:
-            raise ValueError("--clip heuristic needs kappa=LIST, e.g. heuristic:kappa=0.5/1/2")
-        kappas = parse_list(params["kappa"].replace("/", ","), "heuristic kappa")
-        sigma2 = parse_float(params["sigma2"], "heuristic sigma2") if "sigma2" in params else None
-        for k in kappas:
-            for e in etas:
-                scheds.append(sch.heuristic(float(e), float(k), law, sigma2, rule=rule))
-                records.append({"eta": float(e), "clip": f"heuristic:kappa={k:g}", "kappa": float(k)})
-    else:
-        for c in threshold_list(args.clip, "--clip"):
-            for e in etas:
-                scheds.append(sch.constant(float(e), float(c)))
-                records.append({"eta": float(e), "clip": float(c)})
+        return scheds, records
+    for spec in clips:
+        for e in etas:
+            if spec.kind == "heuristic":
+                scheds.append(sch.heuristic(float(e), spec.kappa, law, spec.sigma2, rule=rule))
+                records.append({"eta": float(e), "clip": spec.describe(), "kappa": spec.kappa})
+            else:
+                scheds.append(sch.constant(float(e), spec.value))
+                records.append({"eta": float(e), "clip": spec.value})
     return scheds, records
 
 
 def _n_clips(args) -> int:
     """How many thresholds ``--clip`` lists (without building their schedules)."""
-    from clipdyn.specs import _split, parse_list
+    from clipdyn.specs import parse_clip_list
 
-    text = args.clip.strip().lower()
-    if text == "max-ccc":
-        return 1
-    if text.startswith("heuristic"):
-        _, params = _split(text, "clip")
-        if "kappa" not in params:
-            raise ValueError("--clip heuristic needs kappa=LIST, e.g. heuristic:kappa=0.5/1/2")
-        return len(parse_list(params["kappa"].replace("/", ","), "heuristic kappa"))
-    return len(threshold_list(args.clip, "--clip"))
+    return len(parse_clip_list(args.clip, "--clip"))
 
 
 def _sweep_rules(args):
@@ -211,6 +196,7 @@ def _sweep(args) -> None:
     from clipdyn.rules import static_signature
 
     from clipdyn.results import results_paths
+    from clipdyn.specs import parse_int
     from clipdyn.validation import output_path
 
     npz, sidecar = results_paths(output_path(args.out, "--out"))
@@ -228,7 +214,7 @@ def _sweep(args) -> None:
             all_scheds.append(sched)
             all_rules.append(rule)
             all_records.append({**rec, **rrec})
-    chunk = int_at_least(args.chunk_size, "--chunk-size", 1) if args.chunk_size is not None else None
+    chunk = None if args.chunk_size is None else parse_int(args.chunk_size, "--chunk-size", 1)
     config = {"spectrum": args.spectrum, "noise": args.noise, "data": args.data,
               "features": args.features, "eta": args.eta, "clip": args.clip,
               "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,

@@ -31,7 +31,8 @@ def cmd_factors(args) -> None:
     c = threshold_list(args.c, "--c")
     RR, CC = np.meshgrid(R, c, indexing="ij")
     f = jax.jit(lambda r, cc: factors.reduction_factors(law, r, cc, rule))(RR.ravel(), CC.ravel())
-    f = {k: np.asarray(v) for k, v in f._asdict().items()}
+    f = {k: np.asarray(v) for k, v in f._asdict().items()
+         if not k.startswith("iso") or rule.use_dp or rule.use_preclip}
     records = [
         {"R": float(r), "c": float(cc), **{k: float(f[k][i]) for k in f}}
         for i, (r, cc) in enumerate(zip(RR.ravel(), CC.ravel()))

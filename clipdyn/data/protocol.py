@@ -245,13 +245,20 @@ class DataProblem:
         return f"{self.source} features={self.feature_map.describe()}"
 
     def summary(self) -> dict:
-        """The numbers a results file records about the dataset."""
+        """The numbers a results file records about the dataset.
+
+        ``row_norm2_*`` describe ``r_j = ||x_j||^2 / Tr K`` (mean exactly 1): the ODE assumes
+        ``r_j -> 1`` (Gaussian features, eq. (5.1)); ``E r^2`` is their second moment and the
+        factor by which unclipped SGD's stable learning rates shrink (eq. (5.2)).
+        """
         res = self.residuals
+        r = np.einsum("ij,ij->i", self.features, self.features) / self.trace  # mean exactly 1
         return {"data": self.describe(), "origin": self.origin, "fingerprint": self.fingerprint,
                 "protocol": PROTOCOL_VERSION, "N": self.N, "d": self.d, "d_in": self.d_in,
                 "n_dropped_columns": self.n_dropped_columns, "rank": self.rank, "kind": self.kind,
                 "n_classes": self.n_classes, "trace": self.trace, "d_int": self.d_int,
-                "R0": self.R0, "residual_mean": float(res.mean()),
+                "R0": self.R0, "row_norm2_second_moment": float(np.mean(r * r)),
+                "row_norm2_max": float(r.max()), "residual_mean": float(res.mean()),
                 "residual_second_moment": float(np.mean(res ** 2)),
                 "residual_excess_kurtosis": float(np.mean((res - res.mean()) ** 4) / res.var() ** 2 - 3)
                 if res.var() > 0 else 0.0}

@@ -243,11 +243,12 @@ def load_sklearn(name: str) -> Dataset:
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes and NumPy arrays only: a pickle is code, and a folder given
-    on the command line must not run any."""
+    on the command line must not run any. (``_codecs.encode`` is how Python 3 pickles bytes at
+    protocol 2; it only turns text into bytes.)"""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:

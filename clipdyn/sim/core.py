@@ -100,7 +100,7 @@ class Sample(NamedTuple):
 
     x: Array
     eps: Array
-    extra: Array
+    extra: Array | None = None
 
 
 def _pad(a: np.ndarray, pad: int, dtype) -> Array:

@@ -45,6 +45,22 @@ def block_size(d_pad: int, n_rows: int) -> int:
     return int(max(1, min(64, 2**22 // (d_pad * n_rows))))
 
 
+BLOCK_STEPS = 256
+SUB_STEPS = 8
+
+
+def engine_block(d_pad: int, n_rows: int) -> tuple[int, int]:
+    """``(block, sub)`` of the block engine: steps per block and per sub-block of its recurrence.
+
+    Blocks of up to :data:`BLOCK_STEPS` steps (at most ``2^22`` floats of rows, like the draws),
+    a multiple of the sub-block of :data:`SUB_STEPS` steps.
+    """
+    sub = SUB_STEPS
+    block = min(BLOCK_STEPS, 2**22 // (d_pad * n_rows))
+    block = max(sub, block // sub * sub)
+    return int(block), int(sub)
+
+
 @functools.partial(jax.jit, static_argnames=("method", "engine"))
 def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sgd",
               divergence_factor=1e6, dt=None, engine: str = "step"):
@@ -108,7 +124,8 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
         def interval(states, bounds):
             lo, hi = bounds
             if engine == "block":
-                states = block_sgd(prob, schedules, rules, stream_key, states, lo, hi, block, bound)
+                big, sub = engine_block(prob.lam.shape[0], batch + n_extra)
+                states = block_sgd(prob, schedules, rules, stream_key, states, lo, hi, big, bound, sub)
             else:
                 n_blocks = (hi - lo + block - 1) // block
                 states, _, _ = jax.lax.fori_loop(0, n_blocks, run_block, (states, lo, hi))

@@ -12,7 +12,7 @@ step needs ``Omega(M / log M)`` (eqs. (4)-(6)). This module gives
   and the step that guarantees descent, ``1 / (L0 + L1 M)`` (:func:`descent_step`, eq. (2));
 * :func:`run_gd`, a jitted ``lax.while_loop`` that counts iterations to ``||grad f|| <= eps``
   and says honestly when a run did not get there (cap, increase of ``f``, divergence), and
-  :func:`best_descending_step`, the best fixed step on a grid that decreases ``f`` monotonically;
+  :func:`best_descending_step`, the best rule of a grid that decreases ``f`` monotonically;
 * :func:`local_smoothness`, the authors' estimator along a training step ``Delta``,
   ``||grad f(x + Delta/2) - grad f(x)|| / ||Delta/2||`` (eq. (7)), on any parameter pytree;
 * :func:`training_trace`: the estimator along minibatch training with an optax optimiser (the
@@ -331,7 +331,7 @@ def run_gd(fn, x0: ArrayLike, rule: StepRule, eps: float, max_iter: int,
         fn: a test function (:class:`CoshSum`, :class:`QuarticSum`, :class:`Quadratic`, or any
             pytree with ``value`` and ``grad``).
         x0: the start, a 1-D array; its dtype is the run's.
-        rule: a :class:`StepRule` (a batch of rules: ``jax.vmap`` over this function's core).
+        rule: a :class:`StepRule` of scalars (for a batch, :func:`best_descending_step`).
         eps: gradient-norm tolerance, ``> 0``.
         max_iter: iteration cap, ``>= 1`` (at most ``2^31 - 1``).
         stop_on_increase: stop at the first step that increases ``f`` (used by
@@ -423,32 +423,35 @@ def local_smoothness(grad_fn: Callable, x, delta) -> Smoothness:
 
 
 class TrainingTrace(NamedTuple):
-    """Per training step ``t`` of :func:`training_trace` (arrays of length ``steps``).
+    """What :func:`training_trace` records; step ``t`` takes ``x_t`` to ``x_{t+1}``.
 
-    ``loss`` and ``grad_norm``: the full objective and its gradient norm at ``x_t``, before the
-    step; ``smoothness``: the estimate along the step ``Delta_t = x_{t+1} - x_t``;
-    ``batch_grad_norm``: the norm of the minibatch gradient the optimiser was fed. ``final_loss``:
-    the objective after the last step. ``diverged_at``: the first step whose loss is not finite
-    (``-1`` if none); values from there on are not to be read as results.
+    ``loss``: the full objective at ``x_t`` for every step (before it); ``batch_grad_norm``: the
+    norm of the minibatch gradient fed to the optimiser, every step; ``grad_norm`` and
+    ``smoothness``: ``||grad f(x_t)||`` and the estimate along ``Delta_t = x_{t+1} - x_t`` at the
+    measured steps ``t = 0, m, 2m, ...`` (``m = measure_every``); ``final_loss``: the objective
+    after the last step; ``diverged_at``: the first step whose loss is not finite (``-1`` if
+    none; the last step's index + 1 if only the final loss is), values from there on are not
+    results.
     """
 
     loss: Array
+    batch_grad_norm: Array
     grad_norm: Array
     smoothness: Array
-    batch_grad_norm: Array
     final_loss: Array
     diverged_at: Array
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "make_tx", "measure"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "make_tx", "measure_every"))
 def training_trace(loss_fn: Callable, make_tx: Callable, hparams, params, data, batches: Array,
-                   measure: bool = True) -> TrainingTrace:
+                   measure_every: int = 1) -> TrainingTrace:
     """Train with an optax optimiser on minibatches and measure Zhang et al.'s smoothness along the way.
 
-    At every step the full objective ``f = loss_fn(., data)`` is evaluated at ``x_t``, the
-    optimiser takes its step from the minibatch gradient, and :func:`local_smoothness` of ``f``
-    is measured along that step (theory/l0l1.md, eq. (7)): the gradient in the estimate is the
-    full-data gradient, the step the one training took.
+    At every step the full objective ``f = loss_fn(., data)`` is evaluated at ``x_t`` and the
+    optimiser steps from the minibatch gradient; every ``measure_every`` steps
+    :func:`local_smoothness` of ``f`` is measured along that step (theory/l0l1.md, eq. (7)): the
+    gradient in the estimate is the full-data gradient, the step the one training took (the
+    measurements never feed back into training).
 
     Args:
         loss_fn: ``(params, batch) -> scalar``, ``batch`` a pytree like ``data`` (static: pass
@@ -459,38 +462,45 @@ def training_trace(loss_fn: Callable, make_tx: Callable, hparams, params, data, 
         hparams: the hyperparameters ``make_tx`` reads (a pytree of scalars).
         params: initial parameters (their dtype is the run's).
         data: pytree of arrays with a leading sample axis (the whole training set).
-        batches: ``(steps, batch)`` integer sample indices, one row a step.
-        measure: if false only ``loss`` and ``final_loss`` are computed (``nan`` elsewhere), for
-            cheap learning-rate searches.
+        batches: ``(steps, batch)`` integer sample indices, one row a step; ``steps`` a multiple
+            of ``measure_every``.
+        measure_every: measure at every ``m``-th step (static; two full-data gradients each).
 
     Returns:
         A :class:`TrainingTrace`.
     """
+    if int(measure_every) != measure_every or measure_every < 1 or batches.shape[0] % measure_every:
+        raise ValueError(f"training_trace: measure_every={measure_every} is not allowed; it must be an "
+                         f"integer >= 1 dividing the number of steps, {batches.shape[0]}")
+
     def objective(p):
         return loss_fn(p, data)
 
     full_grad = jax.grad(objective)
     tx = make_tx(hparams)
 
-    def step(carry, idx):
+    def step(carry, idx, measure):
         p, s = carry
-        batch = jax.tree.map(lambda a: a[idx], data)
-        g = jax.grad(loss_fn)(p, batch)
+        g = jax.grad(loss_fn)(p, jax.tree.map(lambda a: a[idx], data))
         updates, s = tx.update(g, s, p)
-        loss = objective(p)
+        out = (objective(p), otu.tree_norm(g))
         if measure:
             est = local_smoothness(full_grad, p, updates)
-            out = (loss, est.grad_norm, est.estimate, otu.tree_norm(g))
-        else:
-            nan = jnp.full_like(loss, jnp.nan)
-            out = (loss, nan, nan, nan)
+            out = out + (est.estimate, est.grad_norm)
         return (optax.apply_updates(p, updates), s), out
 
-    (p, _), (loss, gnorm, est, bnorm) = jax.lax.scan(step, (params, tx.init(params)), batches)
+    def block(carry, idx):
+        carry, (loss0, bnorm0, est, gnorm) = step(carry, idx[0], True)
+        carry, (loss, bnorm) = jax.lax.scan(functools.partial(step, measure=False), carry, idx[1:])
+        return carry, (jnp.append(loss0, loss), jnp.append(bnorm0, bnorm), est, gnorm)
+
+    blocks = batches.reshape(-1, measure_every, batches.shape[1])
+    (p, _), (loss, bnorm, est, gnorm) = jax.lax.scan(block, (params, tx.init(params)), blocks)
+    loss, bnorm = loss.reshape(-1), bnorm.reshape(-1)
     final = objective(p)
     bad = ~jnp.isfinite(jnp.append(loss, final))
     diverged_at = jnp.where(bad.any(), jnp.argmax(bad), -1)
-    return TrainingTrace(loss, gnorm, est, bnorm, final, diverged_at)
+    return TrainingTrace(loss, bnorm, gnorm, est, final, diverged_at)
 
 
 def loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
@@ -500,11 +510,12 @@ def loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
     training trajectory consecutive points are correlated, so it understates the uncertainty
     there and is reported as a guide, not a test tolerance.
     """
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    if lx.shape != ly.shape or lx.ndim != 1 or lx.size < 3:
-        raise ValueError(f"loglog_slope: needs two 1-D arrays of the same length >= 3; got {lx.shape}, {ly.shape}")
-    if not (np.all(np.isfinite(lx)) and np.all(np.isfinite(ly))):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 3:
+        raise ValueError(f"loglog_slope: needs two 1-D arrays of the same length >= 3; got {x.shape}, {y.shape}")
+    if not (np.all(np.isfinite(x) & (x > 0)) and np.all(np.isfinite(y) & (y > 0))):
         raise ValueError("loglog_slope: values must be finite and > 0")
+    lx, ly = np.log(x), np.log(y)
     xm, ym = lx - lx.mean(), ly - ly.mean()
     sxx = float(xm @ xm)
     if not sxx > 0:

@@ -1,0 +1,365 @@
+"""The Python API validates its arguments as the command line does, the noiseless limit agrees
+across laws, and importing clipdyn leaves JAX's precision setting alone (issue 12, items 9, 11,
+12, 15, 16).
+
+Precision: float64 (the suite enables x64 globally in conftest.py), except where a test says it
+switches x64 off (inside a fixture that restores it) or runs a fresh interpreter, which is how a
+user's process starts.
+"""
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import clipdyn as cd
+from clipdyn import factors, validation
+from clipdyn.ode import solve_ode
+from clipdyn.problem import identity_spectrum, make_problem, power_law_spectrum
+from clipdyn.schedules import PiecewiseConstant, TimeVarying, constant, heuristic, max_ccc
+from clipdyn.tuning import bisect_max_lr, optimize_lr_schedule
+
+
+# --- item 11: zero scale is the noiseless law, for every law ---------------------------------
+
+ZERO_SCALE = {
+    "student-t df=1.5": cd.StudentT(1.5, 0.0),
+    "student-t df=3": cd.StudentT(3.0, 0.0),
+    "cauchy": cd.cauchy(0.0),
+    "rademacher": cd.Rademacher(0.0),
+    "mixture": cd.GaussianMixture([0.3, 0.7], [0.0, 0.0], [0.0, 0.0]),
+    "empirical": cd.Empirical(np.zeros(4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_SCALE))
+def test_every_law_at_zero_scale_has_gaussian_zero_factors(name):
+    # Today student-t/cauchy with scale 0 report E[eps^2] = inf, so nu = 0 and CCC = inf.
+    # Each law's mixture representation is then one atom at 0 (weights summing to 1), so the
+    # factors agree with Gaussian(0) to rounding: 1e-13 relative allows a few ulps per term.
+    law = ZERO_SCALE[name]
+    ref = cd.Gaussian(0.0)
+    R = jnp.asarray([1e-6, 0.5, 30.0])[:, None]
+    c = jnp.asarray([0.0, 1e-3, math.sqrt(2.0), 50.0, math.inf])[None, :]
+    got, want = cd.reduction_factors(law, R, c), cd.reduction_factors(ref, R, c)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-13, atol=0)
+    assert float(law.second_moment) == 0.0 and float(law.mean) == 0.0 and float(law.variance) == 0.0
+    assert math.isinf(float(cd.optimal_threshold(law, 0.5)))
+
+
+def test_noiseless_factors_match_the_closed_form():
+    # Gaussian(0) at R = 0.5: w ~ N(0, 1), so mu = erf(c / sqrt 2) and nu_abs is THEORY.md
+    # section 3's closed form with s2 = 1 (independent reference: math.erf, float64).
+    from clipdyn.specs import parse_noise
+
+    c = z = math.sqrt(2.0)
+    mu = math.erf(z / math.sqrt(2))
+    nu_abs = mu - math.sqrt(2 / math.pi) * z * math.exp(-z * z / 2) + z * z * math.erfc(z / math.sqrt(2))
+    f = cd.reduction_factors(cd.Gaussian(0.0), 0.5, c)
+    assert float(f.mu) == pytest.approx(mu, rel=1e-14)
+    assert float(f.nu_abs) == pytest.approx(nu_abs, rel=1e-13)
+    assert float(f.ccc) == pytest.approx(mu * mu / nu_abs, rel=1e-13)
+
+    for text in ("student-t:df=1.5,scale=0", "cauchy:scale=0", "gaussian:sigma=0"):
+        assert float(cd.ccc(parse_noise(text), 0.5, c)) == pytest.approx(mu * mu / nu_abs, rel=1e-13)
+
+
+def test_zero_scale_heuristic_needs_no_sigma2():
+    # scale = 0 has E[eps^2] = 0, so the heuristic's default sigma^2 exists for every df.
+    s = heuristic(1.0, 1.0, cd.cauchy(0.0))
+    assert float(s.sigma2) == 0.0
+
+
+# --- item 12: mixture weights and 2-D atoms --------------------------------------------------
+
+def test_mixture_weights_must_sum_to_one():
+    with pytest.raises(ValueError, match=r"weights=\[0.5, 0.6\] is not allowed; weights must sum to 1"):
+        cd.GaussianMixture([0.5, 0.6], [0.0, 1.0], [1.0, 1.0])
+    law = cd.GaussianMixture([0.25, 0.75], [0.0, 1.0], [1.0, 1.0])
+    np.testing.assert_array_equal(law.weights, [0.25, 0.75])
+
+
+def test_empirical_atoms_must_be_one_dimensional():
+    with pytest.raises(ValueError, match=r"1-D array; got shape \(2, 3\)"):
+        cd.Empirical(np.ones((2, 3)))
+
+
+# --- item 9: magnitudes whose squares would overflow -----------------------------------------
+
+@pytest.mark.parametrize("make, text", [
+    (lambda: cd.GaussianMixture([0.5, 0.5], [1e300, -1e300], [1.0, 1.0]), "means="),
+    (lambda: cd.Empirical(np.array([1.0, 1e300])), r"atoms\[1\]=1e\+300"),
+    (lambda: cd.Gaussian(1e-120), "sigma=1e-120"),
+    (lambda: make_problem(np.array([1e-320]), cd.Gaussian(1.0)), "largest eigenvalue"),
+    (lambda: make_problem(np.array([1e308, 1.0]), cd.Gaussian(1.0)), "entry 0"),
+    (lambda: make_problem(np.ones(3), cd.Gaussian(1.0), R0=1e300), r"R0=1e\+300"),
+    (lambda: make_problem(np.ones(3), cd.Gaussian(1.0), v0=np.full(3, 1e-320)), "initial risk"),
+    (lambda: power_law_spectrum(1000, -60.0), r"entry 46 is 2.1\d*e\+100"),
+    (lambda: cd.reduction_factors(cd.Gaussian(1.0), 0.5, 1e200), r"c=1e\+200"),
+    (lambda: cd.reduction_factors(cd.Gaussian(1.0), 1e308, 1.0), r"R=1e\+308"),
+    (lambda: identity_spectrum(10**15), "needs about"),
+])
+def test_values_outside_float64s_safe_range_are_refused_with_the_reason(make, text):
+    # Today these give nan factors (c = 1e200: c^2 overflows), inf/nan problems or MemoryError.
+    with pytest.raises(ValueError, match=text):
+        make()
+
+
+def test_values_at_the_bounds_give_exact_scaled_factors():
+    # eps -> a eps, R -> a^2 R, c -> a c leaves mu unchanged and multiplies nu_abs by a^2
+    # (w scales by a). At a = 1e+-49, R ~ a^2 is near the magnitude bounds 1e+-100; agreement to
+    # 1e-13 relative (rounding) shows the bounds leave the numbers exact, not merely finite.
+    base = cd.reduction_factors(cd.Gaussian(1.0), 0.5, math.sqrt(2.0))
+    for a in (1e-49, 1e49):
+        f = cd.reduction_factors(cd.Gaussian(a), 0.5 * a * a, math.sqrt(2.0) * a)
+        assert float(f.mu) == pytest.approx(float(base.mu), rel=1e-13)
+        assert float(f.nu_abs) / (a * a) == pytest.approx(float(base.nu_abs), rel=1e-13)
+        assert float(f.ccc) == pytest.approx(float(base.ccc), rel=1e-13)
+
+
+# --- item 15: the public functions validate their arguments ---------------------------------
+
+LAW = cd.Gaussian(1.0)
+FACTOR_FNS = [cd.reduction_factors, cd.mu, cd.nu_abs, cd.nu, cd.ccc, cd.csc, cd.max_stable_lr]
+
+
+@pytest.mark.parametrize("fn", FACTOR_FNS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("R, c, text", [
+    (-1.0, 1.0, "R=-1.0 is not allowed; R must be finite and > 0"),
+    (0.0, 1.0, "R=0.0 is not allowed"),
+    (math.inf, 1.0, "R=inf is not allowed"),
+    (math.nan, 1.0, "R=nan is not allowed"),
+    (0.5, math.nan, "c=nan is not allowed; c must be >= 0"),
+    (0.5, -1.0, "c=-1.0 is not allowed"),
+    (0.5, "1", "c='1' is not allowed; c must be a real number"),
+    ([0.5, -2.0], 1.0, r"R=\[0.5, -2.0\] is not allowed"),
+])
+def test_factor_functions_refuse_bad_R_and_c(fn, R, c, text):
+    # Today R=-1, c=nan returns numbers (the threshold treated as unclipped).
+    with pytest.raises(ValueError, match=text):
+        fn(LAW, R, c)
+
+
+def test_optimal_threshold_refuses_bad_R_and_static_arguments():
+    for R, text in [(-1.0, "R=-1.0"), (0.0, "R=0.0"), (math.nan, "R=nan")]:
+        with pytest.raises(ValueError, match=text):
+            cd.optimal_threshold(LAW, R)  # today: 1e-4 for R = -1
+    with pytest.raises(ValueError, match="grid=2"):
+        cd.optimal_threshold(LAW, 0.5, grid=2)
+    with pytest.raises(ValueError, match="iters=1.5"):
+        cd.optimal_threshold(LAW, 0.5, iters=1.5)
+
+
+@pytest.mark.parametrize("fn", FACTOR_FNS, ids=lambda f: f.__name__)
+def test_factor_functions_refuse_something_that_is_not_a_law(fn):
+    with pytest.raises(ValueError, match="noise must be a clipdyn noise law .*got str 'gaussian'"):
+        fn("gaussian", 0.5, 1.0)
+
+
+def test_traced_arguments_pass_unchecked_and_still_compute():
+    # Inside jit the values are tracers: nothing to check, and the result equals the eager one.
+    got = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, 1.0)
+    assert float(got) == float(cd.mu(LAW, 0.5, 1.0))
+    grads = jax.vmap(jax.grad(lambda c: cd.nu_abs(LAW, 0.5, c)))(jnp.asarray([0.5, 1.0]))
+    assert grads.shape == (2,)
+
+
+@pytest.mark.parametrize("make, text", [
+    (lambda: make_problem(np.ones(4), "gaussian"), "noise must be a clipdyn noise law"),
+    (lambda: cd.StudentT(df="3"), "df='3' is not allowed; df must be a real number"),
+    (lambda: cd.Gaussian(True), "sigma=True is not allowed; sigma must be a real number"),
+    (lambda: cd.Gaussian(1 + 1j), "sigma=.* must be a real number"),
+    (lambda: cd.GaussianMixture(["0.5", "0.5"], [0.0, 0.0], [1.0, 1.0]), "weights=.*real number"),
+    (lambda: cd.Empirical(np.array([1.0 + 2.0j])), "must hold real numbers"),
+    (lambda: cd.Empirical(["a", "b"]), "must hold real numbers"),
+    (lambda: constant("1", 0.5), "eta='1' is not allowed; eta must be a real number"),
+    (lambda: constant(1.0, "inf"), "clip='inf' is not allowed"),
+    (lambda: constant(1.0, 1e200), "clip=1e\\+200"),
+    (lambda: TimeVarying("1"), "eta_fn='1'"),
+    (lambda: PiecewiseConstant([2.0, 1.0], [1.0, 1.0, 1.0]), "boundaries must be increasing"),
+    (lambda: PiecewiseConstant([1.0], [1.0]), r"len\(etas\) = len\(boundaries\) \+ 1"),
+    (lambda: max_ccc(1.0, "gaussian"), "noise must be a clipdyn noise law"),
+    (lambda: max_ccc(1.0, LAW, points=1), "points=1"),
+    (lambda: heuristic(1.0, 1.0, "gaussian"), "noise must be a clipdyn noise law"),
+    (lambda: cd.StudentT(3.0, 1.0, n_nodes=1.5), "n_nodes=1.5"),
+])
+def test_constructors_refuse_wrong_types_and_values(make, text):
+    # Today strings convert through float() and fail later inside jit with an AttributeError.
+    with pytest.raises(ValueError, match=text):
+        make()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(identity_spectrum(4), cd.Gaussian(0.5))
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(schedule=0.5), r"schedule must be a clipdyn schedule \(callable \(t, R\) -> \(eta, c\)\); got float"),
+    (dict(problem="p"), "problem must be a clipdyn Problem"),
+    (dict(T=-1.0), "T=-1.0 is not allowed; T must be finite and > 0"),
+    (dict(T=math.inf), "T=inf"),
+    (dict(points=2.5), "points=2.5 is not allowed; points must be an integer >= 2"),
+    (dict(rtol=0.0), r"rtol=0.0 is not allowed; rtol must be a relative tolerance in \[1e-14, 0.1\]"),
+    (dict(rtol=math.nan), "rtol=nan"),
+    (dict(rtol=-1.0), "rtol=-1.0"),
+    (dict(rtol=1.0), "rtol=1.0"),
+    (dict(rtol=math.inf), "rtol=inf"),
+    (dict(atol=-1.0), "atol=-1.0"),
+    (dict(max_steps=0), "max_steps=0"),
+    (dict(divergence_factor=0.0), "divergence_factor=0.0 is not allowed"),
+    (dict(divergence_factor=-1.0), "divergence_factor=-1.0"),
+    (dict(times=["0", "1"]), "times="),
+])
+def test_solve_ode_refuses_bad_arguments(problem, kwargs, text):
+    args = dict(problem=problem, schedule=constant(1.0, 0.5), T=1.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=text):
+        solve_ode(args.pop("problem"), args.pop("schedule"), args.pop("T"), **args)
+
+
+def test_tuning_functions_refuse_bad_arguments(problem):
+    with pytest.raises(ValueError, match="T=-1.0"):
+        optimize_lr_schedule(problem, -1.0)
+    with pytest.raises(ValueError, match="pieces=0"):
+        optimize_lr_schedule(problem, 1.0, pieces=0)
+    with pytest.raises(ValueError, match="is_stable must be a function"):
+        bisect_max_lr(3, 0.1, 1.0)
+    with pytest.raises(ValueError, match="iters=0"):
+        bisect_max_lr(lambda e: e < 1, 0.1, 2.0, iters=0)
+
+
+# The validators the simulators and the command line call (their wiring is the lead's).
+
+@pytest.mark.parametrize("value, text", [
+    ([0.5], r"seeds\[0\]=0.5 is not allowed; seeds\[0\] must be an integer >= 0"),
+    (3, "seeds=3 is not allowed; seeds must be a sequence of integer seeds, e.g. range"),
+    ("012", "seeds='012'"),
+    ([], "at least one seed"),
+    ([0, 1, 0], r"seed\(s\) \[0\] repeated"),
+    ([-1], r"seeds\[0\]=-1"),
+    ([2**40], r"seeds\[0\]=1099511627776"),
+    ([True], r"seeds\[0\]=True"),
+])
+def test_seeds_validator(value, text):
+    with pytest.raises(ValueError, match=text):
+        validation.seeds(value)
+
+
+def test_seeds_validator_accepts_ranges_arrays_and_integral_floats():
+    np.testing.assert_array_equal(validation.seeds(range(3)), [0, 1, 2])
+    np.testing.assert_array_equal(validation.seeds(np.arange(2, 4)), [2, 3])
+    np.testing.assert_array_equal(validation.seeds([1.0, 5]), [1, 5])
+
+
+@pytest.mark.parametrize("call, text", [
+    (lambda: validation.integer("chunk_size", 1.5, 1), "chunk_size=1.5 is not allowed; chunk_size must be an integer >= 1"),
+    (lambda: validation.integer("chunk_size", "4", 1), "chunk_size='4'.*not str"),
+    (lambda: validation.integer("chunk_size", 0, 1), "chunk_size=0"),
+    (lambda: validation.positive("dt", 0.0, bounded=False), "dt=0.0 is not allowed; dt must be finite and > 0"),
+    (lambda: validation.positive("divergence_factor", -2.0, bounded=False), "divergence_factor=-2.0"),
+    (lambda: validation.rtol(1e-16, "--rtol"), "--rtol=1e-16"),
+    (lambda: validation.output_path("", "--out"), "--out='' is not allowed; --out must name a file"),
+    (lambda: validation.output_path("runs/", "--out"), "--out='runs/'"),
+])
+def test_simulation_and_cli_validators(call, text):
+    with pytest.raises(ValueError, match=text):
+        call()
+    assert validation.optional_integer("chunk_size", None, 1) is None
+    assert validation.integer("chunk_size", 4.0, 1) == 4
+
+
+def test_output_path_refuses_an_existing_folder(tmp_path):
+    with pytest.raises(ValueError, match="is an existing folder"):
+        validation.output_path(str(tmp_path))
+    assert validation.output_path(str(tmp_path / "a.npz")).name == "a.npz"
+
+
+# --- item 16: no global precision change -----------------------------------------------------
+
+@pytest.fixture
+def x64_off():
+    """JAX's default 32-bit mode for one test, restored afterwards (the suite runs in x64)."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def test_entry_points_compute_in_float64_and_restore_32_bit_mode(x64_off):
+    f = cd.reduction_factors(LAW, 0.5, math.sqrt(2.0))
+    assert f.mu.dtype == jnp.float64
+    assert float(f.nu_abs) == pytest.approx(1.032117, abs=5e-7)  # THEORY.md section 5
+    assert not jax.config.jax_enable_x64 and jnp.ones(2).dtype == jnp.float32
+    p = make_problem(power_law_spectrum(10, 0.3), LAW)
+    assert p.lam.dtype == jnp.float64 and p.trace.dtype == jnp.float64
+
+
+def test_inside_a_callers_trace_the_callers_precision_applies(x64_off):
+    # Switching precision in the middle of a 32-bit trace would mix float32 tracers with float64
+    # constants; the documented rule is that the trace's precision applies. float32 agrees with
+    # the float64 value to its own resolution (1e-6 relative).
+    got = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, math.sqrt(2.0))
+    assert got.dtype == jnp.float32
+    assert float(got) == pytest.approx(0.682689492137086, rel=1e-6)
+    with cd.precision.x64():
+        got64 = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, math.sqrt(2.0))
+    assert got64.dtype == jnp.float64 and not jax.config.jax_enable_x64
+
+
+def test_the_x64_context_is_thread_local(x64_off):
+    import threading
+
+    seen = []
+    with cd.precision.x64():
+        t = threading.Thread(target=lambda: seen.append(jnp.ones(1).dtype))
+        t.start()
+        t.join()
+        assert jnp.ones(1).dtype == jnp.float64
+    assert seen == [jnp.float32]
+
+
+def _fresh_python(code: str) -> str:
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_import_leaves_x64_off_and_float64_results_in_a_fresh_process():
+    # A user's process: JAX in its default 32-bit mode. Importing clipdyn must leave it so (today
+    # it switches x64 on), while clipdyn's own numbers stay float64 and accurate: THEORY.md
+    # section 5's check values to the digits quoted there (1e-6; the ODE's to 5e-5).
+    out = _fresh_python("""
+        import math
+        import jax, clipdyn as cd
+        print(jax.config.jax_enable_x64)
+        from clipdyn.problem import make_problem, power_law_spectrum
+        from clipdyn.schedules import constant
+        from clipdyn.ode import solve_ode
+        f = cd.reduction_factors(cd.Gaussian(1.0), 0.5, math.sqrt(2.0))
+        print(f.mu.dtype, float(f.mu), float(f.nu_abs), float(f.ccc), float(f.csc))
+        p = make_problem(power_law_spectrum(1000, 0.3), cd.Gaussian(0.5), R0=1.0)
+        r = solve_ode(p, constant(1.0, 0.5), 4.0, 5)
+        print(r.risk.dtype, float(p.trace), float(r.risk[1]), float(r.risk[4]))
+        import jax.numpy as jnp
+        print(jax.config.jax_enable_x64, jnp.ones(1).dtype)
+    """).split("\n")
+    assert out[0] == "False"
+    dtype, mu, nu_abs, ccc, csc = out[1].split()
+    assert dtype == "float64"
+    assert float(mu) == pytest.approx(0.682689, abs=5e-7)
+    assert float(nu_abs) == pytest.approx(1.032117, abs=5e-7)
+    assert float(ccc) == pytest.approx(0.9031, abs=5e-5)
+    assert float(csc) == pytest.approx(1.323, abs=5e-4)
+    dtype, trace, r1, r4 = out[2].split()
+    assert dtype == "float64" and float(trace) == pytest.approx(179.0, abs=0.05)
+    assert float(r1) == pytest.approx(0.9158, abs=5e-5) and float(r4) == pytest.approx(0.7048, abs=5e-5)
+    assert out[3] == "False float32"

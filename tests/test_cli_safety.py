@@ -1,0 +1,252 @@
+"""The command line's answers to impossible or unsafe requests (issue 12, items 1-8 and 10).
+
+The standard (DEVELOPERS.md): one line ``clipdyn: error: ...`` naming the bad value and what is
+allowed, exit status 2, nothing lost, no garbage with exit status 0; Ctrl-C: one line and exit
+status 130. Simulations run in float32 (the default) on ``d = 300``; numbers are compared
+exactly, since a run's numbers depend only on its seed and configuration.
+"""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from clipdyn import results
+from clipdyn import sweep as sw
+from clipdyn.cli import main
+from clipdyn.problem import power_law_spectrum
+
+PROBLEM = ["--spectrum", "power-law:d=300,alpha=0.3", "--noise", "gaussian:sigma=0.5"]
+SIM = [*PROBLEM, "--eta", "1", "--clip", "0.5", "--T", "1", "--points", "3", "--seeds", "2"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_interrupted(capsys, *argv):
+    """``(exit status, stderr)`` of a command stopped by Ctrl-C (a test failure, not the end of
+    the test session, if the KeyboardInterrupt escapes)."""
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run(capsys, *argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command line (a traceback instead of one line)")
+    return stop.value.code, capsys.readouterr().err
+
+
+def one_line_error(code, err, *words):
+    assert code == 2, err
+    assert err.startswith("clipdyn: error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """``interrupt_at(n)``: the compiled program raises KeyboardInterrupt at its n-th call (one
+    call per seed and chunk), as Ctrl-C would."""
+    real = sw._sharded_runner
+    state = {"n": 0, "at": None}
+
+    def counting(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def wrapped(*x):
+            state["n"] += 1
+            if state["at"] == state["n"]:
+                raise KeyboardInterrupt
+            return fn(*x)
+
+        return wrapped
+
+    monkeypatch.setattr(sw, "_sharded_runner", counting)
+
+    def set_at(n):
+        state.update(n=0, at=n)
+
+    return set_at
+
+
+def _sweep_argv(spectrum, out, *extra):
+    return ["sweep", "--spectrum", spectrum, "--noise", "gaussian:sigma=0.5", "--eta", "1",
+            "--clip", "0.1,0.5,1", "--T", "1", "--points", "3", "--seeds", "2", "--chunk-size", "1",
+            "--out", out, *extra]
+
+
+# Items 1 and 5: Ctrl-C keeps the finished chunks and says so; a changed file is not mixed in.
+
+def test_ctrl_c_then_changed_spectrum_file(tmp_path, capsys, interrupt_at):
+    lam_file = tmp_path / "lam.npy"
+    np.save(lam_file, power_law_spectrum(300, 0.3))
+    argv = _sweep_argv(f"file:{lam_file}", tmp_path / "sw")
+    interrupt_at(3)  # chunk 1, first seed
+    code, err = run_interrupted(capsys, *argv)
+    assert code == 130
+    assert err == (f"clipdyn: interrupted: 1 of 3 chunk(s) are kept in {tmp_path / 'sw.npz.partial'}/; "
+                   "rerun the same command to resume\n")
+    interrupt_at(None)
+    new_lam = power_law_spectrum(300, 0.3)[::-1].copy()  # same d, Tr K and R0
+    np.save(lam_file, new_lam)
+    code, _, err = run(capsys, *argv, "--json")
+    one_line_error(code, err, "sw.npz.partial", "spectrum", "--overwrite")
+    code, _, err = run(capsys, *argv, "--json", "--overwrite")
+    assert code == 0, err
+    arrays, meta = results.load_results(tmp_path / "sw.npz")
+    want = hashlib.sha256(np.ascontiguousarray(new_lam, np.float64).tobytes()).hexdigest()
+    assert meta["config"]["fingerprints"]["spectrum"] == want
+    # Every chunk comes from the new file: equal to a fresh sweep of it.
+    fresh = tmp_path / "fresh"
+    assert run(capsys, *_sweep_argv(f"file:{lam_file}", fresh, "--json"))[0] == 0
+    np.testing.assert_array_equal(arrays["risk"], results.load_results(fresh)[0]["risk"])
+
+
+def test_ctrl_c_in_simulate_is_one_line(capsys, interrupt_at):
+    interrupt_at(1)
+    code, err = run_interrupted(capsys, "simulate", *SIM)
+    assert code == 130
+    assert err == "clipdyn: interrupted: nothing is saved without an output file\n"
+
+
+def test_unreadable_chunk_is_named_and_recomputed(tmp_path, capsys, interrupt_at):
+    argv = _sweep_argv("power-law:d=300,alpha=0.3", tmp_path / "sw", "--json")
+    interrupt_at(5)
+    assert run_interrupted(capsys, *argv)[0] == 130
+    interrupt_at(None)
+    chunk = tmp_path / "sw.npz.partial" / "chunk_000001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    code, out, err = run(capsys, *argv)
+    assert code == 0
+    assert err.count("\n") == 1 and err.startswith("clipdyn: warning: chunk file") and str(chunk) in err
+    assert json.loads(out)["out"] == str(tmp_path / "sw.npz")
+
+
+# Item 2: the paths written are the paths reported; folders and other sweeps' results are safe.
+
+def test_out_paths_are_kept_apart_and_reported(tmp_path, capsys):
+    argv = ["sweep", *SIM, "--json"]
+    for name in ("run.a", "run.b"):
+        code, out, err = run(capsys, *argv, "--out", tmp_path / name)
+        assert code == 0, err
+        summary = json.loads(out)
+        assert summary["out"] == str(tmp_path / f"{name}.npz")
+        assert summary["sidecar"] == str(tmp_path / f"{name}.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.a.json", "run.a.npz", "run.b.json",
+                                                         "run.b.npz"]
+    code, _, err = run(capsys, *argv, "--out", tmp_path)
+    one_line_error(code, err, "--out", "existing folder")
+    before = (tmp_path / "run.a.npz").read_bytes()
+    other = [a if a != "0.5" else "0.25" for a in argv]  # another threshold
+    code, _, err = run(capsys, *other, "--out", tmp_path / "run.a")
+    one_line_error(code, err, "run.a.npz", "different sweep", "--overwrite")
+    assert (tmp_path / "run.a.npz").read_bytes() == before
+    code, _, err = run(capsys, *other, "--out", tmp_path / "run.a", "--overwrite")
+    assert code == 0, err
+    assert (tmp_path / "run.a.npz").read_bytes() != before
+
+
+# Item 7: impossible sizes are refused up front, with the amount or the limit.
+
+@pytest.mark.parametrize("argv, words", [
+    (["simulate", *SIM, "--seeds", "1e12"], ["--seeds=1e12", "4294967295"]),
+    (["simulate", *SIM, "--seed-offset", "1e30"], ["--seed-offset=1e30", "4294967295"]),
+    (["sweep", *SIM[:-8], "--clip", "0.1:1:1e12", "--T", "1", "--points", "3", "--out", "x"],
+     ["--clip", "1e12", "1000000"]),
+    (["sweep", *PROBLEM, "--eta", "0.1:1:1e4", "--clip", "0.1:1:1e4", "--T", "1", "--points", "3",
+      "--out", "x"], ["100,000,000 configurations", "--clip", "--eta", "at most 1,000,000"]),
+    (["ode", *SIM[:-2], "--points", "1e9"], ["--points=1e9", "1,000,000"]),
+])
+def test_impossible_sizes_are_refused(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)  # where "--out x" would land
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["simulate", "--spectrum", "identity:d=1e9", *SIM[2:]], ["d=1000000000", "memory", "16 GB"]),
+    (["simulate", *SIM, "--seeds", "1e9"], ["1000000000 seed(s)", "needs about", "16 GB available"]),
+    (["sweep", *SIM, "--seeds", "1e9", "--out", "x"], ["1000000000 seed(s)", "needs about"]),
+])
+def test_runs_beyond_memory_are_refused_with_the_amount(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    from clipdyn import validation
+
+    monkeypatch.setattr(validation, "available_memory", lambda: 16 * 2**30)
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, *words)
+
+
+def test_long_runs_announce_an_estimate(capsys, monkeypatch):
+    monkeypatch.setattr(sw, "LONG_RUN_SECONDS", 0.0)  # every run counts as long
+    monkeypatch.setattr(sw, "CALIBRATION_MIN_WORK", 0.0)
+    code, out, err = run(capsys, "simulate", *SIM)
+    assert code == 0 and "clipdyn: about 77 steps x 2 seed-chunk(s)" in err and "estimated" in err
+    code, out, err = run(capsys, "simulate", *SIM, "--json")
+    assert code == 0 and err == ""  # --json: nothing on stderr
+
+
+# Item 8: horizons the engines cannot count or resolve name --T.
+
+@pytest.mark.parametrize("command", ["simulate", "validate"])
+def test_horizon_too_long_is_refused(capsys, command):
+    argv = [a if a != "1" or i != SIM.index("--T") + 1 else "1e20" for i, a in enumerate(SIM)]
+    code, out, err = run(capsys, command, *argv)
+    one_line_error(code, err, "--T=1e+20", "7.661e+21 steps", "2,000,000,000")
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["simulate", "validate"])
+def test_horizon_shorter_than_the_output_steps_is_refused(capsys, command):
+    argv = [a if a != "1" or i != SIM.index("--T") + 1 else "1e-9" for i, a in enumerate(SIM)]
+    trace = float(power_law_spectrum(300, 0.3).sum())
+    code, out, err = run(capsys, command, *argv)
+    one_line_error(code, err, "--T=1e-09", "--points=3", "at least")
+    least = float(err.rsplit("= ", 1)[1].split(",")[0])
+    assert least >= 2 / trace and least == pytest.approx(2 / trace, rel=1e-5)
+    assert out == ""
+
+
+# Item 10: divergence is reported as divergence, not as a gap.
+
+def test_validate_reports_divergence_instead_of_a_gap(capsys):
+    argv = [*PROBLEM, "--eta", "3", "--clip", "inf", "--T", "40", "--points", "2", "--seeds", "3"]
+    code, out, err = run(capsys, "validate", *argv, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["max_rel_gap"] is None and res["max_rel_gap_until"] is None
+    assert res["diverged"]["seeds"] == 3 and 0 < res["diverged"]["ode"] < 40
+    assert 0 < res["diverged"]["first_seed_at"] < 40
+    code, out, err = run(capsys, "validate", *argv)
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("# ODE diverged at t = ") and "3/3 seeds diverged" in lines[-2]
+    assert lines[-1] == "max_rel_gap none (no gap to report: the runs diverged)"
+
+
+def test_gap_is_over_the_times_where_everything_is_alive():
+    from clipdyn.cli.sim import compare_to_ode
+
+    t = np.arange(6.0)
+    ode = np.array([1.0, 0.8, 0.6, 0.5, 0.4, 0.35])
+    sim = np.array([ode * 1.01, ode * 0.97, ode * 1.02, ode * 1.5])
+    sim[3, 3:] = np.nan  # seed 3 diverges at t = 3 (its risk had grown: a survivor bias after)
+    div = np.array([np.nan, np.nan, np.nan, 3.0])
+    rep = compare_to_ode(t, ode, math.nan, sim, div)
+    mean = sim[:, :3].mean(0)
+    want = np.max(np.abs(mean - ode[:3]) / ode[:3])
+    assert rep["max_rel_gap"] == pytest.approx(want, rel=1e-12) and rep["max_rel_gap_until"] == 2.0
+    np.testing.assert_allclose(rep["rel_gap"][3:], 0.0, atol=1e-12)  # survivors only, flagged
+    assert rep["diverged"] == {"ode": None, "seeds": 1, "of": 4, "first_seed_at": 3.0}
+    assert "1/4 seeds diverged" in rep["note"] and "t <= 2" in rep["note"]
+    # The ODE diverging right after the start leaves only t = 0: no gap.
+    ode_div = ode.copy()
+    ode_div[1:] = np.nan
+    rep = compare_to_ode(t, ode_div, 0.5, sim, div)
+    assert rep["max_rel_gap"] is None and "ODE diverged at t = 0.5" in rep["note"]
+    # Nothing diverged: the gap over every time, as before.
+    rep = compare_to_ode(t, ode, math.nan, sim[:3], div[:3])
+    assert rep["note"] is None
+    assert rep["max_rel_gap"] == pytest.approx(np.max(np.abs(sim[:3].mean(0) - ode) / ode), rel=1e-12)

@@ -1,0 +1,455 @@
+"""Real data (clipdyn.data): the loaders on tiny files written here in each format, their errors,
+the protocol against a direct NumPy computation, the cache, and the data simulator against a
+plain NumPy loop fed the same rows.
+
+Precision: float64 throughout (the conftest turns on x64; the protocol is NumPy float64). The
+protocol is checked against independent NumPy references (``np.linalg.pinv``, ``eigvalsh`` of
+``K``) to 1e-10 relative: both sides are backward-stable float64 computations on matrices with
+condition number below 1e3 here, so they agree to ~1e-13 and 1e-10 leaves a wide margin.
+"""
+
+import pickle
+import shutil
+import warnings
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipdyn import sim as sm
+from clipdyn.data import (DataProblem, FeatureMap, from_arrays, load_problem, load_source,
+                          parse_features)
+from clipdyn.data import cache as data_cache
+from clipdyn.data.protocol import rank_cutoff
+from clipdyn.noise import Empirical
+from clipdyn.ode import solve_ode
+from clipdyn.schedules import constant
+from clipdyn.sweep import simulate_runs
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Every test caches into its own folder, never the user's ~/.cache."""
+    monkeypatch.setenv(data_cache.ENV, str(tmp_path / "cache"))
+
+
+# ---- tiny files in each format ---------------------------------------------------------------
+
+def tiny_arrays(n=120, seed=0, integer_y=True):
+    """Inputs with a constant column (dropped) and a duplicate column (rank deficient)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)) @ rng.standard_normal((6, 6)) + rng.uniform(-2, 2, 6)
+    X = np.column_stack([X[:, :3], np.full(n, 3.5), X[:, 3:], X[:, 1]])
+    if integer_y:  # four classes cut from a noisy linear score, so there is something to learn
+        score = X[:, 0] - X[:, 4] + 0.5 * rng.standard_normal(n)
+        y = np.digitize(score, np.quantile(score, [0.25, 0.5, 0.75]))
+    else:
+        y = X[:, 0] - 2 * X[:, 4] + rng.standard_t(3, n) + 10.0
+    return X, y
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def write_cifar(folder, rows=4, seed=0, skip=None, broken=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                              "data_batch_5", "test_batch"]):
+        if name == skip:
+            continue
+        batch = {b"batch_label": f"batch {i}".encode(),
+                 b"labels": [int(v) for v in rng.integers(0, 10, rows)],
+                 b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
+                 b"filenames": [b"x.png"] * rows}
+        if name == broken:
+            del batch[b"labels"]
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return folder
+
+
+WIKI = """
+ = Valkyria Chronicles III =
+
+ Senjo no Valkyria 3 : Unrecorded Chronicles is a tactical role @-@ playing video game .
+ The game began development in 2010 , carrying over a large portion of the work .
+ It met with positive sales in Japan , and was praised by both Japanese and western critics .
+"""
+
+
+def write_wiki(folder, text=WIKI, name="wiki.train.raw"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+# ---- loaders ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, shape, classes", [("digits", (1797, 64), 10), ("breast_cancer", (569, 30), 2),
+                                                  ("wine", (178, 13), 3), ("iris", (150, 4), 3),
+                                                  ("diabetes", (442, 10), None)])
+def test_sklearn_sources(name, shape, classes):
+    from sklearn import datasets
+
+    ds = load_source(f"sklearn:name={name}")
+    bunch = getattr(datasets, f"load_{name}")()
+    assert ds.inputs.shape == shape and ds.n_classes == classes
+    np.testing.assert_array_equal(ds.inputs, bunch.data)
+    if classes is None:
+        np.testing.assert_array_equal(ds.values, bunch.target)
+    else:
+        np.testing.assert_array_equal(ds.labels, bunch.target)
+
+
+def test_cifar10_reads_six_batches_in_order(tmp_path):
+    folder = write_cifar(tmp_path / "cifar")
+    ds = load_source(f"cifar10:path={folder}")
+    want_x, want_y = [], []
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                 "test_batch"]:
+        with open(folder / name, "rb") as f:
+            b = pickle.load(f)
+        want_x.append(b[b"data"])
+        want_y += b[b"labels"]
+    np.testing.assert_array_equal(ds.inputs, np.concatenate(want_x))
+    np.testing.assert_array_equal(ds.labels, want_y)
+    assert ds.inputs.dtype == np.uint8 and ds.n_classes == 10 and ds.name == "cifar10"
+    sub = load_source(f"cifar10:path={folder},n=10")  # the documented subsample
+    rows = np.sort(np.random.default_rng(0).choice(24, 10, replace=False))
+    np.testing.assert_array_equal(sub.inputs, ds.inputs[rows])
+    np.testing.assert_array_equal(sub.labels, ds.labels[rows])
+    dp = load_problem(f"cifar10:path={folder}", "relu:d=16,seed=1")
+    np.testing.assert_array_equal(dp.target, np.where(ds.labels >= 5, 1.0, -1.0))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no-dir", r"cifar10: folder .* not found; download the 'CIFAR-10 python version' from https://www\.cs\.toronto\.edu/~kriz/cifar\.html"),
+    ("no-file", r"cifar10: '.*data_batch_3' not found; download the 'CIFAR-10 python version' from https://www\.cs\.toronto\.edu/~kriz/cifar\.html and extract it"),
+    ("no-labels", r"data_batch_2' has no 'labels' entry"),
+    ("shape", r"'data' is uint8 of shape \(4, 100\); it must be uint8 of shape \(N, 3072\)"),
+    ("garbage", r"is not a CIFAR-10 python batch"),
+    ("code", r"is not a CIFAR-10 python batch .*posix\.system is not allowed"),
+    ("label-range", r"label 12 is outside 0\.\.9"),
+])
+def test_cifar10_errors(tmp_path, case, match):
+    folder = tmp_path / "cifar"
+    if case != "no-dir":
+        write_cifar(folder, skip="data_batch_3" if case == "no-file" else None,
+                    broken="data_batch_2" if case == "no-labels" else None)
+    f = folder / "data_batch_4"
+    if case == "shape":
+        f.write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}))
+    if case == "garbage":
+        f.write_bytes(b"not a pickle at all")
+    if case == "code":  # a pickle that would run a shell command when loaded naively
+        f.write_bytes(b"cposix\nsystem\n(S'echo owned'\ntR.")
+    if case == "label-range":
+        f.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 12]}))
+    with pytest.raises(ValueError, match=match) as err:
+        load_source(f"cifar10:path={folder}")
+    assert "\n" not in str(err.value)
+
+
+def test_wikitext2_protocol(tmp_path):
+    # Row p: counts of crc32 buckets of tokens p-W..p-1; value log(count of token p), checked
+    # against a direct recomputation; the .tokens name reads the same and keeps the fingerprint.
+    folder = write_wiki(tmp_path / "wt")
+    W, H = 3, 8
+    ds = load_source(f"wikitext2:path={folder},window={W},buckets={H},n=100000")
+    tokens = WIKI.split()
+    counts = {t: tokens.count(t) for t in tokens}
+    want = np.zeros((len(tokens) - W, H))
+    for r, p in enumerate(range(W, len(tokens))):
+        for t in tokens[p - W:p]:
+            want[r, zlib.crc32(t.encode()) % H] += 1
+    np.testing.assert_array_equal(ds.inputs, want)
+    np.testing.assert_allclose(ds.values, [np.log(counts[t]) for t in tokens[W:]], rtol=1e-15)
+    assert ds.labels is None and ds.name == f"wikitext2:window={W},buckets={H},n=100000"
+    sub = load_source(f"wikitext2:path={folder},window={W},buckets={H},n=20")
+    rows = np.sort(np.random.default_rng(0).choice(len(tokens) - W, 20, replace=False))
+    np.testing.assert_array_equal(sub.inputs, want[rows])
+    other = write_wiki(tmp_path / "wt2", name="wiki.train.tokens")
+    dp1 = load_problem(f"wikitext2:path={folder},window={W},buckets={H}", "raw")
+    dp2 = load_problem(f"wikitext2:path={other},window={W},buckets={H}", "raw")
+    assert dp1.fingerprint == dp2.fingerprint and dp1.kind == "regression"
+    assert abs(np.mean(dp1.target)) < 1e-12 and np.std(dp1.target) == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no-dir", r"wikitext2: folder .* not found; download WikiText-2 from https://"),
+    ("no-file", r"wikitext2: '.*wiki\.train\.raw' \(or wiki\.train\.tokens\) not found; download WikiText-2"),
+    ("short", r"has 5 tokens; window=16 needs at least 18"),
+    ("binary", r"is not UTF-8 text"),
+])
+def test_wikitext2_errors(tmp_path, case, match):
+    folder = tmp_path / "wt"
+    if case == "no-file":
+        write_wiki(folder, name="wiki.valid.raw")
+    if case == "short":
+        write_wiki(folder, text="a b c d e")
+    if case == "binary":
+        folder.mkdir()
+        (folder / "wiki.train.raw").write_bytes(b"\xff\xfe\x00 abc")
+    with pytest.raises(ValueError, match=match):
+        load_source(f"wikitext2:path={folder}")
+
+
+def test_npz_source_and_targets(tmp_path):
+    X, y = tiny_arrays()
+    ds = load_source(f"npz:path={write_npz(tmp_path / 'd.npz', X=X, y=y)}")
+    np.testing.assert_array_equal(ds.inputs, X)
+    np.testing.assert_array_equal(ds.labels, y)  # 0..3 are their own ranks
+    dp = load_problem(ds)
+    np.testing.assert_array_equal(dp.target, np.where(y >= 2, 1.0, -1.0))  # n_classes / 2 = 2
+    labels = np.array([10, 30, 20, 30, 10, 20])  # classes are the sorted values: index = rank
+    ds2 = from_arrays(np.arange(12.0).reshape(6, 2) ** 2, labels)
+    np.testing.assert_array_equal(ds2.labels, [0, 2, 1, 2, 0, 1])
+    Xr, yr = tiny_arrays(integer_y=False)
+    dpr = load_problem(f"npz:path={write_npz(tmp_path / 'r.npz', X=Xr, y=yr)}")
+    np.testing.assert_allclose(dpr.target, (yr - yr.mean()) / yr.std(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (None, r"npz: '.*missing\.npz' not found; it needs arrays X \(N x D, real\) and y \(N,\)"),
+    ("garbage", r"is not a readable \.npz archive"),
+    (dict(X=np.ones((3, 2))), r"has arrays \['X'\]; missing y"),
+    (dict(X=np.ones(5), y=np.ones(5)), r"X has shape \(5,\); it must be \(N, D\)"),
+    (dict(X=np.ones((5, 2)), y=np.ones(4)), r"y has shape \(4,\); it must be \(5,\)"),
+    (dict(X=np.array([["a", "b"], ["c", "d"]]), y=np.ones(2)), r"X must hold real numbers; got dtype <U1"),
+    (dict(X=np.array([[1, None], [2, 3]], dtype=object), y=np.ones(2)), r"holds non-numeric \(pickled\) arrays"),
+    (dict(X=np.array([[1.0, np.nan], [2, 3]]), y=np.ones(2)), r"X has 1 non-finite value"),
+    (dict(X=np.ones((4, 2)), y=np.zeros(4, int)), r"y has a single class"),
+])
+def test_npz_errors(tmp_path, arrays, match):
+    f = tmp_path / "missing.npz"
+    if arrays == "garbage":
+        f.write_bytes(b"PK\x03\x04 truncated")
+    elif arrays is not None:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=match) as err:
+        load_source(f"npz:path={f}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec, features, match", [
+    ("mnist:path=x", None, r"unknown source 'mnist'; allowed: sklearn, cifar10, wikitext2, npz"),
+    ("sklearn:name=digits,n=3", None, r"unknown key\(s\) \['n'\]; allowed: \['name'\]"),
+    ("sklearn", None, r"missing name=\.\.\."),
+    ("sklearn:name=iris,name=wine", None, r"name= is given twice"),
+    ("sklearn:name", None, r"'name' is not of the form key=value"),
+    ("sklearn:name=mnist", None, r"sklearn: name='mnist' is not allowed; use one of digits, breast_cancer"),
+    ("wikitext2:path=x,window=0", None, r"window=0 is not allowed; it must be an integer >= 1"),
+    ("sklearn:name=iris", "relu", r"features spec 'relu': missing d=\.\.\."),
+    ("sklearn:name=iris", "relu:d=0", r"d=0 is not allowed"),
+    ("sklearn:name=iris", "relu:d=10,seed=1,seed=2", r"seed= is given twice"),
+    ("sklearn:name=iris", "relu:d=10,width=3", r"unknown key\(s\) \['width'\]"),
+    ("sklearn:name=iris", "rbf:d=10", r"unknown features 'rbf'; allowed: raw, relu:d=D,seed=S"),
+])
+def test_spec_errors(spec, features, match):
+    with pytest.raises(ValueError, match=match):
+        load_problem(spec, features)
+
+
+# ---- the protocol against NumPy --------------------------------------------------------------
+
+def direct(X, y, features="raw", seed=0, d=None):
+    """The protocol written out with NumPy: features, K, theta* = pinv(X) y, residuals."""
+    keep = X.max(0) > X.min(0)
+    u = (X[:, keep] - X[:, keep].mean(0)) / X[:, keep].std(0)
+    if features == "relu":
+        W = np.random.default_rng(seed).standard_normal((u.shape[1], d))
+        u = np.maximum(u @ (W / np.sqrt(u.shape[1])), 0.0)
+    K = u.T @ u / len(u)
+    theta = np.linalg.pinv(u) @ y
+    return u, K, theta, y - u @ theta
+
+
+@pytest.mark.parametrize("features", ["raw", "relu:d=9,seed=4", "relu:d=300,seed=0"])
+def test_protocol_matches_numpy(tmp_path, features):
+    # relu:d=300 > N=120: K is singular with rank <= N, the minimum-norm solution is pinv's.
+    X, y_cls = tiny_arrays()
+    y = np.where(y_cls >= 2, 1.0, -1.0)
+    dp = load_problem(from_arrays(X, y_cls), features)
+    fmap = parse_features(features)
+    u, K, theta, eps = direct(X, y, fmap.kind, fmap.seed, fmap.d)
+    assert dp.n_dropped_columns == 1 and dp.d_in == 7 and dp.N == 120 and dp.d == u.shape[1]
+    lam_np = np.sort(np.linalg.eigvalsh(K))[::-1]
+    top = lam_np[0]
+    np.testing.assert_allclose(dp.lam, np.where(lam_np > 1e-9 * top, lam_np, 0.0), rtol=0, atol=1e-10 * top)
+    assert dp.rank == np.linalg.matrix_rank(u)  # the duplicate column costs one rank (raw)
+    np.testing.assert_allclose(dp.features @ dp.eigvecs.T, u, rtol=0, atol=1e-12 * np.abs(u).max())
+    np.testing.assert_allclose(dp.theta_star, theta, rtol=0, atol=1e-10 * np.linalg.norm(theta))
+    np.testing.assert_allclose(dp.residuals, eps, rtol=0, atol=1e-10)
+    assert isinstance(dp.problem.noise, Empirical)
+    np.testing.assert_array_equal(np.asarray(dp.problem.noise.atoms), dp.residuals)
+    # v_i(0) = 1/2 (u_i^T theta*)^2 with u_i NumPy's own eigenvectors (signs do not matter)
+    _, vecs = np.linalg.eigh(K)
+    v0_np = 0.5 * (vecs[:, ::-1].T @ theta) ** 2
+    pos = dp.lam > 0
+    np.testing.assert_allclose(np.asarray(dp.problem.v0)[pos], v0_np[pos], rtol=0,
+                               atol=1e-10 * v0_np.sum())
+    R0 = 0.5 * theta @ K @ theta
+    assert dp.R0 == pytest.approx(R0, rel=1e-10)
+    assert float(dp.problem.R0) == pytest.approx(R0, rel=1e-10)
+    np.testing.assert_allclose(dp.e0, -dp.eigvecs.T @ dp.theta_star, rtol=0, atol=1e-12)
+    assert dp.describe() == f"arrays features={fmap.describe()}"
+    assert dp.d_int == pytest.approx(lam_np.sum() / top, rel=1e-12)
+
+
+def test_relu_features_not_centred_and_reproducible():
+    ds = load_source("sklearn:name=iris")
+    a = load_problem(ds, "relu:d=50,seed=3")
+    b = load_problem(ds, FeatureMap("relu", 50, 3), cache=False)
+    c = load_problem(ds, "relu:d=50,seed=4")
+    np.testing.assert_array_equal(a.features, b.features)  # same seed, same numbers
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    X = a.features @ a.eigvecs.T
+    assert np.all(X >= -1e-12) and np.mean(X) > 0.2  # ReLU outputs: non-negative, mean ~ 0.4
+    assert a.d_int < 10  # the mean direction dominates K
+
+
+def test_rank_cutoff_rule():
+    s = np.array([10.0, 1.0, 1e-20])
+    assert rank_cutoff(s, (100, 3)) == 10.0 * 100 * np.finfo(float).eps
+
+
+def test_constant_target_and_inputs_refused():
+    with pytest.raises(ValueError, match="regression target is constant"):
+        load_problem(from_arrays(np.random.default_rng(0).standard_normal((5, 2)), np.ones(5)))
+    with pytest.raises(ValueError, match="every input column is constant"):
+        load_problem(from_arrays(np.ones((5, 2)), np.arange(5.0)))
+
+
+# ---- the cache -------------------------------------------------------------------------------
+
+def test_cache_hit_is_identical_and_corrupt_files_are_recomputed(tmp_path):
+    X, y = tiny_arrays()
+    f = write_npz(tmp_path / "d.npz", X=X, y=y)
+    first = load_problem(f"npz:path={f}", "relu:d=20,seed=0")
+    assert first.cache_status == "computed"
+    path = data_cache.cache_path(data_cache.cache_dir(), first.fingerprint)
+    assert path.is_file()
+    second = load_problem(f"npz:path={f}", "relu:d=20,seed=0")
+    assert second.cache_status == "hit"
+
+    def same(a, b):
+        for name in ("features", "residuals", "e0", "eigvecs", "target"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(np.asarray(a.problem.lam), np.asarray(b.problem.lam))
+        np.testing.assert_array_equal(np.asarray(a.problem.v0), np.asarray(b.problem.v0))
+
+    same(first, second)
+    # A moved file keeps its fingerprint (and its cache entry).
+    moved = tmp_path / "elsewhere" / "d.npz"
+    moved.parent.mkdir()
+    shutil.copy(f, moved)
+    assert load_problem(f"npz:path={moved}", "relu:d=20,seed=0").cache_status == "hit"
+    # Truncated file, and a valid archive whose numbers were altered (checksum fails).
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.warns(RuntimeWarning, match="corrupt or foreign cache file"):
+        third = load_problem(f"npz:path={f}", "relu:d=20,seed=0")
+    assert third.cache_status == "computed"
+    same(first, third)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["coef"] = arrays["coef"] * 2.0
+    np.savez(path, **arrays)
+    with pytest.warns(RuntimeWarning, match="corrupt or foreign cache file"):
+        fourth = load_problem(f"npz:path={f}", "relu:d=20,seed=0")
+    same(first, fourth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_problem(f"npz:path={f}", "relu:d=20,seed=0").cache_status == "hit"
+    assert load_problem(f"npz:path={f}", "relu:d=20,seed=0", cache=False).cache_status == "uncached"
+
+
+def test_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(data_cache.ENV, "off")
+    dp = load_problem("sklearn:name=iris")
+    assert dp.cache_status == "uncached"
+
+
+# ---- simulation and ODE on the data ----------------------------------------------------------
+
+def numpy_data_sgd(X, y, theta_star, idx, eta, c, record):
+    """Plain NumPy C-SGD in the ORIGINAL feature coordinates on rows ``idx[k]``; risk
+    ``1/2 (theta - theta*)^T K (theta - theta*)`` with ``K = X^T X / N`` at the steps in ``record``."""
+    K = X.T @ X / len(X)
+    trace = np.trace(K)
+    theta = np.zeros(X.shape[1])
+    out = []
+    for k in range(max(record) + 1):
+        if k in record:
+            e = theta - theta_star
+            out.append(0.5 * e @ K @ e)
+        if k == max(record):
+            break
+        x = X[idx[k]]
+        g = (x @ theta - y[idx[k]]) * x
+        norm = np.linalg.norm(g)
+        limit = c * np.sqrt(trace)
+        theta = theta - eta / trace * (1.0 if norm <= limit else limit / norm) * g
+    return np.array(out)
+
+
+@pytest.mark.parametrize("features, eta, c, engine", [("raw", 0.7, 0.3, "step"),
+                                                      ("relu:d=40,seed=2", 0.2, np.inf, "step"),
+                                                      ("relu:d=40,seed=2", 0.7, 0.5, "block")])
+def test_data_simulator_matches_numpy_loop(features, eta, c, engine):
+    # float64, same rows: only rounding separates the engine (eigen-coordinates, pairwise sums)
+    # from the loop (original coordinates), so 1e-10 relative after 1000 steps (observed 2e-14).
+    X, y_cls = tiny_arrays(n=150, seed=1)
+    dp = load_problem(from_arrays(X, y_cls), features)
+    fmap = parse_features(features)
+    u, K, theta, _ = direct(X, np.where(y_cls >= 2, 1.0, -1.0), fmap.kind, fmap.seed, fmap.d)
+    seed, points = 5, 5
+    T = 1000 / dp.trace
+    prob = sm.prepare(dp.problem, jnp.float64, dp)
+    _, stream = sm.split_seed(jax.random.key(seed))
+    steps = sm.output_steps(T, points, dp.trace)
+    x = np.asarray(jax.jit(jax.vmap(lambda k: sm.draw_sample(stream, k, prob).x))(jnp.arange(steps[-1])))
+    rows = np.asarray(prob.rows)
+    idx = np.array([np.flatnonzero((rows == r).all(1))[0] for r in x])  # which row each step drew
+    assert len(np.unique(idx)) > 0.9 * len(X)  # rows are drawn uniformly with replacement
+    want = numpy_data_sgd(u, dp.target, theta, idx, eta, c, list(steps))
+    res = simulate_runs(dp.problem, constant(eta, c), [seed], T, points, precision="64", data=dp,
+                        engine=engine)
+    np.testing.assert_allclose(res.risk[0, 0], want, rtol=1e-10)
+    assert res.risk[0, 0, 0] == pytest.approx(0.5 * theta @ K @ theta, rel=1e-12)  # R(theta_0) exact
+    assert res.config["data_fingerprint"] == dp.fingerprint  # recorded with the results
+    assert res.config["data"] == f"arrays features={fmap.describe()}"
+    assert want[-1] < 0.5 * want[0]  # it learned something: the comparison is not of constants
+
+
+def test_initial_risk_of_the_ode_is_exact():
+    # R(0) = 1/2 theta*^T K theta* computed directly; the ODE's first point evaluates
+    # sum_i lam_i v_i(0), the same number in float64: 1e-12 relative. (The simulation's first
+    # point is checked the same way in test_data_simulator_matches_numpy_loop.)
+    ds = load_source("sklearn:name=wine")
+    dp = load_problem(ds, "relu:d=64,seed=0")
+    u, K, theta, _ = direct(ds.inputs, np.where(ds.labels >= 1.5, 1.0, -1.0), "relu", 0, 64)
+    ode = solve_ode(dp.problem, constant(0.5, 1.0), 1.0, 3)
+    assert float(ode.risk[0]) == pytest.approx(0.5 * theta @ K @ theta, rel=1e-12)
+    assert float(ode.risk[-1]) < float(ode.risk[0])
+
+
+def test_hsgd_refuses_data():
+    dp = load_problem("sklearn:name=iris", "raw")
+    with pytest.raises(ValueError, match="hsgd"):
+        simulate_runs(dp.problem, constant(0.5, 1.0), [0], 1.0, 3, data=dp, method="hsgd")
+
+
+def test_summary_is_json_ready():
+    import json
+
+    dp = load_problem("sklearn:name=diabetes")
+    s = dp.summary()
+    json.dumps(s)
+    assert isinstance(dp, DataProblem) and s["kind"] == "regression" and s["N"] == 442
+    assert s["residual_mean"] == pytest.approx(float(np.mean(dp.residuals)))

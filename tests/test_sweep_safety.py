@@ -1,0 +1,323 @@
+"""Sweep safety (issue 12, items 1-8): results files, resuming, impossible sizes, progress.
+
+Every sweep here runs in float32 (the default precision) on one small problem (``d = 100``,
+``T = 1``, 3 output times, 2 seeds, 5 configurations in chunks of 2), so all of them share one
+compiled program. Comparisons of results are exact (``assert_array_equal``): a run's numbers
+depend only on its seed and configuration (tests/test_simulate.py), so a resumed, recomputed or
+progress-reporting sweep must give the very same bits as a plain one. No tolerance is involved.
+"""
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import pytest
+
+import clipdyn as cd
+from clipdyn import results
+from clipdyn import sweep as sw
+from clipdyn.problem import make_problem, power_law_spectrum
+from clipdyn.schedules import Constant
+
+LAM = power_law_spectrum(100, 0.5)
+CLIPS = (0.1, 0.3, 1.0, 3.0, math.inf)
+
+
+def _problem(lam=LAM, noise=None):
+    return make_problem(lam, cd.Gaussian(0.5) if noise is None else noise)
+
+
+def _scheds(eta=1.0):
+    return sw.stack_schedules([Constant(eta, c) for c in CLIPS])
+
+
+def _sweep(problem=None, scheds=None, **kw):
+    kw.setdefault("chunk_size", 2)
+    kw.setdefault("progress", False)
+    return sw.run_sweep(_problem() if problem is None else problem,
+                        _scheds() if scheds is None else scheds, [0, 1], 1.0, 3, **kw)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def runner_calls(monkeypatch):
+    """Counts the compiled program's calls (one per seed and chunk) and can fail at call n with
+    ``calls["raise"]`` (an exception class)."""
+    real = sw._sharded_runner
+    calls = {"n": 0, "fail_at": None, "raise": _Stop, "widths": []}
+
+    def counting(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def wrapped(scheds, *rest):
+            calls["n"] += 1
+            calls["widths"].append(int(np.shape(scheds.eta)[0]))
+            if calls["fail_at"] == calls["n"]:
+                raise calls["raise"]
+            return fn(scheds, *rest)
+
+        return wrapped
+
+    monkeypatch.setattr(sw, "_sharded_runner", counting)
+    return calls
+
+
+def _interrupted(out, runner_calls, fail_at, **kw):
+    """A sweep to ``out`` stopped at runner call ``fail_at`` (2 calls per chunk: 2 seeds)."""
+    runner_calls.update(n=0, fail_at=fail_at)
+    with pytest.raises(_Stop):
+        _sweep(out=out, **kw)
+    runner_calls.update(n=0, fail_at=None)
+
+
+# Item 1: the resume fingerprint covers contents, not names.
+
+def test_changed_spectrum_contents_refuse_to_mix_chunks(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=5)  # chunks 0 and 1 kept
+    # Same d, Tr K and R0 (the old fingerprint's view of the problem), different spectrum.
+    flipped = _problem(LAM[::-1].copy())
+    with pytest.raises(ValueError, match=r"different sweep.*spectrum.*--overwrite"):
+        _sweep(flipped, out=out)
+    assert not out.exists()
+    res = _sweep(flipped, out=out, overwrite=True)
+    np.testing.assert_array_equal(res.risk, _sweep(flipped).risk)
+    _, meta = results.load_results(out)
+    # The recorded hash is the sha256 of the float64 eigenvalues, computed here independently.
+    want = hashlib.sha256(np.ascontiguousarray(LAM[::-1], np.float64).tobytes()).hexdigest()
+    assert meta["config"]["fingerprints"]["spectrum"] == want
+    assert meta["config"]["fingerprints"]["sweep"]
+
+
+def test_changed_noise_atoms_refuse_to_mix_chunks(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    atoms = np.linspace(-1.0, 1.0, 11)
+    _interrupted(out, runner_calls, fail_at=3, problem=_problem(noise=cd.Empirical(atoms)))
+    other = atoms.copy()
+    other[3] += 0.25
+    with pytest.raises(ValueError, match="noise law"):
+        _sweep(_problem(noise=cd.Empirical(other)), out=out)
+
+
+class _Data:
+    """The duck-typed dataset run_sweep accepts (docs: notes/ENGINE_API.md)."""
+
+    def __init__(self, fingerprint, n=40, d=100, seed=0):
+        rng = np.random.default_rng(seed)
+        self.features = rng.normal(size=(n, d)) * np.sqrt(LAM)
+        self.residuals = rng.normal(size=n) * 0.5
+        self.e0 = -np.full(d, 0.1)
+        self.fingerprint = fingerprint
+
+    def describe(self):
+        return "test data"
+
+
+def test_changed_dataset_fingerprint_refuses_to_mix_chunks(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    data = _Data("data-A")
+    prob = make_problem(LAM, cd.Empirical(data.residuals))
+    _interrupted(out, runner_calls, fail_at=3, problem=prob, data=data)
+    with pytest.raises(ValueError, match="data"):
+        _sweep(prob, out=out, data=_Data("data-B"))
+
+
+# Item 2: results paths, and finished results are never replaced by another sweep silently.
+
+def test_results_paths_keep_other_suffixes(tmp_path):
+    assert results.results_paths(tmp_path / "run.a") == (tmp_path / "run.a.npz", tmp_path / "run.a.json")
+    assert results.results_paths(tmp_path / "run.npz") == (tmp_path / "run.npz", tmp_path / "run.json")
+    for name in ("run.a", "run.b"):
+        saved = results.save_results(tmp_path / name, {"x": np.arange(3) + len(name)}, {"name": name})
+        assert saved == tmp_path / f"{name}.npz"
+    for name in ("run.a", "run.b"):
+        arrays, meta = results.load_results(tmp_path / name)
+        assert meta["config"]["name"] == name
+        assert (tmp_path / f"{name}.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.a.json", "run.a.npz", "run.b.json",
+                                                         "run.b.npz"]
+
+
+def test_finished_results_of_another_sweep_need_overwrite(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    first = _sweep(out=out)
+    before = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    with pytest.raises(ValueError, match="different sweep.*--overwrite"):
+        _sweep(scheds=_scheds(eta=0.5), out=out)
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
+    # The same sweep again is recomputed (and gives the same numbers).
+    runner_calls["n"] = 0
+    again = _sweep(out=out)
+    assert runner_calls["n"] == 6
+    np.testing.assert_array_equal(again.risk, first.risk)
+    # With overwrite the other sweep replaces it.
+    other = _sweep(scheds=_scheds(eta=0.5), out=out, overwrite=True)
+    np.testing.assert_array_equal(results.load_results(out)[0]["risk"], other.risk)
+    # A results path that is a folder is refused.
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="folder"):
+        _sweep(out=tmp_path / "dir")
+
+
+# Item 3: unusable chunk files are named and recomputed.
+
+def test_truncated_and_foreign_chunks_are_recomputed(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=5)
+    part = tmp_path / "sw.npz.partial"
+    c0, c1 = part / "chunk_000000.npz", part / "chunk_000001.npz"
+    c0.write_bytes(c0.read_bytes()[:40])  # truncated
+    results.atomic_savez(c1, risk=np.zeros((3, 7, 3)), diverged=np.zeros((2, 2), bool),
+                         diverged_step=np.zeros((2, 2), np.int32))  # another sweep's shapes
+    with pytest.warns(results.ChunkWarning) as caught:
+        res = _sweep(out=out)
+    named = " ".join(str(w.message) for w in caught)
+    assert "chunk_000000.npz" in named and "chunk_000001.npz" in named
+    assert runner_calls["n"] == 6  # all three chunks computed
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+
+
+def test_chunk_validation_checks_arrays(tmp_path):
+    store = results.ChunkStore(tmp_path)
+    expect = {"risk": ((2, 2, 3), "float32"), "diverged": ((2, 2), "b")}
+    store.save(0, {"risk": np.ones((2, 2, 3), np.float32), "diverged": np.zeros((2, 2), bool)})
+    assert store.load(0, expect)["risk"].shape == (2, 2, 3)
+    store.save(1, {"risk": np.ones((2, 2, 3), np.float64), "diverged": np.zeros((2, 2), bool)})
+    store.save(2, {"risk": np.ones((2, 2, 3), np.float32)})
+    (tmp_path / "chunk_000003.npz").write_bytes(b"")
+    for j, why in [(1, "float64"), (2, "lacks"), (3, "cannot be read")]:
+        with pytest.warns(results.ChunkWarning, match=why):
+            assert store.load(j, expect) is None
+    assert store.load(4, expect) is None  # absent: nothing to say
+
+
+# Item 4: a stamp without chunks blocks nothing; chunks of another layout are named.
+
+def test_partial_folder_without_chunks_does_not_block(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=1)  # killed in its first chunk
+    assert (tmp_path / "sw.npz.partial" / "fingerprint").exists()
+    assert not list((tmp_path / "sw.npz.partial").glob("chunk_*"))
+    res = _sweep(out=out, chunk_size=5)
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+
+
+def test_chunks_of_another_chunk_size_are_refused_with_the_reason(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=3)
+    with pytest.raises(ValueError, match=r"chunk size \(2 there, 3 here\)"):
+        _sweep(out=out, chunk_size=3)
+    res = _sweep(out=out, chunk_size=2)  # resumes
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+
+
+# Item 5: Ctrl-C keeps the finished chunks and says so.
+
+def test_keyboard_interrupt_says_what_is_kept(tmp_path, runner_calls):
+    out = tmp_path / "sw.npz"
+    runner_calls.update(fail_at=4, **{"raise": KeyboardInterrupt})
+    with pytest.raises(KeyboardInterrupt) as info:
+        _sweep(out=out)
+    err = info.value
+    assert isinstance(err, sw.SweepInterrupted)
+    assert (err.kept, err.total) == (1, 3)
+    assert "1 of 3 chunk(s) are kept" in str(err) and "rerun" in str(err)
+    assert [p.name for p in (tmp_path / "sw.npz.partial").glob("chunk_*")] == ["chunk_000000.npz"]
+
+
+# Item 6: files get the mode the umask gives new files.
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_results_files_follow_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        results.save_results(tmp_path / "r", {"x": np.arange(2)}, {})
+    finally:
+        os.umask(old)
+    for name in ("r.npz", "r.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# Item 7: impossible sizes are refused up front; chunks are capped; progress keeps the numbers.
+
+def test_chunk_size_is_capped_at_the_number_of_configurations(runner_calls):
+    res = _sweep(chunk_size=1000)
+    assert runner_calls["widths"] == [5, 5]  # one chunk of the 5 configurations, per seed
+    assert res.config["chunk_size"] == 5
+
+
+def test_sweep_that_cannot_fit_in_memory_is_refused(monkeypatch, runner_calls):
+    from clipdyn import validation
+
+    monkeypatch.setattr(validation, "available_memory", lambda: 10**4)
+    with pytest.raises(ValueError, match=r"needs about .* of memory; this machine has 9.77 KB"):
+        _sweep()
+    # A billion seeds is refused before any list of them is built.
+    monkeypatch.setattr(validation, "available_memory", lambda: 2**34)
+    with pytest.raises(ValueError, match=r"1000000000 seed\(s\).*needs about"):
+        sw.run_sweep(_problem(), _scheds(), range(10**9), 1.0, 3, progress=False)
+    assert runner_calls["n"] == 0
+
+
+def test_memory_estimate_counts_results_and_engine():
+    # Results: 3 float64 copies of S x C x P; engine: 4 copies of the chunk's states.
+    est = sw.memory_estimate(d=1000, n_seeds=10, n_configs=20, points=101, chunk=20, itemsize=4)
+    assert est["results"] >= 3 * 10 * 20 * 101 * 8
+    assert est["engine"] >= 4 * 20 * 1024 * 4
+
+
+@pytest.mark.parametrize("seeds", [[0.5], 3, [-1], [2**32], [1, 1]])
+def test_bad_seeds_are_refused(seeds):
+    with pytest.raises(ValueError, match="seed"):
+        sw.run_sweep(_problem(), _scheds(), seeds, 1.0, 3, progress=False)
+
+
+@pytest.mark.parametrize("kw, name", [({"chunk_size": 1.5}, "chunk_size"), ({"dt": 0.0}, "dt"),
+                                      ({"dt": -1.0}, "dt"), ({"divergence_factor": 0.0},
+                                                             "divergence_factor")])
+def test_bad_sweep_options_are_refused(kw, name):
+    with pytest.raises(ValueError, match=f"{name}=.* is not allowed"):
+        sw.run_sweep(_problem(), _scheds(), [0], 1.0, 3, progress=False, **kw)
+
+
+def test_progress_estimate_keeps_numbers_bit_identical(monkeypatch, capsys):
+    plain = _sweep()
+    monkeypatch.setattr(sw, "LONG_RUN_SECONDS", 0.0)  # every run counts as long
+    monkeypatch.setattr(sw, "CALIBRATION_MIN_WORK", 0.0)
+    shown = _sweep(progress=True)
+    err = capsys.readouterr().err
+    assert "steps x 6 seed-chunk(s)" in err and "estimated" in err
+    np.testing.assert_array_equal(shown.risk, plain.risk)
+    np.testing.assert_array_equal(shown.diverged_at, plain.diverged_at)
+
+
+# Item 8: horizons the engines cannot count or resolve.
+
+def test_horizon_beyond_int32_steps_is_refused():
+    trace = float(LAM.sum())
+    ok = sw.MAX_STEPS / trace
+    assert sw.checked_output_steps(ok, 2, trace)[-1] == sw.MAX_STEPS
+    with pytest.raises(ValueError, match=r"needs 1\.\d+e\+\d+ steps"):
+        sw.checked_output_steps(1e20, 101, trace)
+    with pytest.raises(ValueError, match="T=1e\\+20"):
+        sw.run_sweep(_problem(), _scheds(), [0], 1e20, 3, progress=False)
+
+
+def test_output_times_closer_than_one_step_are_refused():
+    trace = float(LAM.sum())
+    least = 100 / trace  # (points - 1) steps of 1 / Tr K
+    assert np.all(np.diff(sw.checked_output_steps(least, 101, trace)) > 0)
+    with pytest.raises(ValueError, match=r"T=1e-09 with points=101 .* at least .* = 5\.3793\d"):
+        sw.checked_output_steps(1e-9, 101, trace)
+    # The bound in the message is rounded up, so it can be typed back in.
+    msg = ""
+    try:
+        sw.checked_output_steps(0.5 * least, 101, trace)
+    except ValueError as err:
+        msg = str(err)
+    typed = float(msg.split("= ")[-1].split(",")[0])
+    assert typed >= least and np.all(np.diff(sw.checked_output_steps(typed, 101, trace)) > 0)
