@@ -46,17 +46,19 @@ $(RESULTS)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(RESULTS)
 	$(PY) experiments/$*.py --out $@ --size $(SIZE)
 
-# The real-data study runs on digits unless DATA names another dataset, e.g.
-# `make real-data DATA=cifar10:path=DIR` (its results then go to files of their own).
+# `make real-data` runs on digits (it ships with scikit-learn, no download);
+# `make real-data DATA=cifar10:path=DIR` (any data SPEC) runs the same study on your data,
+# written to $(FIGDIR)/user/ so it never overwrites the gallery's digits figure.
 DATA ?=
-ifneq ($(DATA),)
-REAL_DATA_FIG := $(FIGDIR)/real_data_$(subst /,_,$(subst :,_,$(subst =,_,$(DATA)))).png
-$(REAL_DATA_FIG): experiments/real_data.py experiments/plot_real_data.py $(PKG) | $(STAMP)
-	@mkdir -p $(RESULTS)
-	$(PY) experiments/real_data.py --out $(RESULTS)/$(basename $(notdir $@)).npz --size $(SIZE) --data "$(DATA)"
-	$(PY) experiments/plot_real_data.py $(RESULTS)/$(basename $(notdir $@)).npz $@
-else
+ifeq ($(strip $(DATA)),)
 REAL_DATA_FIG := $(FIGDIR)/real_data.png
+else
+REAL_DATA_FIG := real-data-user
+.PHONY: real-data-user
+real-data-user: | $(STAMP)
+	@mkdir -p $(FIGDIR)/user
+	$(PY) experiments/real_data.py --out $(FIGDIR)/user/real_data.npz --size $(SIZE) --data "$(DATA)"
+	$(PY) experiments/plot_real_data.py $(FIGDIR)/user/real_data.npz $(FIGDIR)/user/real_data.png
 endif
 
 $(FIGDIR)/%.png: experiments/plot_%.py experiments/common.py $(RESULTS)/%.npz | $(STAMP)

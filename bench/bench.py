@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import jax
+
+jax.config.update("jax_enable_x64", True)  # as measured before: int64 counters, float64 ODE
 import jax.numpy as jnp
 import numpy as np
 

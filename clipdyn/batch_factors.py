@@ -63,7 +63,8 @@ __all__ = ["GroupFunctionals", "group_functionals", "group_factors", "preclip_fa
 # ---- numerical constants (theory/clip_rules.md, section 4) -------------------------------------
 
 _TALBOT_N = 24  # fixed-Talbot nodes: truncation ~ e^(-1.4 N), rounding ~ e^(2N/5) * 1e-16
-_TALBOT_MAX_DELAY = 40.0  # largest delay D = sum q / 2 handed to Talbot (error < 1e-10, eq. (16))
+_TALBOT_MAX_DELAY = 20.0  # largest delay D = sum q / 2 handed to Talbot (eq. (16))
+_LOG_CAP = 300.0  # cap on log|L| of discarded terms, far above any Talbot-route term (~ D)
 _V_NODES = 48  # Gauss-Legendre nodes in v for int_0^1 L(p v^4) 2 v dv
 DEFAULT_COS_TERMS = 2048  # cosine terms of the COS expansion
 _CHI_TAIL = 40.0  # the COS interval leaves out mass < n e^-40 (Laurent-Massart chi-square bound)
@@ -133,15 +134,19 @@ def _component_laplace(means: Array | None, s2: Array, p: Array) -> Array:
     out = 1.0 / jnp.sqrt(d)
     if means is not None:
         m2 = jnp.reshape((means * means).astype(p.dtype), lead + (-1,))
-        out = out * jnp.exp(-p[..., None] * m2 / d)
+        z = -p[..., None] * m2 / d
+        # A shifted component grows like exp(q) on Talbot's contour; the terms where it does go
+        # to the COS route, so capping the growth (not reached by Talbot-route terms) only keeps
+        # the discarded values finite.
+        z = jax.lax.complex(jnp.minimum(jnp.real(z), _LOG_CAP), jnp.imag(z))
+        out = out * jnp.exp(z)
     return out
 
 
-def _powers(x: Array, n: int) -> list[Array]:
-    out = [jnp.ones_like(x)]
-    for _ in range(n):
-        out.append(out[-1] * x)
-    return out
+def _safe_log(x: Array) -> Array:
+    """``log x`` for complex ``x``; ``x = 0`` (an empty class) gives a large negative number."""
+    zero = x == 0
+    return jnp.where(zero, -4.0 * _LOG_CAP, jnp.log(jnp.where(zero, 1.0, x)))
 
 
 class _Split(NamedTuple):
@@ -221,14 +226,18 @@ def _route_transforms(rep, s2: Array, n: int, split: _Split | None, p: Array):
     low = jnp.reshape(split.in_low, w.shape)
     l_low = jnp.sum(jnp.where(low, w, 0.0) * lap, axis=-1)
     l_high = jnp.sum(jnp.where(low, 0.0, w) * lap, axis=-1)
-    pl, ph = _powers(l_low, n), _powers(l_high, n)
-    terms = jnp.stack([pl[n - k] * ph[k] for k in range(n + 1)], axis=-1)  # (..., n+1)
+    # term k = C(n, k) L_low^(n-k) L_high^k, by logarithms so that discarded terms stay finite
+    log_low, log_high = _safe_log(l_low), _safe_log(l_high)
+    k = jnp.arange(n + 1, dtype=jnp.real(log_low).dtype)
     lead = (1,) * p.ndim
+    kk = jnp.reshape(k, lead + (-1,)).astype(p.dtype)
+    expo = (n - kk) * log_low[..., None] + kk * log_high[..., None]
+    expo = jax.lax.complex(jnp.minimum(jnp.real(expo), 2.0 * _LOG_CAP), jnp.imag(expo))
     coef = jnp.reshape(split.coef.astype(p.dtype), lead + (-1,))
+    terms = coef * jnp.exp(expo)
     route = jnp.reshape(split.talbot, lead + (-1,))
-    tal = jnp.where(route, coef, 0.0)
-    cos = jnp.where(route, 0.0, coef)
-    return jnp.sum(terms * tal, axis=-1), jnp.sum(terms * cos, axis=-1)
+    return (jnp.sum(jnp.where(route, terms, 0.0), axis=-1),
+            jnp.sum(jnp.where(route, 0.0, terms), axis=-1))
 
 
 # ---- Talbot inversion (eqs. (15), (16)) ----------------------------------------------------------
@@ -248,10 +257,13 @@ def _talbot_functionals(rep, s2, n, split, A, mass, s_ref):
     pv = p[:, None] * jnp.asarray(_V4, cdtype)[None, :]  # (N, V): tail form, t = v^2
     pu = p[:, None] * jnp.asarray(1.0 / _U2, cdtype)[None, :]  # (N, U): local form
     t_real = (jnp.asarray(_Y_EXP, rdtype) / s_ref).astype(cdtype)  # E[S^(-1/2)], t = e^y / s_ref
-    pts = jnp.concatenate([p[:, None], pv, pu, jnp.broadcast_to(t_real[None, :], (p.shape[0],) + t_real.shape)], axis=1)
+    grid = jnp.concatenate([p[:, None], pv, pu], axis=1)
+    pts = jnp.concatenate([jnp.ravel(grid), t_real])
     lt, _ = _route_transforms(rep, s2, n, split, pts)
-    nv, nu = _V.size, _U2.size
-    lp, lv, lu, ly = lt[:, 0], lt[:, 1:1 + nv], lt[:, 1 + nv:1 + nv + nu], lt[0, 1 + nv + nu:]
+    ly = lt[grid.size:]
+    lt = jnp.reshape(lt[:grid.size], grid.shape)
+    nv = _V.size
+    lp, lv, lu = lt[:, 0], lt[:, 1:1 + nv], lt[:, 1 + nv:]
     m = mass.astype(cdtype)
     cdf_hat = lp / p
     sq_hat = (m - lp) / (p * p)

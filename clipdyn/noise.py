@@ -172,7 +172,20 @@ def _gamma_log_range(df: Array, drop: float = 46.0) -> tuple[Array, Array]:
     return left, x
 
 
-@uses_x64
+def _gamma_log_range_host(df: float, drop: float = 46.0) -> tuple[float, float]:
+    """:func:`_gamma_log_range` for a concrete ``df``, in Python floats: float64 whatever JAX's
+    precision setting, and usable while a ``jit`` trace is active (a law built inside one)."""
+    q = 2.0 * drop / df
+    left = -q - 1.0 if q > 1.0 else -math.sqrt(2.0 * q)
+    for _ in range(40):
+        ex = math.exp(left)
+        left = left - (left + 1.0 - ex + q) / (1.0 - ex)
+    x = math.log1p(q) + 1.0
+    for _ in range(60):
+        x = math.log(x + 1.0 + q)
+    return left, x
+
+
 def _student_nodes(df: float) -> int:
     """Static node count for the Student-t quadrature at a concrete ``df``.
 
@@ -180,7 +193,7 @@ def _student_nodes(df: float) -> int:
     integrand is analytic in a strip of half-width pi/2 around the real ``x`` axis, and for large
     ``df`` it is close to a Gaussian of width ``sqrt(2/df)`` (theory/derivation.md, eq. (3.8)).
     """
-    left, right = (float(v) for v in _gamma_log_range(np.float64(df)))
+    left, right = _gamma_log_range_host(float(df))
     h = min(0.25, 0.5 * math.sqrt(2.0 / df))
     n = int(math.ceil((right - left) / h)) + 1
     return max(64, 32 * math.ceil(n / 32))

@@ -47,6 +47,7 @@ from jax.typing import ArrayLike
 
 from clipdyn import factors
 from clipdyn.noise import NoiseLaw, check_value, frozen_pytree
+from clipdyn.precision import uses_x64
 
 Array = jax.Array
 
@@ -170,6 +171,7 @@ class ClipRule:
             return jnp.broadcast_to(C, k.shape)
         return C * k ** (1.0 / jnp.asarray(self.beta, C.dtype))
 
+    @uses_x64
     def coefficients(self, r: Array, gram: Array, C: Array, pre_scale: Array) -> Array:
         """The update's coefficients on the step's rows: ``G = sum_i a_i row_i``.
 
@@ -214,6 +216,7 @@ class ClipRule:
         return coef
 
     # ---- the theory's side ----------------------------------------------------------------
+    @uses_x64
     def ode_factors(self, noise: NoiseLaw, R: Array, c: Array) -> RuleFactors:
         """``(mu, nu, iso_d, iso_1)`` of the rule at risk ``R`` and threshold ``c`` (scalars).
 
@@ -269,6 +272,7 @@ class ClipRule:
         S = jnp.asarray(self.dp_noise, float)
         return jnp.where(jnp.isfinite(c), S * S * c * c / (self.batch * self.batch), 0.0)
 
+    @uses_x64
     def sgd_noise(self, noise: NoiseLaw, R: Array) -> Array:
         """``nu`` of unclipped SGD with this batch size, ``(2R + sigma^2) / B``: the reference
         that makes the rule's ``nu`` unitless in the criteria."""
@@ -416,6 +420,7 @@ def static_signature(rule: ClipRule) -> tuple:
     return (rule.kind, rule.batch, rule.size, rule.use_dp, rule.use_preclip)
 
 
+@uses_x64
 def stack_rules(rules) -> ClipRule:
     """One batched rule (array leaves with a leading axis) from rules sharing their static fields."""
     rules = list(rules)

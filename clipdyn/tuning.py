@@ -101,7 +101,7 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
 
     # Group rules (batch, micro) evaluate their factors by Laplace inversion, whose intermediate
     # arrays are large: solve a few configurations at a time instead of all at once.
-    group = rules is not None and rules.kind in ("batch", "micro") and not rules.plain
+    group = rules is not None and rules.kind in ("batch", "micro") and not rules.plain and rules.table is None
     size = min(n_cfg, 4) if group else n_cfg
     risk, _, status = jax.lax.map(one, (schedules, rules if batched else jnp.zeros(n_cfg)),
                                   batch_size=size)

@@ -6,10 +6,14 @@ and compares the ODE (float64) with simulations (float32, common random numbers 
 
 import argparse
 
+import jax
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")  # figures are files; plot scripts import this module before pyplot
+# These programs compute in float64 (the studies jit clipdyn's factors themselves); switching
+# their own process's mode here is explicit, not a library's side effect.
+jax.config.update("jax_enable_x64", True)
 
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.results import load_results, seed_statistics

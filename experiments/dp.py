@@ -8,8 +8,8 @@ Panel data (lam_i = i^-0.3, R0 = 1, per-sample clipping, THEORY.md section 6):
    grid), with simulations (seeds sharing their samples) at the ODE's best learning rate on a
    coarser threshold grid. DP noise (S C / B) z grows with C, so the best threshold should shrink
    as S grows.
-2. Pre-clip noise, B = 1, Rademacher label noise +-1 and a threshold c = 0.5 below the noise
-   level: without it mu = P(|w| <= c) -> 0 as R -> 0 and clipped SGD stalls; noise K before
+2. Pre-clip noise, B = 1, Rademacher label noise +-1 and a threshold c = 0.2 below the noise
+   level, over a long horizon: without it mu = P(|w| <= c) -> 0 as R -> 0 and clipped SGD stalls; noise K before
    clipping keeps mu > 0 (theory/clip_rules.md, eq. (5)). R(T) against K, ODE and simulation,
    and the risk curves for K = 0 and the best K.
 
@@ -30,10 +30,12 @@ from clipdyn.sweep import run_sweep, simulate_runs
 
 import common
 
-SIZES = {"tiny": dict(d=128, B=4, n_c=4, n_eta=3, n_sim_c=2, seeds=2, T=2.0, n_K=3, points=5),
-         "default": dict(d=500, B=8, n_c=16, n_eta=10, n_sim_c=5, seeds=6, T=6.0, n_K=9, points=31),
+SIZES = {"tiny": dict(d=128, B=4, n_c=4, n_eta=3, n_sim_c=2, seeds=2, T=2.0, n_K=3, T_pre=4.0,
+                     points=5),
+         "default": dict(d=500, B=8, n_c=16, n_eta=10, n_sim_c=5, seeds=6, T=6.0, n_K=8, T_pre=200.0,
+                         points=41),
          "paper": dict(d=4000, B=16, n_c=32, n_eta=16, n_sim_c=10, seeds=32, T=10.0, n_K=17,
-                       points=101)}
+                       T_pre=400.0, points=101)}
 DP_NOISE = (0.0, 0.25, 0.5, 1.0)
 
 
@@ -61,7 +63,7 @@ def dp_panel(size, arrays, summary):
         arrays[f"dp_ode_{j}"], arrays[f"dp_eta_{j}"] = best, eta[k]
         scheds = Constant(jnp.asarray(eta[k][sim_idx]), jnp.asarray(c[sim_idx]))
         res = run_sweep(prob, scheds, range(size["seeds"]), size["T"], 2, progress=False,
-                        rules=rule, engine="block")
+                        rules=rule)
         fin = np.where(res.diverged, np.nan, res.risk[:, :, -1])
         arrays[f"dp_sim_{j}"] = np.nanmean(fin, axis=0)
         arrays[f"dp_sim_se_{j}"] = np.nanstd(fin, axis=0, ddof=1) / np.sqrt(np.isfinite(fin).sum(0))
@@ -72,15 +74,15 @@ def dp_panel(size, arrays, summary):
 def preclip_panel(size, arrays, summary):
     law = cd.Rademacher(1.0)
     prob = common.problem(law, size["d"])
-    c, eta = 0.5, 1.0
-    K = np.concatenate([[0.0], np.geomspace(0.1, 4.0, size["n_K"] - 1)])
+    c, eta, T = 0.2, 1.0, size["T_pre"]
+    K = np.concatenate([[0.0], np.geomspace(0.1, 3.0, size["n_K"] - 1)])
     arrays["pre_K"] = K
     ode_final, sim_mean, sim_se = [], [], []
     for k in K:
         rule = rules.per_sample(1, preclip_noise=float(k)) if k > 0 else rules.per_sample(1)
         sched = constant(eta, c)
-        runs = simulate_runs(prob, sched, range(size["seeds"]), size["T"], size["points"], rules=rule)
-        ode = solve_ode(prob, sched, size["T"], times=runs.t, rule=rule)
+        runs = simulate_runs(prob, sched, range(size["seeds"]), T, size["points"], rules=rule)
+        ode = solve_ode(prob, sched, T, times=runs.t, rule=rule)
         fin = runs.risk[:, 0, -1]
         ode_final.append(float(ode.risk[-1]))
         sim_mean.append(float(np.nanmean(fin)))
@@ -90,7 +92,7 @@ def preclip_panel(size, arrays, summary):
         arrays["pre_t"] = runs.t
     arrays["pre_ode"], arrays["pre_sim"], arrays["pre_sim_se"] = map(np.asarray, (ode_final, sim_mean, sim_se))
     best = int(np.argmin(ode_final))
-    summary["preclip"] = {"c": c, "eta": eta, "noise": "rademacher sigma=1", "R_T_without": ode_final[0],
+    summary["preclip"] = {"c": c, "eta": eta, "T": T, "noise": "rademacher sigma=1", "R_T_without": ode_final[0],
                           "best_K": float(K[best]), "R_T_best": ode_final[best],
                           "mu_at_R_small_without": float(cd.mu(law, 1e-4, c)),
                           "mu_at_R_small_best": float(cd.mu(law, 1e-4, c, rules.per_sample(1, preclip_noise=float(K[best]))))

@@ -80,6 +80,39 @@ def mask_diverged(curve, div):
     return np.where((div[:, None] >= 0) & (epochs[None] >= div[:, None]), np.nan, curve)
 
 
+def time_per_epoch(config, argv, repeats):
+    """Seconds per epoch of one training run alone (no evaluation): wall-clock and the process's CPU
+    time, best of ``repeats`` after compiling, and the 1-minute load average when timing began."""
+    timed = jax.jit(partial(nw.train, config._replace(evaluate=False, checkpoints=())))
+    jax.block_until_ready(timed(*argv))
+    load = os.getloadavg()[0]
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(timed(*argv))
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return min(wall) / config.epochs, min(cpu) / config.epochs, load
+
+
+def symmetry_proxy(ckpt_params, data, n_checkpoints, size):
+    """Chen et al.'s proxy at every checkpoint of the SYMMETRY_RULES runs (seed 0), and the value
+    for a skewed reference sample of the same size (a centred 2-D exponential)."""
+    sym = jax.jit(partial(nw.projected_gradient_symmetry, n_projections=size["n_projections"],
+                          n_points=size["n_points"], n_null=size["n_null"]))
+    h = np.zeros((len(NOISES), len(SYMMETRY_RULES), n_checkpoints, size["n_projections"]))
+    null = np.zeros(h.shape + (size["n_null"],))
+    for n, noise in enumerate(NOISES):
+        d = data[(noise, 0)]
+        for q, rule in enumerate(SYMMETRY_RULES):
+            for k in range(n_checkpoints):
+                params = jax.tree.map(lambda a: a[k], ckpt_params[(n, rule)])
+                h[n, q, k], null[n, q, k] = jax.device_get(sym(params, d.x_train, d.y_train, jax.random.key(k)))
+    skew = np.random.default_rng(0).exponential(size=(size["n_points"], 2))
+    skewed = float(nw.symmetry_statistic(jnp.asarray(skew - skew.mean(axis=0), jnp.float32)))
+    return h, null, skewed
+
+
 def main():
     args, size = common.parse(__doc__, "figures/data/network_clipping.npz", SIZES)
     start = time.perf_counter()
@@ -137,6 +170,9 @@ def main():
             div = diverged_epoch(val.reshape(T * G, -1)).reshape(T, G)
             grid_diverged[n, r] = (div >= 0).sum(axis=0)
             grid_score[n, r] = np.where(grid_diverged[n, r] > 0, np.inf, val[:, :, -1].mean(axis=0))
+            if not np.isfinite(grid_score[n, r]).any():
+                print(f"{rule}, {noise}: every configuration diverged in tuning; evaluating the first "
+                      "(its runs will be reported as diverged)", flush=True)
             best = int(np.argmin(grid_score[n, r]))
             best_lr[n, r], best_clip[n, r] = lr_g[best], clip_g[best]
         # Evaluation: both noise conditions, every evaluation seed, at their tuned configuration.
@@ -151,40 +187,15 @@ def main():
             if rule in SYMMETRY_RULES:
                 ckpt_params[(n, rule)] = jax.tree.map(lambda a: a[n * S], res.checkpoints)
 
-        # Wall-clock: one run of the training alone (no evaluation), best of several after compiling.
-        timed = jax.jit(partial(nw.train, config._replace(evaluate=False, checkpoints=())))
         one = data[(list(NOISES)[0], 0)]
         argv = (np.float32(best_lr[0, r]), np.float32(min(best_clip[0, r], np.finfo(np.float32).max)),
                 one, jax.tree.map(lambda a: a[0], params0), batches[0])
-        jax.block_until_ready(timed(*argv))
-        times, cpu = [], []
-        load[r] = os.getloadavg()[0]
-        for _ in range(size["timing_repeats"]):
-            t0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(timed(*argv))
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        sec_per_epoch[r], cpu_sec_per_epoch[r] = min(times) / E, min(cpu) / E
+        sec_per_epoch[r], cpu_sec_per_epoch[r], load[r] = time_per_epoch(config, argv, size["timing_repeats"])
         print(f"{rule:>10}: clean acc {np.nanmean(out['test_acc'][0, r, :, -1]):.3f}, noisy acc "
               f"{np.nanmean(out['test_acc'][1, r, :, -1]):.3f}, {1e3 * sec_per_epoch[r]:.1f} ms/epoch "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
-    # Chen et al.'s symmetry proxy on the tuned runs' checkpoints.
-    sym = jax.jit(partial(nw.projected_gradient_symmetry, n_projections=size["n_projections"],
-                          n_points=size["n_points"], n_null=size["n_null"]))
-    K = len(checkpoints)
-    sym_h = np.zeros((len(NOISES), len(SYMMETRY_RULES), K, size["n_projections"]))
-    sym_null = np.zeros(sym_h.shape + (size["n_null"],))
-    for n, noise in enumerate(NOISES):
-        d = data[(noise, 0)]
-        for q, rule in enumerate(SYMMETRY_RULES):
-            for k in range(K):
-                params = jax.tree.map(lambda a: a[k], ckpt_params[(n, rule)])
-                h, h0 = sym(params, d.x_train, d.y_train, jax.random.key(k))
-                sym_h[n, q, k], sym_null[n, q, k] = np.asarray(h), np.asarray(h0)
-    # A skewed reference of the same size: a centred 2-D exponential sample.
-    skew = np.random.default_rng(0).exponential(size=(size["n_points"], 2))
-    sym_skewed = float(nw.symmetry_statistic(jnp.asarray(skew - skew.mean(axis=0), jnp.float32)))
+    sym_h, sym_null, sym_skewed = symmetry_proxy(ckpt_params, data, len(checkpoints), size)
 
     arrays = dict(epochs=np.arange(E + 1), **out, diverged_epoch=diverged, sec_per_epoch=sec_per_epoch,
                   cpu_sec_per_epoch=cpu_sec_per_epoch, load_average=load,

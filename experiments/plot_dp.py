@@ -27,8 +27,8 @@ def draw(a, meta):
     ax.errorbar(K, a["pre_sim"], yerr=2 * a["pre_sim_se"], fmt="o", ms=4, label="simulation ±2 s.e.")
     ax.set_yscale("log")
     ax.set_xlabel("pre-clip noise K")
-    ax.set_ylabel(f"R(T = {cfg['T']:g})")
     s = cfg["summary"]["preclip"]
+    ax.set_ylabel(f"R(T = {s['T']:g})")
     ax.set_title(f"Rademacher noise ±1, c = {s['c']:g}, eta = {s['eta']:g}: R(T) against K")
     ax.legend(fontsize=8)
 

@@ -37,20 +37,34 @@ ZERO_SCALE = {
 }
 
 
+R_ZERO = np.asarray([1e-6, 0.5, 30.0])[:, None]
+C_ZERO = np.asarray([0.0, 1e-3, math.sqrt(2.0), 50.0, math.inf])[None, :]
+
+
+def _factors_jit(law):
+    # jit: one compilation is several times faster than the eager vectorised evaluation.
+    return jax.jit(lambda r, c: cd.reduction_factors(law, r, c))(R_ZERO, C_ZERO)
+
+
+@pytest.fixture(scope="module")
+def gaussian_zero():
+    return _factors_jit(cd.Gaussian(0.0))
+
+
 @pytest.mark.parametrize("name", sorted(ZERO_SCALE))
-def test_every_law_at_zero_scale_has_gaussian_zero_factors(name):
+def test_every_law_at_zero_scale_has_gaussian_zero_factors(name, gaussian_zero):
     # Today student-t/cauchy with scale 0 report E[eps^2] = inf, so nu = 0 and CCC = inf.
     # Each law's mixture representation is then one atom at 0 (weights summing to 1), so the
     # factors agree with Gaussian(0) to rounding: 1e-13 relative allows a few ulps per term.
     law = ZERO_SCALE[name]
-    ref = cd.Gaussian(0.0)
-    R = jnp.asarray([1e-6, 0.5, 30.0])[:, None]
-    c = jnp.asarray([0.0, 1e-3, math.sqrt(2.0), 50.0, math.inf])[None, :]
-    got, want = cd.reduction_factors(law, R, c), cd.reduction_factors(ref, R, c)
-    for g, w in zip(got, want):
+    for g, w in zip(_factors_jit(law), gaussian_zero):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-13, atol=0)
     assert float(law.second_moment) == 0.0 and float(law.mean) == 0.0 and float(law.variance) == 0.0
-    assert math.isinf(float(cd.optimal_threshold(law, 0.5)))
+
+
+def test_zero_scale_cauchy_never_gains_from_clipping():
+    # As for Gaussian(0) (CCC <= 1), no finite threshold beats unclipped SGD: c* = inf.
+    assert math.isinf(float(jax.jit(lambda r: cd.optimal_threshold(cd.cauchy(0.0), r))(0.5)))
 
 
 def test_noiseless_factors_match_the_closed_form():
@@ -61,13 +75,12 @@ def test_noiseless_factors_match_the_closed_form():
     c = z = math.sqrt(2.0)
     mu = math.erf(z / math.sqrt(2))
     nu_abs = mu - math.sqrt(2 / math.pi) * z * math.exp(-z * z / 2) + z * z * math.erfc(z / math.sqrt(2))
-    f = cd.reduction_factors(cd.Gaussian(0.0), 0.5, c)
-    assert float(f.mu) == pytest.approx(mu, rel=1e-14)
-    assert float(f.nu_abs) == pytest.approx(nu_abs, rel=1e-13)
-    assert float(f.ccc) == pytest.approx(mu * mu / nu_abs, rel=1e-13)
-
-    for text in ("student-t:df=1.5,scale=0", "cauchy:scale=0", "gaussian:sigma=0"):
-        assert float(cd.ccc(parse_noise(text), 0.5, c)) == pytest.approx(mu * mu / nu_abs, rel=1e-13)
+    for text in ("gaussian:sigma=0", "student-t:df=1.5,scale=0"):  # the example
+        law = parse_noise(text)
+        f = jax.jit(lambda r, cc: cd.reduction_factors(law, r, cc))(0.5, c)
+        assert float(f.mu) == pytest.approx(mu, rel=1e-14), text
+        assert float(f.nu_abs) == pytest.approx(nu_abs, rel=1e-13), text
+        assert float(f.ccc) == pytest.approx(mu * mu / nu_abs, rel=1e-13), text
 
 
 def test_zero_scale_heuristic_needs_no_sigma2():
@@ -165,8 +178,8 @@ def test_factor_functions_refuse_something_that_is_not_a_law(fn):
 def test_traced_arguments_pass_unchecked_and_still_compute():
     # Inside jit the values are tracers: nothing to check, and the result equals the eager one.
     got = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, 1.0)
-    assert float(got) == float(cd.mu(LAW, 0.5, 1.0))
-    grads = jax.vmap(jax.grad(lambda c: cd.nu_abs(LAW, 0.5, c)))(jnp.asarray([0.5, 1.0]))
+    assert float(got) == pytest.approx(float(cd.mu(LAW, 0.5, 1.0)), rel=1e-15)
+    grads = jax.jit(jax.vmap(jax.grad(lambda c: cd.nu_abs(LAW, 0.5, c))))(jnp.asarray([0.5, 1.0]))
     assert grads.shape == (2,)
 
 
@@ -201,7 +214,8 @@ def problem():
 
 
 @pytest.mark.parametrize("kwargs, text", [
-    (dict(schedule=0.5), r"schedule must be a clipdyn schedule \(callable \(t, R\) -> \(eta, c\)\); got float"),
+    (dict(schedule=0.5),
+     r"schedule must be a clipdyn schedule \(callable \(t, R\) -> \(eta, c\)\); got float"),
     (dict(problem="p"), "problem must be a clipdyn Problem"),
     (dict(T=-1.0), "T=-1.0 is not allowed; T must be finite and > 0"),
     (dict(T=math.inf), "T=inf"),
@@ -259,10 +273,12 @@ def test_seeds_validator_accepts_ranges_arrays_and_integral_floats():
 
 
 @pytest.mark.parametrize("call, text", [
-    (lambda: validation.integer("chunk_size", 1.5, 1), "chunk_size=1.5 is not allowed; chunk_size must be an integer >= 1"),
+    (lambda: validation.integer("chunk_size", 1.5, 1),
+     "chunk_size=1.5 is not allowed; chunk_size must be an integer >= 1"),
     (lambda: validation.integer("chunk_size", "4", 1), "chunk_size='4'.*not str"),
     (lambda: validation.integer("chunk_size", 0, 1), "chunk_size=0"),
-    (lambda: validation.positive("dt", 0.0, bounded=False), "dt=0.0 is not allowed; dt must be finite and > 0"),
+    (lambda: validation.positive("dt", 0.0, bounded=False),
+     "dt=0.0 is not allowed; dt must be finite and > 0"),
     (lambda: validation.positive("divergence_factor", -2.0, bounded=False), "divergence_factor=-2.0"),
     (lambda: validation.rtol(1e-16, "--rtol"), "--rtol=1e-16"),
     (lambda: validation.output_path("", "--out"), "--out='' is not allowed; --out must name a file"),
@@ -312,6 +328,21 @@ def test_inside_a_callers_trace_the_callers_precision_applies(x64_off):
     with cd.precision.x64():
         got64 = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, math.sqrt(2.0))
     assert got64.dtype == jnp.float64 and not jax.config.jax_enable_x64
+
+
+def test_student_t_quadrature_does_not_depend_on_the_mode_or_a_trace(x64_off):
+    # The node count is computed in Python floats, in 32-bit mode too: it equals the count from
+    # the quadrature's range computed by JAX in float64 (the formula of noise._student_nodes),
+    # and a law can be built inside a jit trace.
+    for df in (0.5, 1.0, 2.5, 30.0):
+        with cd.precision.x64():
+            left, right = (float(v) for v in cd.noise._gamma_log_range(np.float64(df)))
+        n = int(math.ceil((right - left) / min(0.25, 0.5 * math.sqrt(2.0 / df)))) + 1
+        assert cd.StudentT(df).n_nodes == max(64, 32 * math.ceil(n / 32))
+    with cd.precision.x64():
+        inside = jax.jit(lambda r: cd.mu(cd.StudentT(3.0, 1.0), r, 1.0))(0.5)
+        outside = cd.mu(cd.StudentT(3.0, 1.0), 0.5, 1.0)
+    assert float(inside) == pytest.approx(float(outside), rel=1e-14)
 
 
 def test_the_x64_context_is_thread_local(x64_off):

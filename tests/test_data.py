@@ -301,6 +301,22 @@ def test_protocol_matches_numpy(tmp_path, features):
     assert dp.d_int == pytest.approx(lam_np.sum() / top, rel=1e-12)
 
 
+def test_nearly_collinear_features_keep_theta_star():
+    # Two columns equal up to 1e-7 noise: kappa(X) = 2e7. Through the SVD theta* carries errors of
+    # order eps kappa = 5e-9 (observed 8e-10 against lstsq); through eigh(K) of order
+    # eps kappa^2 ~ 0.1 (observed 12 %), which is why the protocol decomposes X itself.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    X = np.column_stack([X, X[:, 4] + 1e-7 * rng.standard_normal(200)])
+    y = X[:, 0] + X[:, 4] - 0.5 * X[:, 5] + 0.3 * rng.standard_normal(200)
+    dp = load_problem(from_arrays(X, y))
+    u = (X - X.mean(0)) / X.std(0)
+    target = (y - y.mean()) / y.std()
+    theta = np.linalg.lstsq(u, target, rcond=None)[0]
+    np.testing.assert_allclose(dp.theta_star, theta, rtol=0, atol=1e-7 * np.linalg.norm(theta))
+    np.testing.assert_allclose(dp.residuals, target - u @ theta, rtol=0, atol=1e-7)
+
+
 def test_relu_features_not_centred_and_reproducible():
     ds = load_source("sklearn:name=iris")
     a = load_problem(ds, "relu:d=50,seed=3")

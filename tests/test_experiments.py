@@ -11,7 +11,8 @@ from clipdyn.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clipping_helps",
-           "schedules", "heuristic"]
+           "schedules", "heuristic", "clip_rules", "dp", "real_data", "clipping_bias",
+           "l0l1_acceleration", "smoothness", "network_clipping"]
 
 
 @pytest.mark.parametrize("name", STUDIES)

@@ -182,3 +182,20 @@ def test_per_sample_factors_reduce_to_paper_factors():
         np.testing.assert_allclose([f.mu, f.nu_abs * 8, f.nu, f.ccc],
                                    [base.mu, base.nu_abs, base.nu, base.ccc], rtol=1e-14)
         assert float(cd.max_stable_lr(law, 0.3, math.inf, rules.per_sample(8))) == pytest.approx(16.0)
+
+
+def test_factor_table_interpolates_to_stated_accuracy():
+    # float64. The table (8 points per decade, cubic Hermite with autodiff slopes) against the exact
+    # factors between grid points, for the batch rule under Gaussian noise (closed form, so the
+    # reference is exact): the stated accuracy is 1e-5 relative (O(h^4) with h = ln(10)/8).
+    law, c = cd.Gaussian(1.0), 0.7
+    rule = rules.batch_mean(8)
+    table_rule = rules.tabulate(rule, law, c, R_min=1e-4, R_max=1e3)
+    with jax.experimental.enable_x64():
+        R = jnp.exp(jnp.linspace(np.log(1e-4), np.log(1e3), 57) + 0.0137)[:-1]
+        exact = jax.vmap(lambda r: rule.ode_factors(law, r, c))(R)
+        approx = jax.vmap(lambda r: table_rule.ode_factors(law, r, c))(R)
+        np.testing.assert_allclose(approx.mu, exact.mu, rtol=3e-5)
+        np.testing.assert_allclose(approx.nu, exact.nu, rtol=3e-5)
+        # Asked at another threshold, the table answers nan instead of a wrong number.
+        assert np.isnan(float(table_rule.ode_factors(law, 0.5, 0.8).mu))

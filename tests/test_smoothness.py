@@ -364,20 +364,5 @@ def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
+# The two studies run end to end at the tiny size in tests/test_experiments.py.
 
-# ---- the studies, end to end at the tiny size ---------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["l0l1_acceleration", "smoothness"])
-def test_study_runs_at_tiny_size(tmp_path, name):
-    data = tmp_path / f"{name}.npz"
-    run = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(data),
-                          "--size", "tiny"], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-2000:]
-    arrays, meta = load_results(data)
-    assert meta["config"]["study"] == name and meta["provenance"]["jax_version"]
-    png = tmp_path / f"{name}.png"
-    plot = subprocess.run([sys.executable, str(ROOT / "experiments" / f"plot_{name}.py"), str(data), str(png)],
-                          capture_output=True, text=True, timeout=300)
-    assert plot.returncode == 0, plot.stderr[-2000:]
-    assert png.stat().st_size > 10_000

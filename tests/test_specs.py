@@ -87,7 +87,8 @@ def test_parse_int_refuses_empty_fractional_and_bool_like_text():
     assert specs.parse_int("8.0", "--seeds", 1) == 8
     with pytest.raises(ValueError, match="--chunk-size: '' is not a number"):
         specs.parse_int("", "--chunk-size", 1)
-    with pytest.raises(ValueError, match="--chunk-size=1.5 is not allowed; --chunk-size must be an integer >= 1"):
+    with pytest.raises(ValueError,
+                       match="--chunk-size=1.5 is not allowed; --chunk-size must be an integer >= 1"):
         specs.parse_int("1.5", "--chunk-size", 1)
     with pytest.raises(ValueError, match="--seed-offset=1e"):
         specs.parse_int("1e30", "--seed-offset", 0, high=2**32 - 1)
@@ -172,7 +173,8 @@ def test_integer_files_are_read_as_float64(tmp_path):
     law = parse_noise(f"empirical:file={path}")
     np.testing.assert_array_equal(law.atoms, [3.0, -1.0, 2.0])
     assert law.atoms.dtype == np.float64
-    np.testing.assert_array_equal(parse_spectrum(f"file:{_npy(tmp_path, 'lam.npy', np.array([2, 1]))}"), [2.0, 1.0])
+    lam = _npy(tmp_path, "lam.npy", np.array([2, 1]))
+    np.testing.assert_array_equal(parse_spectrum(f"file:{lam}"), [2.0, 1.0])
 
 
 @pytest.mark.parametrize("arr, text", [

@@ -31,12 +31,18 @@ def make_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clipdyn.precision import x64
+
     try:
-        args = make_parser().parse_args(argv)
-        args.func(args)
+        with x64():  # the theory needs float64; the user's process keeps its own JAX settings
+            args = make_parser().parse_args(argv)
+            args.func(args)
     except (CLIError, ValueError, OSError) as err:
         print(f"clipdyn: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # sweep's own handler says what was kept; others say this
+        print(f"clipdyn: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - solver failures and the like: one line too
         print(f"clipdyn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

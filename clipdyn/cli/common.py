@@ -23,6 +23,13 @@ class CLIError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        from clipdyn.specs import NEGATIVE_VALUE
+
+        super().__init__(*args, **kwargs)
+        # "--c -inf" and "--R -1e-3" are values to check, not unknown options.
+        self._negative_number_matcher = NEGATIVE_VALUE
+
     def error(self, message):  # one line, no usage dump
         raise CLIError(message)
 
@@ -99,14 +106,13 @@ def non_negative(text: str, what: str) -> float:
     return x
 
 
-def positive_list(text: str, what: str) -> np.ndarray:
-    """A LIST of finite values > 0, or a one-line ValueError naming the bad values."""
+def positive_list(text: str, what: str, bounded: bool = True) -> np.ndarray:
+    """A LIST of finite values > 0 (within the library's magnitude bounds when ``bounded``: risks,
+    say), or a one-line ValueError naming the bad values (clipdyn.validation's rule)."""
+    from clipdyn import validation
     from clipdyn.specs import parse_list
 
-    x = parse_list(text, what)
-    if not np.all(np.isfinite(x) & (x > 0)):
-        raise ValueError(f"{what}: {x.tolist()} is not allowed; values must be finite and > 0")
-    return x
+    return validation.positive(what, parse_list(text, what), bounded=bounded)
 
 
 def non_negative_list(text: str, what: str) -> np.ndarray:
@@ -123,23 +129,20 @@ def threshold_list(text: str, what: str) -> np.ndarray:
     """A LIST of thresholds >= 0 (``inf``: unclipped), or a one-line ValueError."""
     from clipdyn.specs import parse_list
 
+    from clipdyn import validation
+
     try:
         c = parse_list(text, what)
     except ValueError as err:
         raise ValueError(f"{err}; thresholds are numbers >= 0 or inf") from None
-    if np.any(np.isnan(c) | (c < 0)):
-        raise ValueError(f"{what}: {c.tolist()} is not allowed; thresholds must be >= 0 (inf allowed)")
-    return c
+    return validation.threshold(what, c)
 
 
 def int_at_least(text: str, what: str, low: int) -> int:
     """An integer option ``>= low``, or a one-line ValueError naming the bad value."""
-    from clipdyn.specs import parse_float
+    from clipdyn.specs import parse_int
 
-    x = parse_float(text, what)
-    if not (x.is_integer() and x >= low):
-        raise ValueError(f"{what}={text} is not allowed; it must be an integer >= {low}")
-    return int(x)
+    return parse_int(text, what, low)
 
 
 def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lists: bool = False) -> None:

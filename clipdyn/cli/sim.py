@@ -120,7 +120,7 @@ def _sweep_schedules(args, law, rule=None):
     from clipdyn import schedules as sch
     from clipdyn.specs import parse_clip_list
 
-    etas = positive_list(args.eta, "--eta")
+    etas = positive_list(args.eta, "--eta", bounded=False)
     clips = parse_clip_list(args.clip, "--clip")
     records, scheds = [], []
     if clips[0].kind == "max-ccc":

@@ -45,9 +45,10 @@ def cmd_ode(args) -> None:
     from clipdyn.ode import solve_ode
 
     problem, _, schedule, rule, T, points = build_problem(args)
-    rtol = positive(args.rtol, "--rtol")
-    if not rtol < 0.1:
-        raise ValueError(f"--rtol={args.rtol} is not allowed; it must be in (0, 0.1)")
+    from clipdyn import validation
+    from clipdyn.specs import parse_float
+
+    rtol = validation.rtol(parse_float(args.rtol, "--rtol"), "--rtol")
     res = solve_ode(problem, schedule, T, points, rtol=rtol, rule=rule)
     out = {
         "t": np.asarray(res.t).tolist(),

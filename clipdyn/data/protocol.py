@@ -14,8 +14,8 @@ Steps (theory/real_data.md, eqs. (3.1)-(3.9); THEORY.md section 7):
    ``X = Q S U^T`` (float64, cached): ``lam = s^2 / N``; singular values at or below
    ``s_max max(N, d) eps_64`` count as 0 (NumPy's ``lstsq``/``matrix_rank`` rule);
    ``theta*`` the minimum-norm least-squares solution, ``U^T theta* = S^+ Q^T y``; residuals
-   ``eps_j = y_j - x_j^T theta*``. (``eigh`` of ``K`` would square the condition number: on
-   digits with 1000 ReLU features it puts errors of order 1e4 into ``theta*``);
+   ``eps_j = y_j - x_j^T theta*``. (Through ``eigh`` of ``K`` the error of ``theta*`` would
+   grow with the square of the condition number of ``X``, through the SVD only linearly);
 5. the ODE starts at ``theta_0 = 0``: ``v_i(0) = 1/2 (u_i^T theta*)^2``, noise law
    ``Empirical(eps)``; the engines draw rows ``x_j U`` with their ``eps_j``.
 
@@ -44,7 +44,8 @@ __all__ = ["PROTOCOL_VERSION", "FeatureMap", "parse_features", "DataProblem", "s
            "decompose"]
 
 PROTOCOL_VERSION = "clipdyn-real-data-protocol-1"
-"""Enters every fingerprint: change it whenever the protocol's numbers would change."""
+"""Enters every fingerprint: change it whenever the protocol's numbers would change (the cache is
+keyed by the fingerprint and cannot tell otherwise)."""
 
 _CHUNK = 8192  # rows per block: standardised float64 copies of huge inputs are never whole
 
@@ -56,7 +57,7 @@ class FeatureMap:
     Attributes:
         kind: ``"raw"`` or ``"relu"``.
         d: number of ReLU features (``relu`` only).
-        seed: seed of ``numpy.random.default_rng`` for ``W`` and ``b`` (``relu`` only).
+        seed: seed of ``numpy.random.default_rng`` for ``W`` (``relu`` only).
     """
 
     kind: str = "raw"

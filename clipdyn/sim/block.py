@@ -70,109 +70,95 @@ def _block_rows(prob: SimProblem, rules, stream_key, k0, block):
     return Z.reshape(block * rules.n_rows, -1), samples.eps
 
 
-def _recurrence(prob, schedules, rules, P, Q, G, H, norms, eps, k0, hi, states, bound, sub, panel,
-                track):
-    """The block's coefficients ``A`` (``C x block * n_rows``) and the runs' end-of-block
+def _tdot(g: jax.Array, a: jax.Array) -> jax.Array:
+    """``g^T a`` for ``g`` (``S x n``) and ``a`` (``S x C``) as a sum over the short axis ``S``:
+    elementwise work along the runs, which XLA vectorises, rather than a skinny product."""
+    return g.T @ a
+
+
+def _recurrence(prob, schedules, rules, P, Q, G, H, norms, eps, k0, hi, states, bound, sub, track):
+    """The block's coefficients ``A`` (``block * n_rows x C``) and the runs' end-of-block
     ``(R, diverged, diverged_step, grow)``; ``grow`` is the divergence bound's increment.
 
-    The block's steps are cut into panels of ``panel`` steps (a loop); a panel's projections are
-    formed when it starts, from the block's starting projections and the coefficients so far
-    (one product with ``A``, whose later columns are still 0). Inside a panel the steps are
-    solved like a triangular system by recursive halving: solve the first half, update the
-    second half's projections by one product with the first half's coefficients, solve the
-    second half; halves of ``sub`` steps are unrolled step by step.
+    The runs are the last (contiguous) axis of every array here, so a step reads and writes
+    whole rows. The block's steps run in sub-blocks of ``sub`` steps. A sub-block's projections
+    are formed when it starts, from the block's starting projections ``P`` (``block * n_rows x
+    C``) and the coefficients so far (one product with ``A``, whose later rows are still 0);
+    inside it the steps run one after another and update only the sub-block's own rows.
     """
     trace = prob.trace
     sqrt_trace = jnp.sqrt(trace)
     dtype = P.dtype
     n, B = rules.n_rows, rules.batch
-    n_cfg, m = P.shape
-    W = panel * n
+    m, n_cfg = P.shape
+    S = sub * n
     plain = rules.plain
 
-    def coefficients(r, g, thr):
+    def coefficients(r, g, thr):  # r (B, C) -> (n, C)
         if plain:
-            return (clip_rules.clip_scale(jnp.abs(r[:, 0]) * jnp.sqrt(g[0, 0]), thr) * r[:, 0])[:, None]
-        return jax.vmap(lambda ru, rr, cc: ru.coefficients(rr, g, cc, prob.pre_scale))(rules, r, thr)
+            return clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr) * r
+        w = jax.vmap(lambda ru, rr, cc: ru.coefficients(rr, g, cc, prob.pre_scale),
+                     in_axes=(0, 1, 0))(rules, r, thr)
+        return w.T
 
-    def chain(k_first, Ps, Qs, Gs, Hs, ns, es, st):
-        """``sub`` steps one after another; ``Ps``, ``Qs``: their columns at the first step."""
-        R, div, dstep, grow = st
-        cols = []
-        for jj in range(Ps.shape[1] // n):
-            k = k_first + jj
+    def sub_block(i, carry):
+        st, A = carry
+        s0 = i * S
+        Ps = jax.lax.dynamic_slice_in_dim(P, s0, S, axis=0)
+        Qs = Hs = ns = None
+        if m > S:
+            Ps = Ps - jax.lax.dynamic_slice_in_dim(G, s0, S, axis=0) @ A
+        Gs = jax.lax.dynamic_slice(G, (s0, s0), (S, S))
+        if track:
+            Qs = jax.lax.dynamic_slice_in_dim(Q, s0, S, axis=0)
+            if m > S:
+                Qs = Qs - jax.lax.dynamic_slice_in_dim(H, s0, S, axis=0) @ A
+            Hs = jax.lax.dynamic_slice(H, (s0, s0), (S, S))
+        else:
+            ns = jax.lax.dynamic_slice_in_dim(norms, s0, S)
+        es = jax.lax.dynamic_slice_in_dim(eps, i * sub, sub, axis=0)
+
+        def step(jj, c):
+            As, (R, div, dstep, grow) = c
+            k = k0 + i * sub + jj
             eta, clip = jax.vmap(lambda sc, rr: sc(k.astype(dtype) / trace, rr))(schedules, R)
             live = ~div & (k < hi)
-            rows = slice(jj * n, (jj + 1) * n)
-            p = Ps[:, rows]
-            for ii, a_i in enumerate(cols):
-                p = p - a_i @ Gs[ii * n:(ii + 1) * n, rows]
-            r = p[:, :B] - es[jj][None, :]
-            w = coefficients(r, Gs[rows, rows], clip * sqrt_trace)
-            a = jnp.where(live[:, None], (eta / trace)[:, None] * w, 0.0)
+            j0 = jj * n
+            # This step's rows of the projections: the sub-block's starting ones less the
+            # terms of its earlier steps (As is still 0 from this step on).
+            g_cols = jax.lax.dynamic_slice_in_dim(Gs, j0, n, axis=1)
+            p = jax.lax.dynamic_slice_in_dim(Ps, j0, n, axis=0) - _tdot(g_cols, As)
+            g = jax.lax.dynamic_slice_in_dim(g_cols, j0, n, axis=0)
+            r = p[:B] - jax.lax.dynamic_index_in_dim(es, jj, keepdims=False)[:, None]
+            w = coefficients(r, g, clip * sqrt_trace)
+            a = jnp.where(live[None, :], (eta / trace)[None, :] * w, 0.0)
             if track:
-                q = Qs[:, rows]
-                for ii, a_i in enumerate(cols):
-                    q = q - a_i @ Hs[ii * n:(ii + 1) * n, rows]
-                R_new = R - jnp.sum(a * q, -1) + 0.5 * jnp.sum(a * (a @ Hs[rows, rows]), -1)
+                h_cols = jax.lax.dynamic_slice_in_dim(Hs, j0, n, axis=1)
+                h = jax.lax.dynamic_slice_in_dim(h_cols, j0, n, axis=0)
+                q = jax.lax.dynamic_slice_in_dim(Qs, j0, n, axis=0) - _tdot(h_cols, As)
+                R_new = R - jnp.sum(a * q, 0) + 0.5 * jnp.sum(a * _tdot(h, a), 0)
                 blown = ~(R_new <= bound) & live
-                a = jnp.where(blown[:, None], 0.0, a)
+                a = jnp.where(blown[None, :], 0.0, a)
                 R = jnp.where(live & ~blown, R_new, R)
                 div = div | blown
                 dstep = jnp.where(blown, (k + 1).astype(dstep.dtype), dstep)
             else:
-                grow = grow + jnp.sum(jnp.abs(a) * ns[rows][None, :], -1)
-            cols.append(a)
-        return jnp.concatenate(cols, axis=1), (R, div, dstep, grow)
+                nj = jax.lax.dynamic_slice_in_dim(ns, j0, n)
+                grow = grow + jnp.sum(jnp.abs(a) * nj[:, None], 0)
+            As = jax.lax.dynamic_update_slice_in_dim(As, a, j0, axis=0)
+            return As, (R, div, dstep, grow)
 
-    def solve(k_first, Pw, Qw, Gw, Hw, nw, ew, st):
-        """Steps ``k_first ..`` of a window: ``Pw``, ``Qw`` its columns, ``Gw``, ``Hw`` its square
-        blocks of ``G`` and ``H``, ``nw`` its row norms, ``ew`` its label noise."""
-        width = Pw.shape[1]
-        if width <= sub * n:
-            return chain(k_first, Pw, Qw, Gw, Hw, nw, ew, st)
-        h = (width // n // 2) * n
-        A1, st = solve(k_first, Pw[:, :h], None if Qw is None else Qw[:, :h], Gw[:h, :h],
-                       None if Hw is None else Hw[:h, :h], None if nw is None else nw[:h],
-                       ew[:h // n], st)
-        P2 = Pw[:, h:] - A1 @ Gw[:h, h:]
-        Q2 = None if Qw is None else Qw[:, h:] - A1 @ Hw[:h, h:]
-        A2, st = solve(k_first + h // n, P2, Q2, Gw[h:, h:], None if Hw is None else Hw[h:, h:],
-                       None if nw is None else nw[h:], ew[h // n:], st)
-        return jnp.concatenate([A1, A2], axis=1), st
-
-    def one_panel(i, carry):
-        st, A = carry
-        s0 = i * W
-        Pw = jax.lax.dynamic_slice_in_dim(P, s0, W, axis=1)
-        Qw = Hw = nw = None
-        if m > W:
-            Pw = Pw - A @ jax.lax.dynamic_slice_in_dim(G, s0, W, axis=1)
-        Gw = jax.lax.dynamic_slice(G, (s0, s0), (W, W))
-        if track:
-            Qw = jax.lax.dynamic_slice_in_dim(Q, s0, W, axis=1)
-            if m > W:
-                Qw = Qw - A @ jax.lax.dynamic_slice_in_dim(H, s0, W, axis=1)
-            Hw = jax.lax.dynamic_slice(H, (s0, s0), (W, W))
-        else:
-            nw = jax.lax.dynamic_slice_in_dim(norms, s0, W)
-        ew = jax.lax.dynamic_slice_in_dim(eps, i * panel, panel, axis=0)
-        Aw, st = solve(k0 + i * panel, Pw, Qw, Gw, Hw, nw, ew, st)
-        return st, jax.lax.dynamic_update_slice_in_dim(A, Aw, s0, axis=1)
+        As, st = jax.lax.fori_loop(0, sub, step, (jnp.zeros((S, n_cfg), dtype), st))
+        return st, jax.lax.dynamic_update_slice_in_dim(A, As, s0, axis=0)
 
     st = (states.risk, states.diverged, states.diverged_step, jnp.zeros((n_cfg,), dtype))
-    A = jnp.zeros((n_cfg, m), dtype)
-    if m == W:
-        st, A = one_panel(0, (st, A))
-    else:
-        st, A = jax.lax.fori_loop(0, m // W, one_panel, (st, A))
+    st, A = jax.lax.fori_loop(0, m // S, sub_block, (st, jnp.zeros((m, n_cfg), dtype)))
     R, div, dstep, grow = st
     return A, R, div, dstep, grow
 
 
 def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, lo, hi,
-              block: int, bound, sub: int = 8, panel: int | None = None,
-              track_risk: bool | None = None) -> RunState:
+              block: int, bound, sub: int = 16, track_risk: bool | None = None) -> RunState:
     """C-SGD steps ``lo..hi-1`` of one seed's ``C`` runs (batched ``schedules`` and ``rules``).
 
     Args:
@@ -181,11 +167,10 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
         stream_key: the seed's sample stream.
         states: the runs' states at step ``lo``.
         lo, hi: the steps to take.
-        block: steps per block (static; a multiple of ``panel``).
+        block: steps per block (static; a multiple of ``sub``, or shorter than it); the last
+            block of ``lo..hi`` is masked beyond ``hi``.
         bound: the divergence threshold on ``R``.
-        sub: steps solved one after another at the bottom of the recurrence (static).
-        panel: steps per panel of the recurrence (static; default ``block``; ``sub`` times a
-            power of 2).
+        sub: steps per sub-block of the recurrence (static).
         track_risk: follow ``R`` step by step inside blocks (``Q`` and ``H``); default: when a
             schedule reads the risk (:func:`reads_risk`). Without it divergence is caught by
             the bound of the module doc and the block recomputed with it.
@@ -193,28 +178,27 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
     Returns:
         The runs' states at step ``hi``.
     """
-    panel = block if panel is None else panel
-    if block % panel or panel % sub:
-        raise ValueError(f"block={block}, panel={panel}, sub={sub}: each must divide the one before")
+    sub = min(int(sub), int(block))
+    if block % sub:
+        raise ValueError(f"block={block} must be a multiple of sub={sub}")
     lam = prob.lam
     track = reads_risk(schedules) if track_risk is None else bool(track_risk)
-    n_blocks = (hi - lo + block - 1) // block
 
     def one_block(b, states):
         k0 = lo + b * block
         Z, eps = _block_rows(prob, rules, stream_key, k0, block)
         ZL = Z * lam[None, :]
         G = Z @ Z.T
-        P = states.e @ Z.T
+        P = Z @ states.e.T
 
         def run(track):
             if track:
-                Q, H, norms = states.e @ ZL.T, Z @ ZL.T, None
+                Q, H, norms = ZL @ states.e.T, Z @ ZL.T, None
             else:
                 Q, H, norms = None, None, jnp.sqrt(jnp.sum(Z * ZL, axis=-1))
             A, R, div, dstep, grow = _recurrence(prob, schedules, rules, P, Q, G, H, norms, eps,
-                                                 k0, hi, states, bound, sub, panel, track)
-            e = states.e - A @ Z
+                                                 k0, hi, states, bound, sub, track)
+            e = states.e - A.T @ Z
             exact = 0.5 * jnp.sum(lam[None, :] * e * e, axis=-1)
             risk = jnp.where(div, R, exact) if track else jnp.where(div, states.risk, exact)
             return RunState(e, risk, states.k, div, dstep), grow
@@ -226,5 +210,6 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
         suspect = (0.5 * top * top > _MARGIN * bound) & ~states.diverged
         return jax.lax.cond(jnp.any(suspect), lambda: run(True)[0], lambda: fast)
 
+    n_blocks = (hi - lo + block - 1) // block
     out = jax.lax.fori_loop(0, n_blocks, one_block, states)
     return out._replace(k=jnp.broadcast_to(hi, out.k.shape).astype(out.k.dtype))

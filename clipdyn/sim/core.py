@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
 
 Array = jax.Array
@@ -107,6 +108,7 @@ def _pad(a: np.ndarray, pad: int, dtype) -> Array:
     return jnp.asarray(np.pad(np.asarray(a, np.float64), [(0, 0)] * (a.ndim - 1) + [(0, pad)]), dtype)
 
 
+@uses_x64
 def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
     """Cast the problem to the simulation dtype and pad ``d`` to a multiple of :data:`PAD`.
 
@@ -166,6 +168,7 @@ def _row(key: Array, prob: SimProblem) -> tuple[Array, Array]:
     return jax.random.normal(kz, prob.lam.shape, dtype), prob.noise.sample(ke, (), dtype)
 
 
+@uses_x64
 def draw_sample(stream_key: Array, k: Array, prob: SimProblem, batch: int = 1,
                 n_extra: int = 0) -> Sample:
     """Step ``k``'s sample of a seed's stream: a pure function of ``(stream_key, k)``.
@@ -190,12 +193,14 @@ def draw_sample(stream_key: Array, k: Array, prob: SimProblem, batch: int = 1,
     return Sample(x0[None], e0[None], extra)
 
 
+@uses_x64
 def draw_block(stream_key: Array, k0: Array, block: int, prob: SimProblem, batch: int = 1,
                n_extra: int = 0) -> Sample:
     """The samples of steps ``k0 .. k0 + block - 1``, leaves with a leading ``block`` axis."""
     return jax.vmap(lambda k: draw_sample(stream_key, k, prob, batch, n_extra))(k0 + jnp.arange(block))
 
 
+@uses_x64
 def initial_error(init_key: Array, prob: SimProblem) -> Array:
     """``e_0 = theta_0 - theta* = -theta*``: a dataset's own ``e0``, or ``|theta*_i| =
     sqrt(2 v_i(0))`` with random signs, so that ``v_i(0)`` is exact and ``R(theta_0) = R0``

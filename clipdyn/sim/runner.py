@@ -13,14 +13,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipdyn.precision import uses_x64
 from clipdyn.sim.block import block_sgd
 from clipdyn.sim.core import (SimProblem, divergence_bound, draw_block, initial_error, row_gram,
                               rows_of, split_seed, start_state)
 from clipdyn.sim.step import METHODS, simulator
 
-__all__ = ["run_batch", "output_steps", "check_engine", "ENGINES"]
+__all__ = ["run_batch", "output_steps", "check_engine", "choose_engine", "parse_engine",
+           "engine_block", "ENGINES", "REQUESTS"]
 
 ENGINES = ("step", "block")
+REQUESTS = ENGINES + ("auto",)
+
+AUTO_MIN_CONFIGS = 4
+"""``engine="auto"`` runs a plain C-SGD sweep on the block engine from this many configurations
+per device on (measured crossover, BENCHMARKS.md: below it the block engine's per-block work
+is not paid back)."""
+
+MAX_BLOCK = 256
+"""The block engine's longest block in steps (measured: longer blocks gain nothing, and the
+recurrence's cost per step grows with the block)."""
+
+SUB_STEPS = 16
+"""Steps per sub-block of the block engine's recurrence (measured best of 8, 16, 32)."""
 
 
 def output_steps(T: float, points: int, trace: float, dt: float | None = None) -> np.ndarray:
@@ -30,14 +45,56 @@ def output_steps(T: float, points: int, trace: float, dt: float | None = None) -
     return np.rint(np.linspace(0.0, T, points) / dt).astype(np.int64)
 
 
+def parse_engine(engine: str) -> tuple[str, int | None]:
+    """``("step", None)``, ``("block", None)`` or ``("block", steps)`` for ``"block:STEPS"``."""
+    name, _, size = str(engine).partition(":")
+    if name == "block" and size:
+        try:
+            steps = int(size)
+        except ValueError:
+            steps = 0
+        if steps < 1 or steps % min(steps, SUB_STEPS):
+            raise ValueError(f"engine {engine!r} is not allowed: block:STEPS needs STEPS >= 1, a "
+                             f"multiple of {SUB_STEPS} or less than it")
+        return name, steps
+    if size or name not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(ENGINES)}")
+    return name, None
+
+
 def check_engine(engine: str, method: str) -> None:
     """Raise ``ValueError`` unless ``engine`` can run ``method``."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(ENGINES)}")
+    name, _ = parse_engine(engine)
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(METHODS)}")
-    if engine == "block" and method != "sgd":
+    if name == "block" and method != "sgd":
         raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
+
+
+def choose_engine(engine: str, method: str, configs_per_device: int, plain: bool) -> str:
+    """The engine that runs a sweep: ``engine`` itself, or for ``"auto"`` the faster one.
+
+    ``"auto"`` picks the block engine for C-SGD when the rule is not the plain one-sample rule
+    (batches, pre-clip or DP noise: the step engine forms their Gram matrix step by step) or
+    when a device runs at least :data:`AUTO_MIN_CONFIGS` configurations, and the step engine
+    otherwise: C-HSGD, single runs and narrow sweeps.
+
+    Args:
+        engine: ``"step"``, ``"block"`` or ``"auto"``.
+        method: ``"sgd"`` or ``"hsgd"``.
+        configs_per_device: configurations one device runs in one program (a chunk's share).
+        plain: whether every rule of the sweep is the plain one-sample rule.
+
+    Returns:
+        ``"step"`` or ``"block"``.
+    """
+    if engine not in REQUESTS:
+        raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(REQUESTS)}")
+    if engine != "auto":
+        return engine
+    if method != "sgd":
+        return "step"
+    return "block" if (not plain or configs_per_device >= AUTO_MIN_CONFIGS) else "step"
 
 
 def block_size(d_pad: int, n_rows: int) -> int:
@@ -45,20 +102,23 @@ def block_size(d_pad: int, n_rows: int) -> int:
     return int(max(1, min(64, 2**22 // (d_pad * n_rows))))
 
 
-BLOCK_STEPS = 256
-SUB_STEPS = 8
+def engine_block(steps: np.ndarray, d_pad: int, n_rows: int) -> int:
+    """Steps per block of the block engine for output steps ``steps``.
 
-
-def engine_block(d_pad: int, n_rows: int) -> tuple[int, int]:
-    """``(block, sub)`` of the block engine: steps per block and per sub-block of its recurrence.
-
-    Blocks of up to :data:`BLOCK_STEPS` steps (at most ``2^22`` floats of rows, like the draws),
-    a multiple of the sub-block of :data:`SUB_STEPS` steps.
+    Every interval between output steps is cut into ``ceil(L / max)`` blocks, ``L`` the longest
+    interval and ``max`` the most steps whose rows fit in ``2^22`` floats (at most
+    :data:`MAX_BLOCK`), each ``L`` divided among them rounded up to a multiple of
+    :data:`SUB_STEPS`: the masked steps at the end of an interval stay few (an interval of
+    1074 steps runs as 5 blocks of 224, not 5 of 256).
     """
-    sub = SUB_STEPS
-    block = min(BLOCK_STEPS, 2**22 // (d_pad * n_rows))
-    block = max(sub, block // sub * sub)
-    return int(block), int(sub)
+    steps = np.asarray(steps)
+    longest = int(np.max(np.diff(steps))) if steps.size > 1 else 1
+    cap = max(SUB_STEPS, min(MAX_BLOCK, 2**22 // (d_pad * n_rows)) // SUB_STEPS * SUB_STEPS)
+    n = -(-max(longest, 1) // cap)
+    per = -(-max(longest, 1) // n)
+    if per < SUB_STEPS:
+        return int(per)
+    return int(-(-per // SUB_STEPS) * SUB_STEPS)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "engine"))
@@ -86,18 +146,22 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
         engine: ``"step"`` (one vmapped step at a time; bit-identical alone and in any sweep) or
             ``"block"`` (C-SGD only: blocks of steps by matrix products, see
             :mod:`clipdyn.sim.block`; much faster for wide sweeps, equal to ``"step"`` up to
-            rounding).
+            rounding), or ``"block:STEPS"`` for blocks of ``STEPS`` steps (default: the
+            longest that fits, see :func:`engine_block`; :func:`clipdyn.sweep.run_sweep` picks
+            them from its output steps).
 
     Returns:
         ``(risk, diverged, diverged_step)`` of shapes ``(S, C, P)``, ``(S, C)``, ``(S, C)``;
         ``risk`` is ``nan`` at and after a run's divergence.
     """
     check_engine(engine, method)
+    engine, engine_steps = parse_engine(engine)
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
     batch, n_extra = (rules.batch, rules.n_extra) if method == "sgd" else (1, 0)
     block = block_size(prob.lam.shape[0], batch + n_extra)
     bound = divergence_bound(prob, divergence_factor)
     shared_gram = method == "sgd" and not rules.plain
+    big = engine_steps or engine_block(np.array([0, 2**30]), prob.lam.shape[0], batch + n_extra)
 
     def sim(schedule, rule):
         return simulator(method, prob, schedule, divergence_factor, dt, rule)
@@ -124,8 +188,8 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
         def interval(states, bounds):
             lo, hi = bounds
             if engine == "block":
-                big, sub = engine_block(prob.lam.shape[0], batch + n_extra)
-                states = block_sgd(prob, schedules, rules, stream_key, states, lo, hi, big, bound, sub)
+                states = block_sgd(prob, schedules, rules, stream_key, states, lo, hi, big, bound,
+                                   SUB_STEPS)
             else:
                 n_blocks = (hi - lo + block - 1) // block
                 states, _, _ = jax.lax.fori_loop(0, n_blocks, run_block, (states, lo, hi))

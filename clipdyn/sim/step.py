@@ -27,6 +27,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from clipdyn import rules as clip_rules
+from clipdyn.precision import uses_x64
 from clipdyn.sim.core import (RunState, Sample, SimProblem, batch_invariant_sum, divergence_bound,
                               data_rows, guarded, init_run, row_gram, rows_of,
                               step_time)
@@ -83,6 +84,7 @@ def _no_data_for_hsgd() -> None:
                      "equivalent, so a dataset has nothing to give it; use method 'sgd'")
 
 
+@uses_x64
 def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, rule=None):
     """Streaming C-SGD (unclipped SGD when the schedule's threshold is ``inf``).
 
@@ -102,9 +104,11 @@ def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, rule=None):
     """
     rule = clip_rules.default_rule() if rule is None else rule
     bound = divergence_bound(prob, divergence_factor)
-    return functools.partial(init_run, prob), functools.partial(_sgd_step, prob, schedule, rule, bound)
+    return (uses_x64(functools.partial(init_run, prob)),
+            uses_x64(functools.partial(_sgd_step, prob, schedule, rule, bound)))
 
 
+@uses_x64
 def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None, rule=None):
     """Clipped homogenized SGD by the exact OU step with frozen factors.
 
@@ -123,8 +127,8 @@ def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None, r
         _no_data_for_hsgd()
     bound = divergence_bound(prob, divergence_factor)
     dt = 1.0 / prob.trace if dt is None else jnp.asarray(dt, prob.lam.dtype)
-    return (functools.partial(init_run, prob),
-            functools.partial(_hsgd_step, prob, schedule, rule, bound, dt))
+    return (uses_x64(functools.partial(init_run, prob)),
+            uses_x64(functools.partial(_hsgd_step, prob, schedule, rule, bound, dt)))
 
 
 def simulator(method: str, prob: SimProblem, schedule, divergence_factor=1e6, dt=None, rule=None):
