@@ -48,7 +48,7 @@ from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
 from clipdyn.noise import cast_floats
 from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
-from clipdyn.sim.runner import block_size
+from clipdyn.sim.runner import block_size, choose_engine, engine_block
 
 __all__ = ["SweepResult", "SweepInterrupted", "stack_schedules", "run_sweep", "simulate_runs",
            "seed_keys", "checked_output_steps", "memory_estimate", "content_hash", "MAX_STEPS"]
@@ -256,7 +256,7 @@ def memory_estimate(d: int, n_seeds: int, n_configs: int, points: int, chunk: in
         "problem": (4.0 + data_rows) * d_pad * itemsize,
     }
     if engine == "block":
-        m = block * n_rows
+        m = engine_block(np.array([0, 2**30]), d_pad, n_rows) * n_rows
         parts["engine"] += (2.0 * m * m + 3.0 * chunk * m + m * d_pad) * itemsize
     return parts
 
@@ -311,7 +311,7 @@ def run_sweep(
     prng_impl: str | None = None,
     devices: Sequence | None = None,
     progress: bool = True,
-    engine: str = "step",
+    engine: str = "auto",
     rules: Any = None,
     data: Any = None,
     overwrite: bool = False,
@@ -343,9 +343,13 @@ def run_sweep(
         progress: report progress on stderr: a bar over seeds x chunks when stderr is a
             terminal or the sweep is long, and for a long sweep an up-front line with its size
             and estimated time (timed on a few steps; numbers are the same with and without).
-        engine: ``"step"`` (default; a run's numbers are bit-identical alone and in any sweep) or
-            ``"block"`` (C-SGD by blocks of matrix products: several times faster for wide
-            sweeps, equal to ``"step"`` up to rounding; see :func:`clipdyn.sim.run_batch`).
+        engine: ``"auto"`` (default), ``"step"`` or ``"block"``. ``"step"``: a run's numbers are
+            bit-identical alone and in any sweep, chunking or sharding; ``"block"``: C-SGD by
+            blocks of matrix products, many times faster for wide sweeps and for batch rules,
+            equal to ``"step"`` up to rounding, and the same numbers for the same sweep layout
+            (configurations per device, output steps); ``"auto"`` picks one
+            (:func:`clipdyn.sim.runner.choose_engine`). The results' config records ``"engine"`` (the
+            one that ran) and ``"engine_requested"``.
         rules: the clipping rule of every configuration: one :class:`clipdyn.rules.ClipRule`
             for all, or a sequence of ``C`` rules (default: one sample, per-sample clipping).
             Rules with different batch sizes or kinds run as separate programs (their samples
@@ -396,6 +400,8 @@ def run_sweep(
     rule_list = _rule_list(rules, n_cfg)
     trace = float(np.sum(np.asarray(problem.lam, np.float64)))
     steps = checked_output_steps(T, points, trace, dt)
+    requested = engine
+    engine = choose_engine(engine, method, chunk // n_dev)
     need = memory_estimate(int(problem.lam.shape[0]), n_seeds, n_cfg, points, chunk,
                            jnp.dtype(dtype).itemsize, max(r.n_rows for r in rule_list), engine,
                            0 if data is None else int(np.shape(data.features)[0]))
@@ -411,9 +417,13 @@ def run_sweep(
     keys = seed_keys(seeds, prng_impl)
     schedules = cast_floats(schedules, dtype)
     sim.check_engine(engine, method)
+    d_pad = int(prob.lam.shape[0])
+    block_steps = (engine_block(steps, d_pad, max(r.n_rows for r in rule_list))
+                   if engine == "block" else None)
     if data is not None and method != "sgd":
         raise ValueError("method 'hsgd' runs on Gaussian data only; use method 'sgd' with --data")
-    run = _sharded_runner(method, divergence_factor, dt, devices, engine)
+    run = _sharded_runner(method, divergence_factor, dt, devices,
+                          engine if block_steps is None else f"block:{block_steps}")
     steps_arr = jnp.asarray(steps)
     plan = _chunk_plan(rule_list, chunk)
     n_chunks = len(plan)
@@ -425,6 +435,7 @@ def run_sweep(
         "prng_impl": prng_impl or str(jax.config.jax_default_prng_impl),
         "d": int(problem.lam.shape[0]), "trace": trace, "R0": float(problem.R0),
         "schedule_kind": type(schedules).__name__, "engine": engine,
+        "engine_requested": requested, "engine_block_steps": block_steps,
         "rules": [r.describe() for r in rule_list],
         "batch": [int(r.batch) for r in rule_list],
         "samples": [int(steps[-1]) * int(r.batch) for r in rule_list],
@@ -445,7 +456,7 @@ def run_sweep(
     full_config["fingerprints"] = dict(parts)
     # The chunk size decides which configurations a chunk file holds, not the numbers: it is left
     # out of the results' identity and kept in the chunks' layout.
-    identity = {k: v for k, v in full_config.items() if k != "chunk_size"}
+    identity = {k: v for k, v in full_config.items() if k not in ("chunk_size", "engine_requested")}
     full_config["fingerprints"]["sweep"] = _fingerprint(identity)
     store = None
     if out is not None:
@@ -596,10 +607,13 @@ def _schedule_arrays(schedules) -> dict[str, np.ndarray]:
 @uses_x64
 def simulate_runs(problem: Problem, schedule, seeds: Sequence[int], T: float, points: int = 101,
                   **kwargs) -> SweepResult:
-    """Run one schedule for several seeds (a sweep with one configuration).
+    """Run one schedule for several seeds (a sweep with one configuration), on the step engine
+    unless ``engine`` is given (one configuration gains little from the block engine, and the
+    step engine's numbers are bit-identical however the run is sharded or batched).
 
     Returns:
         :class:`SweepResult` with ``C = 1``.
     """
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("engine", "step")  # one configuration: the bit-reproducible engine
     return run_sweep(problem, stack_schedules([schedule]), seeds, T, points, **kwargs)

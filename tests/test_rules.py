@@ -115,7 +115,7 @@ def test_per_sample_and_dp_equal_optax():
     # float64 (jax.experimental.enable_x64); optax's own DP-SGD aggregation and per-example
     # clipping on the same per-example gradients g_b = r_b x_b and the same noise draw: equal
     # to rounding (1e-13).
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         x, r = _per_example()
         B, d = x.shape
         g = jnp.asarray(r[:, None] * x)
@@ -140,7 +140,7 @@ def test_per_sample_and_dp_equal_optax():
 def test_batch_and_micro_equal_optax_clip_by_global_norm():
     # float64: clip_by_global_norm on the batch mean (batch rule) and on each micro-batch mean,
     # then averaged (micro rule), against the rule's coefficients; equal to rounding.
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         x, r = _per_example(B=6)
         B, d = x.shape
         g = r[:, None] * x
@@ -173,7 +173,7 @@ def test_per_sample_factors_reduce_to_paper_factors():
     # float64: B = 1 rules give the paper's factors exactly; per-sample with B divides nu by B
     # and keeps mu and the unitless nu and CCC (THEORY.md section 6).
     law = cd.StudentT(3.0, 1.0)
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         base = cd.reduction_factors(law, 0.3, 0.8)
         for rule in (rules.per_sample(1), rules.index_thresholds(1, 2.0)):
             f = cd.reduction_factors(law, 0.3, 0.8, rule)
@@ -191,7 +191,7 @@ def test_factor_table_interpolates_to_stated_accuracy():
     law, c = cd.Gaussian(1.0), 0.7
     rule = rules.batch_mean(8)
     table_rule = rules.tabulate(rule, law, c, R_min=1e-4, R_max=1e3)
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         R = jnp.exp(jnp.linspace(np.log(1e-4), np.log(1e3), 57) + 0.0137)[:-1]
         exact = jax.vmap(lambda r: rule.ode_factors(law, r, c))(R)
         approx = jax.vmap(lambda r: table_rule.ode_factors(law, r, c))(R)

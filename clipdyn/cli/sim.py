@@ -14,6 +14,7 @@ many chunks are kept) and exits with status 130.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -126,7 +127,7 @@ def _sweep_schedules(args, law, rule=None):
     if clips[0].kind == "max-ccc":
         base = sch.max_ccc(float(etas[0]), law, rule=rule)
         for e in etas:
-            scheds.append(sch.MaxCCC(float(e), base.noise, base.log_R, base.u, base.rule))
+            scheds.append(dataclasses.replace(base, eta=float(e)))  # shares the tables
             records.append({"eta": float(e), "clip": "max-ccc"})
         return scheds, records
     for spec in clips:
@@ -356,9 +357,10 @@ def add_commands(sub) -> None:
                    help="replace another sweep's results at --out and discard its unfinished chunks "
                         "(without it both are refused; the same sweep is always recomputed)")
     p.add_argument("--chunk-size", default=None, help="configurations per chunk (resume granularity)")
-    p.add_argument("--engine", default="step", choices=["step", "block"],
-                   help="step: bit-identical runs (default); block: C-SGD by matrix products, "
-                        "faster for wide sweeps, equal up to rounding")
+    p.add_argument("--engine", default="auto", choices=["auto", "step", "block"],
+                   help="auto (default): block for C-SGD sweeps of 8+ configurations per device, "
+                        "else step (the one that ran is recorded in the results); step: "
+                        "bit-identical runs; block: C-SGD by matrix products, equal up to rounding")
     from clipdyn.distributed import add_cli_options
 
     add_cli_options(p)

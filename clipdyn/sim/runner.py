@@ -25,10 +25,11 @@ __all__ = ["run_batch", "output_steps", "check_engine", "choose_engine", "parse_
 ENGINES = ("step", "block")
 REQUESTS = ENGINES + ("auto",)
 
-AUTO_MIN_CONFIGS = 4
-"""``engine="auto"`` runs a plain C-SGD sweep on the block engine from this many configurations
-per device on (measured crossover, BENCHMARKS.md: below it the block engine's per-block work
-is not paid back)."""
+AUTO_MIN_CONFIGS = 8
+"""``engine="auto"`` runs a C-SGD sweep on the block engine from this many configurations per
+device on. Measured crossover (BENCHMARKS.md, CPU): at 8 configurations the block engine is
+1.1x the step engine for ``B = 1``, ``d = 1000`` (0.9x at ``d = 200``), 1.7x for ``B = 8`` and
+3.5x for ``B = 2``; at 4 it is 0.9x (``B = 1``) and 0.8x (``B = 8``); at 16, 1.9x (``B = 1``)."""
 
 MAX_BLOCK = 256
 """The block engine's longest block in steps (measured: longer blocks gain nothing, and the
@@ -71,30 +72,30 @@ def check_engine(engine: str, method: str) -> None:
         raise ValueError("engine 'block' runs C-SGD only; use engine 'step' for method 'hsgd'")
 
 
-def choose_engine(engine: str, method: str, configs_per_device: int, plain: bool) -> str:
+def choose_engine(engine: str, method: str, configs_per_device: int) -> str:
     """The engine that runs a sweep: ``engine`` itself, or for ``"auto"`` the faster one.
 
-    ``"auto"`` picks the block engine for C-SGD when the rule is not the plain one-sample rule
-    (batches, pre-clip or DP noise: the step engine forms their Gram matrix step by step) or
-    when a device runs at least :data:`AUTO_MIN_CONFIGS` configurations, and the step engine
-    otherwise: C-HSGD, single runs and narrow sweeps.
+    ``"auto"`` picks the block engine for C-SGD (every clipping rule) when a device runs at
+    least :data:`AUTO_MIN_CONFIGS` configurations in one program, and the step engine otherwise:
+    C-HSGD, single runs and narrow sweeps (where the block engine's per-block work is not paid
+    back, whatever the rule: measured).
 
     Args:
         engine: ``"step"``, ``"block"`` or ``"auto"``.
         method: ``"sgd"`` or ``"hsgd"``.
         configs_per_device: configurations one device runs in one program (a chunk's share).
-        plain: whether every rule of the sweep is the plain one-sample rule.
 
     Returns:
         ``"step"`` or ``"block"``.
+
+    Raises:
+        ValueError: for another ``engine``.
     """
     if engine not in REQUESTS:
         raise ValueError(f"engine {engine!r} is not allowed; use one of {', '.join(REQUESTS)}")
     if engine != "auto":
         return engine
-    if method != "sgd":
-        return "step"
-    return "block" if (not plain or configs_per_device >= AUTO_MIN_CONFIGS) else "step"
+    return "block" if method == "sgd" and configs_per_device >= AUTO_MIN_CONFIGS else "step"
 
 
 def block_size(d_pad: int, n_rows: int) -> int:
