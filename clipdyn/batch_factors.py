@@ -66,7 +66,7 @@ _TALBOT_N = 24  # fixed-Talbot nodes: truncation ~ e^(-1.4 N), rounding ~ e^(2N/
 _TALBOT_MAX_DELAY = 20.0  # largest delay D = sum q / 2 handed to Talbot (eq. (16))
 _LOG_CAP = 300.0  # cap on log|L| of discarded terms, far above any Talbot-route term (~ D)
 _V_NODES = 48  # Gauss-Legendre nodes in v for int_0^1 L(p v^4) 2 v dv
-DEFAULT_COS_TERMS = 2048  # cosine terms of the COS expansion
+DEFAULT_COS_TERMS = 8192  # cosine terms of the COS expansion (eq. (18))
 _CHI_TAIL = 40.0  # the COS interval leaves out mass < n e^-40 (Laurent-Massart chi-square bound)
 
 _theta = np.pi * np.arange(1, _TALBOT_N) / _TALBOT_N

@@ -164,8 +164,9 @@ def _interp_uniform(x: Array, x0: Array, x1: Array, ys: Array) -> Array:
     i = jnp.minimum(jnp.floor(pos), n - 2.0)
     f = pos - i
     i = i.astype(jnp.int32)
-    y0 = ys[i]
-    return y0 + f * (ys[i + 1] - y0)
+    y0, y1 = ys[i], ys[i + 1]
+    # Written so that equal ends (log mu = -inf twice, where mu underflows) give that value.
+    return jnp.where(y0 == y1, y0, jnp.where(f > 0, y0 + f * (y1 - y0), y0))
 
 
 def _mu_table(noise: NoiseLaw, R: Array, c: Array, rule) -> Array:
