@@ -112,7 +112,7 @@ def _per_example(B=5, d=7, seed=0):
 
 
 def test_per_sample_and_dp_equal_optax():
-    # float64 (jax.experimental.enable_x64); optax's own DP-SGD aggregation and per-example
+    # float64 (jax.enable_x64); optax's own DP-SGD aggregation and per-example
     # clipping on the same per-example gradients g_b = r_b x_b and the same noise draw: equal
     # to rounding (1e-13).
     with jax.enable_x64(True):

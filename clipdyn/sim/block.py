@@ -96,7 +96,7 @@ def _recurrence(prob, schedules, rules, P, Q, G, H, norms, eps, k0, hi, states, 
 
     def coefficients(r, g, thr):  # r (B, C) -> (n, C)
         if plain:
-            return clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr) * r
+            return clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr[None, :]) * r
         w = jax.vmap(lambda ru, rr, cc: ru.coefficients(rr, g, cc, prob.pre_scale),
                      in_axes=(0, 1, 0))(rules, r, thr)
         return w.T
