@@ -356,7 +356,7 @@ class Heuristic:
 @uses_x64
 def heuristic(
     eta: ArrayLike, kappa: ArrayLike, noise: NoiseLaw, sigma2: ArrayLike | None = None, rule=None,
-    *, R_min: float = 1e-14, R_max: float = 1e8, points: int = 2049,
+    *, R_min: float = 1e-14, R_max: float = 1e12, points: int = 2049,
 ) -> Heuristic:
     """The heuristic schedule of the paper's v2 (theory/derivation.md, eq. (5.2)).
 
@@ -402,9 +402,16 @@ def heuristic(
         return sched
     s = math.sqrt(max(float(sigma2), scale * scale)) or 1.0
     log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
-    f = _log_mu_fn(noise, rule, sched.threshold)
-    # A few points at a time: some rules' factors have large intermediate arrays.
-    log_mu, slope = jax.jit(lambda xs: jax.lax.map(
-        lambda x: jax.jvp(f, (x,), (jnp.ones_like(x),)), xs, batch_size=64))(log_R)
+    log_mu, slope = _heuristic_table(noise, rule, jnp.asarray(kappa, float),
+                                     jnp.asarray(sigma2, float), log_R)
     return dataclasses.replace(sched, log_R=log_R[jnp.array([0, -1])], log_mu=log_mu,
                                d_log_mu=slope)
+
+
+@jax.jit
+def _heuristic_table(noise, rule, kappa, sigma2, log_R):
+    """``log mu`` and its ``log R``-derivative on ``log_R`` (one compilation per kind of law and
+    rule: the parameters are arguments)."""
+    f = _log_mu_fn(noise, rule, lambda R: kappa * jnp.sqrt(2.0 * R + sigma2))
+    # A few points at a time: some rules' factors have large intermediate arrays.
+    return jax.lax.map(lambda x: jax.jvp(f, (x,), (jnp.ones_like(x),)), log_R, batch_size=64)

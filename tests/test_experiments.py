@@ -13,9 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clipping_helps",
            "schedules", "heuristic", "clip_rules", "dp", "real_data", "clipping_bias",
            "l0l1_acceleration", "smoothness", "network_clipping"]
+# The clipping-rule studies compile one ODE and one simulation program per rule: minutes even at
+# the tiny size, so they run with the slow suite.
+SLOW = {"clip_rules", "dp"}
 
 
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
+                                  for n in STUDIES])
 def test_study_runs_at_tiny_size(tmp_path, name):
     data = tmp_path / f"{name}.npz"
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(data),
