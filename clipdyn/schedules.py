@@ -39,6 +39,7 @@ __all__ = [
     "Heuristic",
     "constant",
     "max_ccc",
+    "with_mu_table",
     "heuristic",
 ]
 
@@ -173,7 +174,7 @@ def _hermite_uniform(x: Array, x0: Array, x1: Array, ys: Array, dys: Array) -> A
     """Cubic Hermite interpolation of values ``ys`` and slopes ``dys`` (on evenly spaced points
     from ``x0`` to ``x1``) at ``x``, clamped to the end values outside ``[x0, x1]``; linear
     between nodes where a value or slope is not finite (``log mu = -inf`` where ``mu``
-    underflows)."""
+    underflows, where the lower end is used)."""
     n = ys.shape[-1]
     h = (x1 - x0) / (n - 1)
     pos = jnp.clip((x - x0) / h, 0.0, n - 1.0)
@@ -185,8 +186,10 @@ def _hermite_uniform(x: Array, x0: Array, x1: Array, ys: Array, dys: Array) -> A
     f3 = f2 * f
     cubic = ((2.0 * f3 - 3.0 * f2 + 1.0) * y0 + (f3 - 2.0 * f2 + f) * d0
              + (3.0 * f2 - 2.0 * f3) * y1 + (f3 - f2) * d1)
-    linear = jnp.where(y0 == y1, y0, jnp.where(f > 0, y0 + f * (y1 - y0), y0))
-    ok = jnp.isfinite(y0) & jnp.isfinite(y1) & jnp.isfinite(d0) & jnp.isfinite(d1)
+    # Where a node underflowed (log mu = -inf) the lower end is kept: mu is 0 to double precision.
+    finite = jnp.isfinite(y0) & jnp.isfinite(y1)
+    linear = jnp.where(finite, y0 + f * (y1 - y0), jnp.minimum(y0, y1))
+    ok = finite & jnp.isfinite(d0) & jnp.isfinite(d1)
     return jnp.where(ok, cubic, linear)
 
 
@@ -300,15 +303,40 @@ def max_ccc(
     s = float(noise.scale) if np.isfinite(float(noise.scale)) and float(noise.scale) > 0 else 1.0
     log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
     R = jnp.exp(log_R)
-    c_star = jax.jit(lambda r: factors.optimal_threshold(noise, r, rule=rule))(R)
+    c_star = _threshold_table(noise, rule, R)
     unit = factors.threshold_unit(noise, R)
     u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
     sched = MaxCCC(eta, noise, log_R, u, rule)
-    if refine == 0:
-        return sched
-    fine = jnp.exp(jnp.linspace(log_R[0], log_R[-1], (points - 1) * refine + 1))
-    log_mu = _mu_table(noise, fine, sched.threshold(fine), rule)
-    return dataclasses.replace(sched, log_mu=log_mu)
+    return with_mu_table(sched, refine) if refine else sched
+
+
+@uses_x64
+def with_mu_table(schedule: MaxCCC, refine: int = 8) -> MaxCCC:
+    """``schedule`` with its ``log mu`` table: ``refine`` points per interval of its threshold
+    grid, ``mu`` evaluated exactly (float64) at the schedule's own threshold.
+
+    Args:
+        schedule: a :class:`MaxCCC` schedule (for example one built with ``refine=0``, or by
+            hand from a threshold table).
+        refine: points per threshold grid interval, an integer ``>= 1``.
+
+    Returns:
+        A copy of ``schedule`` with ``log_mu`` set.
+    """
+    if not isinstance(schedule, MaxCCC):
+        raise ValueError(f"with_mu_table: schedule must be a MaxCCC schedule; got "
+                         f"{type(schedule).__name__}")
+    refine = validation.integer("refine", refine, 1, owner="max-ccc")
+    log_R = jnp.asarray(schedule.log_R, float)
+    fine = jnp.exp(jnp.linspace(log_R[0], log_R[-1], (log_R.shape[-1] - 1) * refine + 1))
+    log_mu = _mu_table(schedule.noise, fine, schedule.threshold(fine), schedule.rule)
+    return dataclasses.replace(schedule, log_mu=log_mu)
+
+
+@jax.jit
+def _threshold_table(noise, rule, R):
+    """``c*`` on the grid ``R`` (one compilation per kind of law and rule and grid size)."""
+    return factors.optimal_threshold(noise, R, rule=rule)
 
 
 @frozen_pytree

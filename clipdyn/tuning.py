@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -95,17 +96,28 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     n_cfg = jax.tree.leaves(schedules)[0].shape[0]
     batched = rules is not None and jnp.ndim(jnp.asarray(rules.dp_noise)) == 1 and n_cfg > 0
 
-    def one(args):
-        s, r = args
-        return ode_risk(core, problem.noise, s, t_out, rtol, rtol * 1e-3, rule=r if batched else rules)[:3]
-
     # Group rules (batch, micro) evaluate their factors by Laplace inversion, whose intermediate
     # arrays are large: solve a few configurations at a time instead of all at once.
     group = rules is not None and rules.kind in ("batch", "micro") and not rules.plain and rules.table is None
     size = min(n_cfg, 4) if group else n_cfg
+    risk, status = _final_risks(core, problem.noise, schedules, rules, t_out, float(rtol), batched,
+                                size)
+    return np.asarray(risk), np.asarray(status)
+
+
+@functools.partial(jax.jit, static_argnames=("rtol", "batched", "size"))
+def _final_risks(core, noise, schedules, rules, t_out, rtol, batched, size):
+    """One compiled program per problem layout, schedule and rule structure and batch: the
+    bisections and grid searches call it many times with new learning rates."""
+    n_cfg = jax.tree.leaves(schedules)[0].shape[0]
+
+    def one(args):
+        s, r = args
+        return ode_risk(core, noise, s, t_out, rtol, rtol * 1e-3, rule=r if batched else rules)[:3]
+
     risk, _, status = jax.lax.map(one, (schedules, rules if batched else jnp.zeros(n_cfg)),
                                   batch_size=size)
-    return np.asarray(risk), np.asarray(status)
+    return risk, status
 
 
 def ode_is_stable(problem: Problem, make_schedules: Callable[[np.ndarray], object], T: float,
