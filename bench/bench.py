@@ -32,7 +32,7 @@ import numpy as np
 
 import clipdyn as cd
 from clipdyn import sim as sm
-from clipdyn.rules import clip_scale, default_rule, stack_rules
+from clipdyn.rules import clip_scale, default_rule, per_sample, stack_rules
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.schedules import Constant, constant
@@ -41,9 +41,9 @@ from clipdyn.sweep import run_sweep, seed_keys
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
     "quick": dict(dims=[1000, 10000], runs=[1, 16, 256, 1024], steps=512, repeats=3,
-                  ode_dims=[1000, 10000, 100000], numpy_steps=2000),
+                  ode_dims=[1000, 10000, 100000], numpy_steps=2000, e2e_steps=4096),
     "full": dict(dims=[1000, 10000], runs=[1, 16, 256, 1024], steps=2048, repeats=5,
-                 ode_dims=[1000, 10000, 100000], numpy_steps=10000),
+                 ode_dims=[1000, 10000, 100000], numpy_steps=10000, e2e_steps=16384),
 }
 
 
@@ -100,14 +100,14 @@ def scan_loop(lam, steps, eta=1.0, c=0.5, sigma=0.5):
     return lambda: run(jax.random.key(0)).block_until_ready()
 
 
-def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None):
+def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None, rule=None):
     """n_runs thresholds sharing one seed, ``steps`` SGD steps, through clipdyn's runner."""
     prob = sm.prepare(problem, jnp.float32)
     clips = jnp.asarray(np.geomspace(0.1, 10.0, n_runs), jnp.float32)
     sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32), clips)
     keys = seed_keys([0], prng_impl)
     out_steps = jnp.asarray([0, steps])
-    rules = stack_rules([default_rule()] * n_runs)
+    rules = stack_rules([default_rule() if rule is None else rule] * n_runs)
     run = jax.jit(lambda s, r, p, k, st: sm.run_batch(p, s, r, k, st, engine=engine))
     return lambda: run(sched, rules, prob, keys, out_steps)[0].block_until_ready()
 
@@ -129,6 +129,40 @@ def rng_only(problem, steps):
         return jax.lax.fori_loop(0, steps // block, body, jnp.zeros((), jnp.float32))
 
     return lambda: draws(jax.random.key(0)).block_until_ready()
+
+
+def end_to_end(problem, n_runs, steps, t_np, tmp):
+    """``run_sweep`` with its default engine (auto), as a user calls it: compilation, the sweep
+    and saving the results file included; one seed, ``n_runs`` thresholds, ``steps`` steps."""
+    trace = float(np.sum(np.asarray(problem.lam)))
+    sched = Constant(jnp.ones(n_runs), jnp.asarray(np.geomspace(0.1, 10.0, n_runs)))
+    t0 = time.perf_counter()
+    res = run_sweep(problem, sched, [0], steps / trace, 2, out=tmp, overwrite=True, progress=False)
+    wall = time.perf_counter() - t0
+    run_steps = n_runs * int(round(steps))
+    return {"runs": n_runs, "steps": int(steps), "engine": res.config["engine"], "seconds": wall,
+            "run_steps_per_s": run_steps / wall, "ratio_to_numpy": run_steps / wall * t_np}
+
+
+def feedback_cost(d, n_eta, T):
+    """A Student-t max-CCC sweep against the same sweep at constant thresholds (``n_eta``
+    learning rates, one seed, ``T`` in ODE time), wall-clock after compilation; the schedule's
+    one-off table build is timed on its own."""
+    from clipdyn import schedules
+
+    law = cd.StudentT(3.0, 1.0)
+    problem = make_problem(power_law_spectrum(d, 0.3), law)
+    etas = jnp.asarray(np.geomspace(0.25, 2.0, n_eta))
+    schedules._MAX_CCC_TABLES.clear()
+    t0 = time.perf_counter()
+    schedules.max_ccc(1.0, law)
+    build = time.perf_counter() - t0
+    feedback = schedules.max_ccc(etas, law)
+    const = Constant(etas, jnp.full(n_eta, 1.0))
+    t_fb = median_time(lambda: run_sweep(problem, feedback, [0], T, 2, progress=False), 3)
+    t_c = median_time(lambda: run_sweep(problem, const, [0], T, 2, progress=False), 3)
+    return {"d": d, "learning_rates": n_eta, "T": T, "table_build_seconds": build,
+            "max_ccc_sweep_seconds": t_fb, "constant_sweep_seconds": t_c, "ratio": t_fb / t_c}
 
 
 def machine_ceilings():
@@ -203,12 +237,26 @@ def main(argv=None):
                 "gbytes_per_s_state": (8 * d if engine == "step" else 12 * d / 64) * thr / 1e9,
                 "rng_share": min(1.0, t_rng / t),
             })
+        # Batches: B = 8 per-sample clipping (8 samples per step), 256 thresholds, both engines.
+        rows["batch8_per_sample"] = []
+        for engine in ("step", "block"):
+            t = median_time(clipdyn_sweep(problem, 256, cfg["steps"], engine, rule=per_sample(8)),
+                            cfg["repeats"]) / cfg["steps"]
+            rows["batch8_per_sample"].append({"engine": engine, "runs": 256, "run_steps_per_s": 256 / t,
+                                              "samples_per_s": 8 * 256 / t,
+                                              "ratio_to_numpy_samples": 8 * 256 / t * t_np})
+        if d == 1000:
+            rows["end_to_end"] = end_to_end(problem, 1024, cfg["e2e_steps"], t_np,
+                                            ROOT / "bench" / ".e2e_tmp.npz")
+            for p in (ROOT / "bench" / ".e2e_tmp.npz", ROOT / "bench" / ".e2e_tmp.json"):
+                p.unlink(missing_ok=True)
         rows["prng_single_run_steps_per_s"] = {
             impl: 1 / (median_time(clipdyn_sweep(problem, 1, cfg["steps"], "step", impl), cfg["repeats"]) / cfg["steps"])
             for impl in ("threefry2x32", "rbg", "unsafe_rbg")}
         out["simulator"].append(rows)
     for d in cfg["ode_dims"]:
         out["ode"].append(ode_bench(d))
+    out["feedback"] = feedback_cost(200, 16, 1.0)
     print(json.dumps(out, indent=1))
     if args.markdown:
         (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=1))
@@ -248,13 +296,14 @@ def write_markdown(out, path):
         f"Ceilings measured in the same run: float32 matrix product {out['ceilings']['matmul_gflops']:.0f} GFLOP/s, "
         f"large copy {out['ceilings']['copy_gbytes_per_s']:.1f} GB/s (read + write).",
         "",
-        "| d | runs | engine | clipdyn run-steps/s | x NumPy loop | x lax.scan loop | GFLOP/s | state GB/s | RNG share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| d | runs | engine | clipdyn run-steps/s | x NumPy loop | x lax.scan loop | GFLOP/s | of matmul ceiling | state GB/s | RNG share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rows in out["simulator"]:
         for r in rows["clipdyn"]:
             lines.append(f"| {rows['d']} | {r['runs']} | {r['engine']} | {r['run_steps_per_s']:.3g} | {r['ratio_to_numpy']:.1f} | "
-                         f"{r['ratio_to_lax_scan']:.2f} | {r['gflops']:.2f} | {r['gbytes_per_s_state']:.2f} | "
+                         f"{r['ratio_to_lax_scan']:.2f} | {r['gflops']:.2f} | {100 * r['gflops'] / out['ceilings']['matmul_gflops']:.0f} % | "
+                         f"{r['gbytes_per_s_state']:.2f} | "
                          f"{r['rng_share']:.2f} |")
     lines += ["", "| d | NumPy loop run-steps/s | lax.scan loop run-steps/s | clipdyn one run, threefry2x32 | rbg | unsafe_rbg |",
               "|---|---|---|---|---|---|"]
@@ -262,6 +311,27 @@ def write_markdown(out, path):
         pr = rows["prng_single_run_steps_per_s"]
         lines.append(f"| {rows['d']} | {rows['numpy_loop_run_steps_per_s']:.3g} | {rows['lax_scan_run_steps_per_s']:.3g} | "
                      f"{pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+    lines += ["", "Clipping rules: `B = 8` per-sample clipping, 256 thresholds sharing one seed (a run-step "
+              "uses 8 samples; the NumPy ratio counts samples, against the one-sample NumPy loop).", "",
+              "| d | engine | run-steps/s | samples/s | x NumPy loop (samples) |", "|---|---|---|---|---|"]
+    for rows in out["simulator"]:
+        for r in rows["batch8_per_sample"]:
+            lines.append(f"| {rows['d']} | {r['engine']} | {r['run_steps_per_s']:.3g} | {r['samples_per_s']:.3g} | "
+                         f"{r['ratio_to_numpy_samples']:.1f} |")
+    lines += ["", "End to end (`run_sweep` with the default engine: compilation, sweep and saving included):", "",
+              "| d | runs | steps | engine chosen | seconds | run-steps/s | x NumPy loop |", "|---|---|---|---|---|---|---|"]
+    for rows in out["simulator"]:
+        if "end_to_end" in rows:
+            e = rows["end_to_end"]
+            lines.append(f"| {rows['d']} | {e['runs']} | {e['steps']} | {e['engine']} | {e['seconds']:.1f} | "
+                         f"{e['run_steps_per_s']:.3g} | {e['ratio_to_numpy']:.0f} |")
+    fb = out["feedback"]
+    lines += ["", "Feedback schedules (Student-t df 3, `d = 200`, 16 learning rates, one seed, `T = 1`; "
+              "after compilation):", "",
+              "| max-CCC table build (once per law) | max-CCC sweep | constant-threshold sweep | ratio |",
+              "|---|---|---|---|",
+              f"| {fb['table_build_seconds']:.1f} s | {fb['max_ccc_sweep_seconds']:.3f} s | "
+              f"{fb['constant_sweep_seconds']:.3f} s | {fb['ratio']:.1f}x |"]
     lines += ["", "| ODE d | T | seconds after compilation | rel. error vs DOP853 (rtol 1e-12) | scipy DOP853 seconds |",
               "|---|---|---|---|---|"]
     for r in out["ode"]:

@@ -315,17 +315,26 @@ def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int, 
     i = jnp.argmax(vals)
     lo = log_grid[jnp.maximum(i - 1, 0)]
     hi = log_grid[jnp.minimum(i + 1, grid - 1)]
-    # Golden-section search on the bracket around the best grid point.
+    # Golden-section search on the bracket around the best grid point; each iteration keeps one
+    # interior point and its value, so it costs one evaluation of the factors.
     g = (math.sqrt(5.0) - 1.0) / 2.0
 
-    def body(_, state):
-        lo, hi = state
-        x1 = hi - g * (hi - lo)
-        x2 = lo + g * (hi - lo)
-        better_left = _log_ratio(noise, R, x1, rule) >= _log_ratio(noise, R, x2, rule)
-        return jnp.where(better_left, lo, x1), jnp.where(better_left, x2, hi)
+    def f(x):
+        v = _log_ratio(noise, R, x, rule)
+        return jnp.where(jnp.isnan(v), -jnp.inf, v)
 
-    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    def body(_, state):
+        lo, hi, x1, f1, x2, f2 = state
+        left = f1 >= f2  # the maximum is in [lo, x2]
+        lo, hi = jnp.where(left, lo, x1), jnp.where(left, x2, hi)
+        x_new = jnp.where(left, hi - g * (hi - lo), lo + g * (hi - lo))
+        f_new = f(x_new)
+        x1, f1, x2, f2 = (jnp.where(left, x_new, x2), jnp.where(left, f_new, f2),
+                          jnp.where(left, x1, x_new), jnp.where(left, f1, f_new))
+        return lo, hi, x1, f1, x2, f2
+
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    lo, hi, *_ = jax.lax.fori_loop(0, iters, body, (lo, hi, x1, f(x1), x2, f(x2)))
     log_c = 0.5 * (lo + hi)
     best = _log_ratio(noise, R, log_c, rule)
     sigma2 = jnp.asarray(noise.second_moment, float)

@@ -271,6 +271,7 @@ def test_student_t_n2_matches_planar_quadrature(df, R, c):
     _assert_factors(_functionals(law, R, A, 2), _student_reference_n2(df, R, A), 2, REL, (df, R, c))
 
 
+@pytest.mark.slow
 def test_student_t_cdf_matches_scipy_student_t():
     # Fully independent of clipdyn's Student-t quadrature: the density of w = N(0, 2R) - eps is
     # scipy's t density convolved with the normal by quad, and P(|w| <= x) likewise; then
@@ -442,7 +443,9 @@ def _components(law):
     return w, m, v
 
 
-@pytest.mark.parametrize("law", [cd.cauchy(1.0), cd.StudentT(1.5, 1.0), cd.Empirical(np.array(EMPIRICAL)),
+@pytest.mark.parametrize("law", [pytest.param(cd.cauchy(1.0), marks=pytest.mark.slow),
+                                 pytest.param(cd.StudentT(1.5, 1.0), marks=pytest.mark.slow),
+                                 cd.Empirical(np.array(EMPIRICAL)),
                                  pytest.param(cd.StudentT(2.5, 1.0), marks=pytest.mark.slow),
                                  pytest.param(cd.GaussianMixture(*MIXTURE), marks=pytest.mark.slow)])
 def test_preclip_factors_match_quadrature(law):
@@ -514,6 +517,7 @@ def test_preclip_limits_and_rademacher_revival():
     assert mk[1] == pytest.approx(2 * c / (3 * math.sqrt(3)), rel=1e-5) and mk[1] == mk.max()
 
 
+@pytest.mark.slow
 def test_preclip_gradients_match_finite_differences():
     law = cd.StudentT(2.5, 1.0)
     x0 = np.asarray([0.1, 0.8, 0.5])  # R, c, K (window edge sqrt(c^2 - K^2) = 0.62)

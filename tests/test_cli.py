@@ -60,6 +60,7 @@ def test_ode_reports_divergence_without_nan(capsys):
     assert res["diverged"] is True and res["risk"][-1] is None and 0 < res["diverged_at"] < 20
 
 
+@pytest.mark.slow
 def test_ode_spectrum_file_and_schedules(tmp_path, capsys):
     f = tmp_path / "lam.npy"
     np.save(f, np.linspace(1.0, 0.01, 50))

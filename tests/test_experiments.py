@@ -15,7 +15,9 @@ STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clippi
            "l0l1_acceleration", "smoothness", "network_clipping"]
 # The clipping-rule studies compile one ODE and one simulation program per rule: minutes even at
 # the tiny size, so they run with the slow suite.
-SLOW = {"clip_rules", "dp"}
+SLOW = {"clip_rules", "dp", "heuristic", "schedules", "network_clipping", "smoothness", "criteria",
+        "real_data", "risk_curves", "clipping_bias", "concentration", "stability",
+        "when_clipping_helps", "l0l1_acceleration"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])

@@ -70,6 +70,7 @@ def _student_check(df, R_grid, C_grid):
             assert _rel(nu[i], rn) < REL, (df, R, c, nu[i], rn)
 
 
+@pytest.mark.slow
 def test_cauchy_matches_quadrature_on_full_grid():
     _student_check(1.0, R_GRID, C_GRID)
 
@@ -111,14 +112,15 @@ def test_public_check_values():
         assert got == pytest.approx(want, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_student_t_max_ccc_check_value():
     law = cd.StudentT(3.0, 1.0)
     c_star = float(factors.optimal_threshold(law, 0.01))
     best = float(factors.ccc(law, 0.01, c_star))
     assert best == pytest.approx(1.95, abs=0.005)
     assert c_star == pytest.approx(0.9, abs=0.05)
-    # No threshold on a fine grid does better than the optimiser's (grid spacing 0.2 %).
-    grid = np.asarray(factors.ccc(law, 0.01, jnp.asarray(np.geomspace(0.05, 20.0, 3000))))
+    # No threshold on a fine grid does better than the optimiser's (grid spacing 1 %).
+    grid = np.asarray(factors.ccc(law, 0.01, jnp.asarray(np.geomspace(0.05, 20.0, 600))))
     assert grid.max() <= best * (1 + 1e-10)
     # First-order condition: d CCC / dc = 0 at c*.
     dccc = jax.grad(lambda c: factors.ccc(law, 0.01, c))(c_star)
@@ -164,7 +166,8 @@ def test_infinite_variance_conventions():
     assert 0 < c_star < math.inf
 
 
-@pytest.mark.parametrize("law", [cd.Gaussian(0.5), cd.StudentT(1.5, 0.7), cd.Rademacher(1.0),
+@pytest.mark.parametrize("law", [cd.Gaussian(0.5), pytest.param(cd.StudentT(1.5, 0.7), marks=pytest.mark.slow),
+                                 cd.Rademacher(1.0),
                                  cd.GaussianMixture([0.5, 0.5], [1.0, -0.3], [0.2, 0.0])])
 def test_gradients_match_exact_identities(law):
     # d nu_abs / dc = 2 c P(|w| > c) = 2 c (1 - mu) for every law (float64, rounding-level tol).
@@ -182,6 +185,7 @@ def test_gradients_match_exact_identities(law):
             assert gR == pytest.approx(fd, rel=1e-7, abs=100 * 2.2e-16 * max(map(abs, f)) / h)
 
 
+@pytest.mark.slow
 def test_vmap_jit_and_broadcasting():
     law = cd.StudentT(3.0, 1.0)
     R = jnp.asarray([0.1, 1.0, 10.0])

@@ -49,8 +49,10 @@ def _rel_error(sched, log_R, rule=None):
     return np.where(exact >= 1e-6, rel, np.where(mu_tab < 2e-6, 0.0, 1.0))
 
 
-@pytest.mark.parametrize("law", list(LAWS))
-@pytest.mark.parametrize("kappa", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize("law", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("student") else n
+                                 for n in LAWS])
+@pytest.mark.parametrize("kappa", [pytest.param(0.5, marks=pytest.mark.slow), 1.0,
+                                   pytest.param(3.0, marks=pytest.mark.slow)])
 def test_heuristic_table_within_1e5(law, kappa):
     # The default table (2049 points over R in [1e-14, 1e12] scale^2), 3 points inside every
     # interval, and beyond both ends (clamped there).
@@ -99,6 +101,7 @@ def _student_threshold_table():
     return MaxCCC(0.5, law, log_R, u)
 
 
+@pytest.mark.slow
 def test_max_ccc_table_within_1e5_student_t():
     sched = with_mu_table(_student_threshold_table())  # default refine: 8
     assert sched.log_mu.shape == (44 * 8 + 1,)
@@ -110,7 +113,7 @@ def test_max_ccc_table_within_1e5_student_t():
     assert coarse.max() > BOUND
 
 
-@pytest.mark.parametrize("law", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("law", [pytest.param("gaussian", marks=pytest.mark.slow), "rademacher"])
 def test_max_ccc_table_light_tails(law):
     # For these laws no finite threshold beats SGD (c* = inf everywhere), so mu = 1 and the table
     # holds log mu = 0 exactly; a narrow range keeps the threshold search short.
@@ -121,6 +124,7 @@ def test_max_ccc_table_light_tails(law):
     assert _rel_error(sched, _between(x0, x1, 8 * 8)).max() == 0.0
 
 
+@pytest.mark.slow
 def test_schedules_without_tables_stay_exact():
     # Built by hand (as experiments/schedules.py does), a MaxCCC has no table and evaluates mu
     # exactly; so do heuristics with batched kappa, sigma2 = 0 with noise, or points = 0.
@@ -140,6 +144,7 @@ def test_schedules_without_tables_stay_exact():
     assert abs(float(a[0]) / float(b[0]) - 1) <= BOUND
 
 
+@pytest.mark.slow
 def test_tables_in_a_sweep_share_across_learning_rates():
     # dataclasses.replace keeps the tables (the command line builds its eta grid this way).
     base = with_mu_table(_student_threshold_table(), 2)

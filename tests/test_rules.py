@@ -56,7 +56,13 @@ def _numpy_run(prob, rule, key, eta, c, K):
     return 0.5 * np.sum(lam * e * e)
 
 
-@pytest.mark.parametrize("name", list(RULES))
+# Two rules cover every code path (group clipping, index thresholds, pre-clip and DP noise)
+# in the fast suite; the other five run with the slow suite.
+FAST_RULES = ("micro B=6 size=2", "index B=3 beta=1 preclip+dp")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_RULES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in RULES])
 def test_rule_step_matches_numpy(name):
     # float64; same samples, same start: only rounding separates the two (pairwise sums in
     # clipdyn vs NumPy's), so 1e-10 relative after 150 steps of a contraction.
@@ -72,7 +78,9 @@ def test_rule_step_matches_numpy(name):
     np.testing.assert_allclose(res.risk[0, 0, -1], want, rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["batch B=4", "micro B=6 size=2", "index B=3 beta=1 preclip+dp"])
+@pytest.mark.parametrize("name", [pytest.param("batch B=4", marks=pytest.mark.slow),
+                                  pytest.param("micro B=6 size=2", marks=pytest.mark.slow),
+                                  "index B=3 beta=1 preclip+dp"])
 def test_block_engine_equals_step_engine(name):
     # float64: the block engine's Gram-matrix recurrence is exact algebra, so the two engines
     # differ only by rounding (1e-10 relative over ~400 steps).
@@ -85,7 +93,12 @@ def test_block_engine_equals_step_engine(name):
     np.testing.assert_allclose(b.risk, a.risk, rtol=1e-10)
 
 
-def test_b1_is_todays_csgd_bit_for_bit():
+@pytest.mark.parametrize("case", [
+    ("gauss", "32", "sgd", "step"), ("gauss", "32", "sgd", "block"),
+    pytest.param(("gauss", "32", "hsgd", "step"), marks=pytest.mark.slow),
+    pytest.param(("student", "64", "sgd", "step"), marks=pytest.mark.slow),
+    pytest.param(("student", "64", "sgd", "block"), marks=pytest.mark.slow)])
+def test_b1_is_todays_csgd_bit_for_bit(case):
     # With B = 1 and no options every rule is the paper's one-sample C-SGD. The file
     # tests/data/b1_reference.npz was written by the one-sample engine at commit b52634c, before
     # clipping rules existed. The step engine (the bit-reproducible one, and C-HSGD) must
@@ -97,26 +110,22 @@ def test_b1_is_todays_csgd_bit_for_bit():
     ref_runs = np.load(DATA / "b1_reference.npz")
     lam = power_law_spectrum(200, 0.3)
     sch = sw.stack_schedules([constant(1.0, 0.3), constant(1.5, 1.0), constant(0.7, np.inf)])
-    cases = [("gauss", cd.Gaussian(0.5), "32", "sgd", "step"),
-             ("gauss", cd.Gaussian(0.5), "32", "sgd", "block"),
-             ("gauss", cd.Gaussian(0.5), "32", "hsgd", "step"),
-             ("student", cd.StudentT(2.5, 0.5), "64", "sgd", "step"),
-             ("student", cd.StudentT(2.5, 0.5), "64", "sgd", "block")]
-    for name, law, prec, method, engine in cases:
-        prob = make_problem(lam, law, R0=1.0)
-        ref = ref_runs[f"{name}_{prec}_{method}_{engine}"]
-        base = None
-        for rule in (None, rules.per_sample(1), rules.batch_mean(1), rules.micro_batch(1, 1),
-                     rules.index_thresholds(1, 3.0)):
-            res = sw.run_sweep(prob, sch, [0, 3], 2.0, 5, method=method, precision=prec,
-                               engine=engine, progress=False, rules=rule)
-            if engine == "step":
-                np.testing.assert_array_equal(res.risk, ref, err_msg=f"{name} {prec} {method} {rule}")
-            elif base is None:
-                base = res.risk
-                np.testing.assert_allclose(base, ref, rtol=1e-6 if prec == "32" else 1e-13, atol=0)
-            else:
-                np.testing.assert_array_equal(res.risk, base, err_msg=f"{name} {prec} block {rule}")
+    name, prec, method, engine = case
+    law = cd.Gaussian(0.5) if name == "gauss" else cd.StudentT(2.5, 0.5)
+    prob = make_problem(lam, law, R0=1.0)
+    ref = ref_runs[f"{name}_{prec}_{method}_{engine}"]
+    base = None
+    for rule in (None, rules.per_sample(1), rules.batch_mean(1), rules.micro_batch(1, 1),
+                 rules.index_thresholds(1, 3.0)):
+        res = sw.run_sweep(prob, sch, [0, 3], 2.0, 5, method=method, precision=prec,
+                           engine=engine, progress=False, rules=rule)
+        if engine == "step":
+            np.testing.assert_array_equal(res.risk, ref, err_msg=f"{name} {prec} {method} {rule}")
+        elif base is None:
+            base = res.risk
+            np.testing.assert_allclose(base, ref, rtol=1e-6 if prec == "32" else 1e-13, atol=0)
+        else:
+            np.testing.assert_array_equal(res.risk, base, err_msg=f"{name} {prec} block {rule}")
 
 
 def _per_example(B=5, d=7, seed=0):

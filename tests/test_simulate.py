@@ -93,6 +93,7 @@ def test_chsgd_mean_matches_ode():
     _stat_check("hsgd", constant(1.0, 0.5), cd.Gaussian(0.5))
 
 
+@pytest.mark.slow
 def test_feedback_schedule_simulation_matches_ode():
     law = cd.StudentT(3.0, 1.0)
     _stat_check("sgd", max_ccc(0.5, law), law, seeds=8, T=2.0, points=3)
@@ -248,7 +249,7 @@ def test_bad_sweep_arguments():
         sw.stack_schedules([constant(1.0, 1.0), heuristic(1.0, 1.0, cd.Gaussian(0.5))])
 
 
-@pytest.mark.parametrize("precision, rtol", [("64", 1e-12), ("32", 5e-5)])
+@pytest.mark.parametrize("precision, rtol", [("64", 1e-12), pytest.param("32", 5e-5, marks=pytest.mark.slow)])
 def test_block_engine_agrees_with_step_engine(precision, rtol):
     # Same samples, different arithmetic (matrix products and a Gram-matrix recurrence): equal up
     # to rounding. float64: ~1e-14 observed; float32: rounding of O(d) sums over ~1e3 steps.
@@ -267,7 +268,7 @@ def test_block_engine_agrees_with_step_engine(precision, rtol):
 def test_block_engine_with_feedback_schedule():
     law = cd.StudentT(3.0, 1.0)
     problem = make_problem(power_law_spectrum(300, 0.3), law)
-    sched = max_ccc(0.5, law)
+    sched = max_ccc(0.5, law, points=41, refine=2)  # the engines must agree whatever the table
     a = sw.simulate_runs(problem, sched, [0, 1], 3.0, 4, precision="64")
     b = sw.simulate_runs(problem, sched, [0, 1], 3.0, 4, precision="64", engine="block")
     np.testing.assert_allclose(a.risk, b.risk, rtol=1e-12)

@@ -42,6 +42,7 @@ def test_ode_final_risks_batch_matches_single_solves():
     assert np.all(status == 0)
 
 
+@pytest.mark.slow
 def test_schedule_optimisation_beats_best_constant():
     # Gradient descent through the ODE must not do worse than the best constant rate on a grid
     # (it starts there), and on this problem a decaying schedule does strictly better.
