@@ -86,7 +86,9 @@ def _guarded(cmd):
     return run
 
 
-def cmd_simulate(args) -> None:
+def _simulate(args):
+    """The problem the arguments describe and its seeds' runs: ``(problem, schedule, rule, T,
+    points, result)`` (shared by ``simulate`` and ``validate``)."""
     from clipdyn.sweep import simulate_runs
 
     problem, data, schedule, rule, T, points = build_problem(args)
@@ -94,6 +96,11 @@ def cmd_simulate(args) -> None:
     res = simulate_runs(problem, schedule, _seeds(args), T, points, method=args.method,
                         precision=args.precision, prng_impl=args.prng_impl, rules=rule, data=data,
                         progress=not args.json)
+    return problem, schedule, rule, T, points, res
+
+
+def cmd_simulate(args) -> None:
+    problem, schedule, rule, T, points, res = _simulate(args)
     risk = res.risk[:, 0, :]
     mean, se, n = seed_statistics(risk)
     out = {
@@ -245,13 +252,8 @@ def _sweep(args) -> None:
 
 def cmd_validate(args) -> None:
     from clipdyn.ode import solve_ode
-    from clipdyn.sweep import simulate_runs
 
-    problem, data, schedule, rule, T, points = build_problem(args)
-    _check_horizon(problem, T, points)
-    res = simulate_runs(problem, schedule, _seeds(args), T, points, method=args.method,
-                        precision=args.precision, prng_impl=args.prng_impl, rules=rule, data=data,
-                        progress=not args.json)
+    problem, schedule, rule, T, points, res = _simulate(args)
     ode = solve_ode(problem, schedule, T, points, times=res.t, rule=rule)  # at the simulation's step times
     mean, se, n = seed_statistics(res.risk[:, 0, :])
     report = compare_to_ode(res.t, np.asarray(ode.risk, float), float(ode.diverged_at),
