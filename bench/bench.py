@@ -36,7 +36,7 @@ from clipdyn.rules import clip_scale, default_rule, per_sample, stack_rules
 from clipdyn.ode import solve_ode
 from clipdyn.problem import make_problem, power_law_spectrum
 from clipdyn.schedules import Constant, constant
-from clipdyn.sweep import run_sweep, seed_keys
+from clipdyn.sweep import run_sweep, seed_keys, stack_schedules
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
@@ -157,7 +157,7 @@ def feedback_cost(d, n_eta, T):
     t0 = time.perf_counter()
     schedules.max_ccc(1.0, law)
     build = time.perf_counter() - t0
-    feedback = schedules.max_ccc(etas, law)
+    feedback = stack_schedules([schedules.max_ccc(float(e), law) for e in etas])  # tables shared
     const = Constant(etas, jnp.full(n_eta, 1.0))
     t_fb = median_time(lambda: run_sweep(problem, feedback, [0], T, 2, progress=False), 3)
     t_c = median_time(lambda: run_sweep(problem, const, [0], T, 2, progress=False), 3)
