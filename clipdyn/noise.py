@@ -36,6 +36,7 @@ from jax.typing import ArrayLike
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
+from clipdyn.pytrees import cast_floats, frozen_pytree  # cast_floats re-exported
 from clipdyn.validation import check_value  # re-exported: the laws' and schedules' parameter check
 
 Array = jax.Array
@@ -79,21 +80,6 @@ class MixtureRep(NamedTuple):
 
 def _is_concrete(x) -> bool:
     return validation.is_concrete(x)
-
-
-def frozen_pytree(cls):
-    """A frozen dataclass registered as a JAX pytree (fields marked ``static`` are metadata)."""
-    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
-
-
-def cast_floats(tree, dtype):
-    """``tree`` with its floating leaves cast to ``dtype`` (other leaves untouched)."""
-
-    def cast(x):
-        x = jnp.asarray(x)
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-    return jax.tree.map(cast, tree)
 
 
 def check_law(noise, name: str = "noise"):

@@ -46,7 +46,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import factors
-from clipdyn.noise import NoiseLaw, check_value, frozen_pytree
+from clipdyn.noise import NoiseLaw, check_value
+from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.precision import uses_x64
 
 Array = jax.Array
@@ -427,7 +428,7 @@ def stack_rules(rules) -> ClipRule:
     sigs = {static_signature(r) for r in rules}
     if len(sigs) != 1:
         raise ValueError(f"rules of one program must share kind, batch size and options; got {sorted(sigs)}")
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, float) for x in xs]), *rules)
+    return stack(rules, float)
 
 
 def default_rule() -> ClipRule:

@@ -25,7 +25,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import factors, validation
-from clipdyn.noise import NoiseLaw, check_value, frozen_pytree
+from clipdyn.noise import NoiseLaw, check_value
+from clipdyn.pytrees import content_hash, frozen_pytree
 from clipdyn.precision import uses_x64
 
 Array = jax.Array
@@ -301,7 +302,7 @@ def max_ccc(
     points = validation.integer("points", points, 2, owner="max-ccc")
     refine = validation.integer("refine", refine, 0, owner="max-ccc")
     s = float(noise.scale) if np.isfinite(float(noise.scale)) and float(noise.scale) > 0 else 1.0
-    key = (_content_key((noise, rule)), float(R_min), float(R_max), points, refine)
+    key = (content_hash((noise, rule)), float(R_min), float(R_max), points, refine)
     tables = _MAX_CCC_TABLES.get(key)
     if tables is None:
         log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
@@ -324,12 +325,6 @@ def max_ccc(
 # study building the same schedule again, reuses them (keyed by content, so a law with the same
 # parameters is the same key; at most 64 kept).
 _MAX_CCC_TABLES: dict = {}
-
-
-def _content_key(tree) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    return (str(treedef),) + tuple(
-        (np.asarray(x).dtype.str, np.shape(x), np.asarray(x).tobytes()) for x in leaves)
 
 
 @uses_x64

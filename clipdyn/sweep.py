@@ -46,7 +46,7 @@ from clipdyn import sim
 from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
-from clipdyn.noise import cast_floats
+from clipdyn.pytrees import cast_floats, content_hash, stack  # content_hash re-exported
 from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
 
@@ -119,7 +119,7 @@ def stack_schedules(schedules: Sequence) -> Any:
     kinds = {type(s) for s in schedules}
     if len(kinds) != 1:
         raise ValueError(f"a sweep's schedules must be of one kind; got {sorted(k.__name__ for k in kinds)}")
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *schedules)
+    return stack(schedules)
 
 
 @uses_x64
@@ -173,25 +173,6 @@ def _fingerprint(config: dict) -> str:
 
 def _sha256(a) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(a, np.float64)).tobytes()).hexdigest()
-
-
-def content_hash(tree) -> str:
-    """sha256 of a pytree's structure (static fields included) and leaf values.
-
-    Floating leaves are hashed as float64, so the hash names the values, not how they were
-    passed. A sweep records the hashes of its spectrum, start, noise law (an empirical law's
-    atoms included), schedules and rules (``config["fingerprints"]``), so changing a file's
-    contents between an interrupted run and its rerun is noticed, not mixed in.
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    h = hashlib.sha256(str(treedef).encode())
-    for leaf in leaves:
-        a = np.asarray(leaf)
-        if a.dtype.kind == "f":
-            a = a.astype(np.float64)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 def _round_digits(x: float, up: bool, digits: int = 6) -> float:
@@ -275,22 +256,32 @@ def _seconds_per_step(call, steps_arr, work: float) -> float | None:
     """Seconds per step of one seed of a compiled chunk program, timed on a few steps.
 
     The output steps are an argument of the program, so timing it on ``0 .. n`` steps reuses the
-    compilation and leaves the real run untouched. ``None`` for runs too small to be worth it.
+    compilation and leaves the real run untouched. The calibration outputs only at its last step:
+    101 outputs inside a few steps would cut the block engine's blocks short and overstate a
+    step's cost many times. ``n`` grows until a timing takes about 0.1 s (the calibration costs
+    well under a second), and the last two timings' difference drops the per-call overhead. ``None`` for runs too small to be worth it.
     """
     if work < CALIBRATION_MIN_WORK:
         return None
     total = int(steps_arr[-1])
-    points = steps_arr.shape[0]
-    jax.block_until_ready(call(jnp.zeros_like(steps_arr)))  # compilation, and no step
+    cal = np.zeros(steps_arr.shape[0], np.int64)
     n = 8
+    cal[-1] = n
+    # Compilation, and a first run: the first call after compiling is several times slower.
+    jax.block_until_ready(call(jnp.asarray(cal, steps_arr.dtype)))
+    prev = None
     while True:
-        cal = jnp.asarray(np.rint(np.linspace(0, n, points)), steps_arr.dtype)
+        cal[-1] = n
         t0 = time.perf_counter()
-        jax.block_until_ready(call(cal))
+        jax.block_until_ready(call(jnp.asarray(cal, steps_arr.dtype)))
         elapsed = time.perf_counter() - t0
-        if elapsed >= 0.3 or 8 * n > total // 4:
+        if elapsed >= 0.1 or n >= total // 4:
+            # The difference of the last two timings drops the per-call overhead.
+            if prev is not None and elapsed > prev[1]:
+                return (elapsed - prev[1]) / (n - prev[0])
             return elapsed / n
-        n *= 8
+        prev = (n, elapsed)
+        n = int(min(max(total // 4, 8), n * min(64.0, max(4.0, 0.15 / max(elapsed, 1e-6)))))
 
 
 @uses_x64

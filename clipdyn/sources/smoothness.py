@@ -40,7 +40,8 @@ import optax
 import optax.tree_utils as otu
 from jax.typing import ArrayLike
 
-from clipdyn.noise import check_value, frozen_pytree
+from clipdyn.noise import check_value
+from clipdyn.pytrees import frozen_pytree
 from clipdyn.problem import Problem
 
 Array = jax.Array

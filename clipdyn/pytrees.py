@@ -1,0 +1,96 @@
+"""Pytree helpers shared by the laws, schedules, rules and sweeps.
+
+* :func:`frozen_pytree`: the frozen dataclass + pytree registration every law, schedule and rule uses.
+* :func:`cast_floats`: a pytree's floating leaves in one precision.
+* :func:`stack`: one batched pytree (leading axis) from many of one structure: how a sweep's
+  configurations become one vmapped program.
+* :func:`content_hash`: what names a pytree by its values. A sweep records these hashes in its
+  results (``config["fingerprints"]``), so an interrupted run is never resumed against changed
+  inputs, and the max-CCC schedule keys its per-process tables by them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["frozen_pytree", "cast_floats", "stack", "content_hash"]
+
+
+def frozen_pytree(cls):
+    """A frozen dataclass registered as a JAX pytree (fields marked ``static`` are metadata)."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
+
+
+def cast_floats(tree, dtype):
+    """``tree`` with its floating leaves cast to ``dtype`` (other leaves untouched)."""
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+def stack(trees: Sequence[Any], dtype=None) -> Any:
+    """One pytree whose leaves stack the leaves of ``trees`` (all of one structure) on a new
+    leading axis.
+
+    Concrete leaves are stacked on the host and moved once: a sweep of 1024 configurations
+    would otherwise pay 1024 small device transfers per leaf (seconds, measured). Traced leaves
+    (inside ``jit``) are stacked by ``jnp.stack``.
+
+    Args:
+        trees: the pytrees (at least one).
+        dtype: the leaves' dtype (default: as :func:`jax.numpy.asarray` gives them, in the
+            current precision).
+
+    Returns:
+        The stacked pytree.
+    """
+    def one(*xs):
+        if any(isinstance(x, jax.core.Tracer) for x in xs):
+            return jnp.stack([jnp.asarray(x, dtype) for x in xs])
+        arrays = [np.asarray(x) for x in xs]
+        kind = dtype if dtype is not None else jnp.result_type(*[
+            x if isinstance(x, (bool, int, float, complex)) else a.dtype for x, a in zip(xs, arrays)])
+        return jnp.asarray(np.stack(arrays).astype(jax.dtypes.canonicalize_dtype(kind)))
+
+    return jax.tree.map(one, *trees)
+
+
+def content_hash(tree) -> str:
+    """sha256 of a pytree's structure (static fields included) and leaf values.
+
+    Floating leaves are hashed as float64, so the hash names the values, not how they were
+    passed. A sweep records the hashes of its spectrum, start, noise law (an empirical law's
+    atoms included), schedules and rules (``config["fingerprints"]``), so changing a file's
+    contents between an interrupted run and its rerun is noticed, not mixed in.
+
+    Args:
+        tree: any pytree of array-likes (a noise law, a schedule, a rule, an array).
+
+    Returns:
+        The hex digest.
+
+    Example:
+        >>> import numpy as np
+        >>> content_hash(np.float32(0.5)) == content_hash(0.5)
+        True
+        >>> content_hash([1.0, 2.0]) == content_hash((1.0, 2.0))
+        False
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    h = hashlib.sha256(str(treedef).encode())
+    for leaf in leaves:
+        a = np.asarray(leaf)
+        if a.dtype.kind == "f":
+            a = a.astype(np.float64)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
