@@ -356,17 +356,24 @@ def tabulate(rule: ClipRule, noise: NoiseLaw, c, *, R_min: float = 1e-8, R_max: 
     with x64():
         log_R = jnp.linspace(math.log(R_min), math.log(R_max), n)
         plain = dataclasses.replace(rule, table=None)
-
-        def logs(x):
-            f = plain.ode_factors(noise, jnp.exp(x), jnp.asarray(c))
-            return jnp.stack([jnp.log(f.mu), jnp.log(f.nu), f.iso_d])
-
-        # A few grid points at a time: the Laplace inversion's intermediate arrays are large.
-        vals, slopes = jax.jit(lambda xs: jax.lax.map(
-            lambda x: jax.jvp(logs, (x,), (jnp.ones_like(x),)), xs, batch_size=8))(log_R)
+        vals, slopes = _factor_grid(plain, noise, jnp.asarray(c), log_R)
         table = FactorTable(jnp.asarray(c), log_R, vals[:, 0], vals[:, 1], vals[:, 2],
                             slopes[:, 0], slopes[:, 1], slopes[:, 2])
     return dataclasses.replace(rule, table=table)
+
+
+@jax.jit
+def _factor_grid(rule: ClipRule, noise: NoiseLaw, c, log_R):
+    """``(log mu, log nu, iso_d)`` and their ``log R``-derivatives on the grid ``log_R``, compiled
+    once per kind of rule and law and grid size (the threshold is an argument: a study
+    tabulating many thresholds compiles once)."""
+
+    def logs(x):
+        f = rule.ode_factors(noise, jnp.exp(x), c)
+        return jnp.stack([jnp.log(f.mu), jnp.log(f.nu), f.iso_d])
+
+    # A few grid points at a time: the Laplace inversion's intermediate arrays are large.
+    return jax.lax.map(lambda x: jax.jvp(logs, (x,), (jnp.ones_like(x),)), log_R, batch_size=8)
 
 
 def _fmt(x) -> str:
