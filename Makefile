@@ -40,7 +40,14 @@ endif
 RESULTS := $(FIGDIR)/data
 FIGURES := $(patsubst %,$(FIGDIR)/%.png,$(STUDIES))
 
-figures: $(FIGURES)
+# The studies are independent and mostly single-threaded: two at a time use both cores of the
+# reference machine (JOBS=1 runs them one after another).
+JOBS ?= 2
+figures: | $(STAMP)
+	$(MAKE) -j$(JOBS) --output-sync=target figure-files
+
+.PHONY: figure-files
+figure-files: $(FIGURES)
 
 $(RESULTS)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(RESULTS)
