@@ -1,0 +1,70 @@
+"""Where the block engine's time goes: its two products per block and the Gram matrix alone,
+against the whole engine at steady state (d = 1000, 1024 runs, 256-step blocks, float32).
+
+Measures only; prints one line per part, with the float32 matrix ceiling measured in the same
+run. BENCHMARKS.md, "What bounds the numbers".
+
+    python bench/block_parts.py
+"""
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import clipdyn as cd
+from clipdyn import sim
+from clipdyn.problem import make_problem
+from clipdyn.rules import default_rule, stack_rules
+from clipdyn.schedules import Constant
+from clipdyn.sweep import seed_keys
+
+D, RUNS, BLOCK = 1000, 1024, 256
+
+
+def median_time(fn, repeats=7):
+    fn()  # compilation
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    a = jnp.ones((2048, 2048), jnp.float32)
+    square = jax.jit(lambda x: x @ x)
+    ceiling = 2 * 2048**3 / median_time(lambda: square(a).block_until_ready())
+    print(f"float32 matrix ceiling: {ceiling / 1e9:.0f} GFLOP/s")
+
+    Z = jax.random.normal(jax.random.key(0), (BLOCK, D), jnp.float32)
+    E = jax.random.normal(jax.random.key(1), (RUNS, D), jnp.float32)
+    A = 1e-3 * jax.random.normal(jax.random.key(2), (BLOCK, RUNS), jnp.float32)
+    parts = {
+        "P = Z E^T": (jax.jit(lambda Z, E, A: Z @ E.T), 2 * BLOCK * D * RUNS),
+        "E - A^T Z": (jax.jit(lambda Z, E, A: E - A.T @ Z), 2 * BLOCK * D * RUNS),
+        "both + Gram Z Z^T": (jax.jit(lambda Z, E, A: (Z @ E.T, E - A.T @ Z, Z @ Z.T)),
+                              4 * BLOCK * D * RUNS + 2 * BLOCK * BLOCK * D),
+    }
+    for name, (fn, flops) in parts.items():
+        t = median_time(lambda: jax.block_until_ready(fn(Z, E, A)))
+        print(f"{name}: {t * 1e3:.2f} ms per block, {flops / t / ceiling:.0%} of the ceiling, "
+              f"{t / (BLOCK * RUNS) * 1e9:.1f} ns per run-step")
+
+    prob = sim.prepare(make_problem(jnp.asarray(np.arange(1, D + 1) ** -0.3), cd.Gaussian(0.5)),
+                       jnp.float32)
+    sched = Constant(jnp.ones(RUNS, jnp.float32), jnp.asarray(np.geomspace(0.1, 10, RUNS), jnp.float32))
+    rules, keys = stack_rules([default_rule()] * RUNS), seed_keys([0])
+    run = jax.jit(lambda s, r, p, k, st: sim.run_batch(p, s, r, k, st, engine="block"))
+    for steps in (512, 2048):
+        out_steps = jnp.asarray([0, steps])
+        t = median_time(lambda: run(sched, rules, prob, keys, out_steps)[0].block_until_ready(), 3)
+        print(f"whole engine, {steps} steps: {t / (RUNS * steps) * 1e9:.1f} ns per run-step, "
+              f"{4 * D * RUNS * steps / t / ceiling:.0%} of the ceiling (4 d flops per run-step)")
+
+
+if __name__ == "__main__":
+    main()
