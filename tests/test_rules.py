@@ -225,6 +225,7 @@ def test_factor_table_interpolates_to_stated_accuracy():
         assert np.isnan(float(table_rule.ode_factors(law, 0.5, 0.8).mu))
 
 
+@pytest.mark.slow  # 14 s: compiles the Student-t index factors, exactly and under jvp
 def test_tables_at_several_thresholds_match_exact_factors():
     # float64. The study of make clip-rules tabulates every rule under Student-t noise at each
     # threshold (one compilation, the threshold is an argument): each table must answer for its
