@@ -7,9 +7,6 @@ run. BENCHMARKS.md, "What bounds the numbers".
     python bench/block_parts.py
 """
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,23 +18,15 @@ from clipdyn.rules import default_rule, stack_rules
 from clipdyn.schedules import Constant
 from clipdyn.sweep import seed_keys
 
+from bench import median_time  # the same timing as make bench (and its float64 mode)
+
 D, RUNS, BLOCK = 1000, 1024, 256
-
-
-def median_time(fn, repeats=7):
-    fn()  # compilation
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
     a = jnp.ones((2048, 2048), jnp.float32)
     square = jax.jit(lambda x: x @ x)
-    ceiling = 2 * 2048**3 / median_time(lambda: square(a).block_until_ready())
+    ceiling = 2 * 2048**3 / median_time(lambda: square(a).block_until_ready(), 7)
     print(f"float32 matrix ceiling: {ceiling / 1e9:.0f} GFLOP/s")
 
     Z = jax.random.normal(jax.random.key(0), (BLOCK, D), jnp.float32)
@@ -50,7 +39,7 @@ def main():
                               4 * BLOCK * D * RUNS + 2 * BLOCK * BLOCK * D),
     }
     for name, (fn, flops) in parts.items():
-        t = median_time(lambda: jax.block_until_ready(fn(Z, E, A)))
+        t = median_time(lambda: jax.block_until_ready(fn(Z, E, A)), 7)
         print(f"{name}: {t * 1e3:.2f} ms per block, {flops / t / ceiling:.0%} of the ceiling, "
               f"{t / (BLOCK * RUNS) * 1e9:.1f} ns per run-step")
 
