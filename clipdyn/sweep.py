@@ -259,7 +259,8 @@ def _seconds_per_step(call, steps_arr, work: float) -> float | None:
     compilation and leaves the real run untouched. The calibration outputs only at its last step:
     101 outputs inside a few steps would cut the block engine's blocks short and overstate a
     step's cost many times. ``n`` grows until a timing takes about 0.1 s (the calibration costs
-    well under a second), and the last two timings' difference drops the per-call overhead. ``None`` for runs too small to be worth it.
+    well under a second), and the last two timings' difference drops the per-call overhead.
+    ``None`` for runs too small to be worth it.
     """
     if work < CALIBRATION_MIN_WORK:
         return None
