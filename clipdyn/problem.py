@@ -14,7 +14,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -25,6 +24,7 @@ from jax.typing import ArrayLike
 from clipdyn import validation
 from clipdyn.noise import NoiseLaw
 from clipdyn.precision import uses_x64
+from clipdyn.pytrees import frozen_pytree
 
 Array = jax.Array
 
@@ -94,8 +94,7 @@ def _check_dim(d, what: str) -> int:
     return d
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@frozen_pytree
 class Problem:
     """A streaming least-squares problem in the eigenbasis of ``K``.
 

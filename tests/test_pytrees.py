@@ -1,4 +1,5 @@
-"""clipdyn.pytrees: stacking configurations, content hashes, and the sweep's time estimate.
+"""clipdyn.pytrees: registration, stacking configurations, content hashes, and the sweep's time
+estimate.
 
 Exact checks (dtypes, equality); no tolerances.
 """
@@ -10,11 +11,45 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import clipdyn as cd
 import clipdyn.sweep as sw
-from clipdyn import rules
+from clipdyn import batch_factors, rules
 from clipdyn.precision import x64
-from clipdyn.pytrees import content_hash, stack
+from clipdyn.pytrees import content_hash, frozen_pytree, stack
 from clipdyn.schedules import Constant
+
+
+def test_structures_of_different_classes_differ():
+    # jaxlib 0.10's register_dataclass structures of two classes with one field each compare
+    # equal; jit then served Rademacher's program to a Gaussian now and then. Ours must not.
+    same_layout = [cd.Gaussian(0.7), cd.Rademacher(0.7)]
+    a, b = (jax.tree.structure(x) for x in same_layout)
+    assert a != b
+    assert a == jax.tree.structure(cd.Gaussian(0.1))
+    rebuilt = jax.tree.map(lambda v: v, cd.StudentT(2.5, 1.0))
+    assert isinstance(rebuilt, cd.StudentT) and rebuilt == cd.StudentT(2.5, 1.0)
+
+
+def test_jit_dispatches_by_class():
+    # The failure this guards against depends on hash-table probing, so it is triggered by
+    # numbers: 80 classes of one layout, each a different function under one jit. Under the
+    # jaxlib fault, plain register_dataclass classes here got another class's value in 26 of the
+    # 160 calls (110 of 800 with 400 classes); the structure test above is the exact check.
+    classes = []
+    for i in range(80):
+        cls = type(f"Law{i}", (), {"__annotations__": {"x": float}, "k": float(i)})
+        classes.append(frozen_pytree(cls))
+    f = jax.jit(lambda law: law.x * type(law).k)
+    got = [float(f(cls(1.0))) for cls in classes + classes]
+    assert got == [float(i) for i in range(80)] * 2
+
+
+def test_preclip_factors_distinguish_gaussian_from_rademacher():
+    # The suite's observed failure: Gaussian(0.7) returned Rademacher(0.7)'s factors.
+    with x64():
+        r = [float(v) for v in batch_factors.preclip_factors(cd.Rademacher(0.7), 0.01, 0.2, 1.0)]
+        g = [float(v) for v in batch_factors.preclip_factors(cd.Gaussian(0.7), 0.01, 0.2, 1.0)]
+    assert abs(g[0] - r[0]) > 0.02  # 0.1355 against 0.1112
 
 
 def test_stack_matches_jnp_stack_values_and_dtypes():
