@@ -49,9 +49,14 @@ figures: | $(STAMP)
 .PHONY: figure-files
 figure-files: $(FIGURES)
 
+# The studies share one JAX compilation cache: the same programs recur across them (the max-CCC
+# tables of a law, the ODE and simulation of one schedule at d = 500), and compiling is about half
+# of a study's time on 2 cores. JAX keys each entry by the program, the jaxlib version and the
+# machine, so a stale entry is never used; `make clean-venv` removes it with the environment.
+FIGURES_JAX_CACHE ?= $(VENV)/jax-cache
 $(RESULTS)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(RESULTS)
-	$(PY) experiments/$*.py --out $@ --size $(SIZE)
+	JAX_COMPILATION_CACHE_DIR=$(FIGURES_JAX_CACHE) $(PY) experiments/$*.py --out $@ --size $(SIZE)
 
 # `make real-data` runs on digits (it ships with scikit-learn, no download);
 # `make real-data DATA=cifar10:path=DIR` (any data SPEC) runs the same study on your data,
