@@ -5,7 +5,8 @@ heuristic attains, CCC(kappa sqrt(2R + sigma^2), R) / max_c CCC(c, R), over a gr
 and, for the heaviest and the lightest of these tails (df 2.5 and 10), risk curves (ODE and
 simulation, lam_i = i^-0.3, R0 = 1, eta 0.5) of the heuristic with the kappa that maximises the
 worst-case fraction over the R grid, against max-CCC and unclipped SGD. (Curves for df 3 and 5
-as well doubled the study's time, mostly compilation, for curves that lie between these two.)
+as well would double the compilation, one ODE and one simulation program per schedule and df,
+for curves that lie between these two.)
 
 Usage: python experiments/heuristic.py --out figures/data/heuristic.npz [--size ...]
 """
