@@ -1,5 +1,5 @@
 """Where the block engine's time goes: its two products per block and the Gram matrix alone,
-against the whole engine at steady state (d = 1000, 1024 runs, 256-step blocks, float32).
+the per-run recurrence between them alone, against the whole engine at steady state (d = 1000, 1024 runs, 256-step blocks, float32).
 
 Measures only; prints one line per part, with the float32 matrix ceiling measured in the same
 run. BENCHMARKS.md, "What bounds the numbers".
@@ -16,6 +16,8 @@ from clipdyn import sim
 from clipdyn.problem import make_problem
 from clipdyn.rules import default_rule, stack_rules
 from clipdyn.schedules import Constant
+from clipdyn.sim.block import _recurrence
+from clipdyn.sim.runner import SUB_STEPS
 from clipdyn.sweep import seed_keys
 
 from bench import median_time  # the same timing as make bench (and its float64 mode)
@@ -47,6 +49,20 @@ def main():
                        jnp.float32)
     sched = Constant(jnp.ones(RUNS, jnp.float32), jnp.asarray(np.geomspace(0.1, 10, RUNS), jnp.float32))
     rules, keys = stack_rules([default_rule()] * RUNS), seed_keys([0])
+    # The per-run recurrence alone (the engine's own code, no risk tracking, as for constant
+    # schedules): what runs between the products, step after step.
+    G = Z @ Z.T
+    P = (Z @ E.T) * 1e-2
+    norms = jnp.sqrt(jnp.sum(Z * Z * prob.lam[None, :D], axis=-1))
+    eps = jax.random.normal(jax.random.key(3), (BLOCK, 1), jnp.float32)
+    states = sim.RunState(E, jnp.ones(RUNS, jnp.float32), jnp.zeros(RUNS, jnp.int32),
+                          jnp.zeros(RUNS, bool), jnp.full(RUNS, -1, jnp.int32))
+    rec = jax.jit(lambda P, G, norms, eps, st: _recurrence(
+        prob, sched, rules, P, None, G, None, norms, eps, 0, BLOCK, st, 1e6, SUB_STEPS, False))
+    t = median_time(lambda: jax.block_until_ready(rec(P, G, norms, eps, states)), 7)
+    print(f"recurrence alone ({SUB_STEPS}-step sub-blocks, their G_s A products included): "
+          f"{t * 1e3:.2f} ms per block, {t / (BLOCK * RUNS) * 1e9:.1f} ns per run-step")
+
     run = jax.jit(lambda s, r, p, k, st: sim.run_batch(p, s, r, k, st, engine="block"))
     for steps in (512, 2048):
         out_steps = jnp.asarray([0, steps])
