@@ -32,6 +32,14 @@ def test_rule_options_refused(capsys, argv, match):
     assert err.startswith("clipdyn: error:") and err.count("\n") == 1 and match in err
 
 
+@pytest.mark.parametrize("batch", ["0", "1.5", "2,0"])
+def test_sweep_batch_list_refused_as_typed(capsys, tmp_path, batch):
+    # sweep takes a LIST of batch sizes; the message quotes what was typed ("0", not "[0.0]").
+    code, out, err = run(capsys, "sweep", *PROBLEM, "--batch", batch, "--out", str(tmp_path / "s.npz"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"--batch={batch} is not allowed; values must be integers >= 1" in err
+
+
 @pytest.mark.parametrize("argv, match", [
     (["factors", "--noise", "gaussian", "--R", "0.5", "--c", "-inf"], "--c=[-inf] is not allowed"),
     (["factors", "--noise", "gaussian", "--R", "1", "--c", "1e200"], "--c=[1e+200] is not allowed"),

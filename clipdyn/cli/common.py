@@ -115,6 +115,17 @@ def positive_list(text: str, what: str, bounded: bool = True) -> np.ndarray:
     return validation.positive(what, parse_list(text, what), bounded=bounded)
 
 
+def integer_list(text: str, what: str, least: int = 1) -> np.ndarray:
+    """A LIST of integers ``>= least`` (batch sizes, say), or a one-line ValueError quoting what
+    was typed."""
+    from clipdyn.specs import parse_list
+
+    x = parse_list(text, what)
+    if not np.all(np.isfinite(x) & (x == np.round(x)) & (x >= least)):
+        raise ValueError(f"{what}={text} is not allowed; values must be integers >= {least}")
+    return x.astype(int)
+
+
 def non_negative_list(text: str, what: str) -> np.ndarray:
     """A LIST of finite values >= 0, or a one-line ValueError naming the bad values."""
     from clipdyn.specs import parse_list

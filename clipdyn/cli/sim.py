@@ -23,7 +23,8 @@ import warnings
 import numpy as np
 
 from clipdyn.cli.common import (add_problem_args, build_problem, emit, format_table, int_at_least,
-                                none_if_nan, non_negative_list, positive_list, problem_from_args)
+                                integer_list, none_if_nan, non_negative_list, positive_list,
+                                problem_from_args)
 from clipdyn.results import seed_statistics
 
 __all__ = ["add_commands"]
@@ -159,9 +160,7 @@ def _sweep_rules(args):
     """Every clipping rule x batch size x DP noise x pre-clip noise the options list."""
     from clipdyn.specs import MAX_LIST, parse_rule
 
-    batches = positive_list(args.batch, "--batch")
-    if not np.all(batches == np.round(batches)):
-        raise ValueError(f"--batch: {batches.tolist()} is not allowed; batch sizes are integers >= 1")
+    batches = integer_list(args.batch, "--batch")
     specs = [s.strip() for s in args.clip_rule.split(",") if s.strip()]
     if not specs:
         raise ValueError("--clip-rule: empty list")
@@ -180,7 +179,7 @@ def _sweep_rules(args):
                          "are allowed in one sweep: split it into several --out files")
     out = []
     for spec in specs:
-        for b in batches.astype(int).tolist():
+        for b in batches.tolist():
             for dp in dps:
                 for pre in pres:
                     rule = parse_rule(spec, b, dp, pre)
