@@ -1,5 +1,6 @@
 """Where the block engine's time goes: its two products per block and the Gram matrix alone,
-the per-run recurrence between them alone, against the whole engine at steady state (d = 1000, 1024 runs, 256-step blocks, float32).
+the per-run recurrence between them alone, against the whole engine at steady state (d = 1000,
+1024 runs, 256-step blocks, float32).
 
 Measures only; prints one line per part, with the float32 matrix ceiling measured in the same
 run. BENCHMARKS.md, "What bounds the numbers".
