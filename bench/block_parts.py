@@ -1,6 +1,6 @@
 """Where the block engine's time goes: its two products per block and the Gram matrix alone,
-the per-run recurrence between them alone, against the whole engine at steady state (d = 1000,
-1024 runs, 256-step blocks, float32).
+the per-run recurrence between them and the block's draws alone, against the whole engine at
+steady state (d = 1000, 1024 runs, 256-step blocks, float32).
 
 Measures only; prints one line per part, with the float32 matrix ceiling measured in the same
 run. BENCHMARKS.md, "What bounds the numbers".
@@ -17,7 +17,7 @@ from clipdyn import sim
 from clipdyn.problem import make_problem
 from clipdyn.rules import default_rule, stack_rules
 from clipdyn.schedules import Constant
-from clipdyn.sim.block import _recurrence
+from clipdyn.sim.block import _block_rows, _recurrence
 from clipdyn.sim.runner import SUB_STEPS
 from clipdyn.sweep import seed_keys
 
@@ -63,6 +63,11 @@ def main():
     t = median_time(lambda: jax.block_until_ready(rec(P, G, norms, eps, states)), 7)
     print(f"recurrence alone ({SUB_STEPS}-step sub-blocks, their G_s A products included): "
           f"{t * 1e3:.2f} ms per block, {t / (BLOCK * RUNS) * 1e9:.1f} ns per run-step")
+
+    # The block's draws alone (shared by the runs of a seed; threefry, as the engine draws them).
+    draws = jax.jit(lambda k0: _block_rows(prob, rules, keys[0], k0, BLOCK))
+    t = median_time(lambda: jax.block_until_ready(draws(jnp.int32(0))), 7)
+    print(f"draws alone: {t * 1e3:.2f} ms per block, {t / (BLOCK * RUNS) * 1e9:.1f} ns per run-step")
 
     run = jax.jit(lambda s, r, p, k, st: sim.run_batch(p, s, r, k, st, engine="block"))
     for steps in (512, 2048):
