@@ -49,10 +49,11 @@ figures: | $(STAMP)
 .PHONY: figure-files
 figure-files: $(FIGURES)
 
-# The studies share one JAX compilation cache: the same programs recur across them (the max-CCC
-# tables of a law, the ODE and simulation of one schedule at d = 500), and compiling is about half
-# of a study's time on 2 cores. JAX keys each entry by the program, the jaxlib version and the
-# machine, so a stale entry is never used; `make clean-venv` removes it with the environment.
+# The studies share one JAX compilation cache: compiling is about half of a long study's time on
+# 2 cores, programs recur across studies (the heuristic and schedules studies compile a max-CCC
+# table, an ODE and a simulation program of the same signatures) and reruns find theirs. JAX keys
+# each entry by the program, the jaxlib version and the machine, so a stale entry is never used;
+# `make clean-venv` removes it with the environment.
 FIGURES_JAX_CACHE ?= $(VENV)/jax-cache
 $(RESULTS)/%.npz: experiments/%.py experiments/common.py $(PKG) | $(STAMP)
 	@mkdir -p $(RESULTS)
