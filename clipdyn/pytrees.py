@@ -46,11 +46,12 @@ def frozen_pytree(cls):
     meta = tuple(f.name for f in fields if f.metadata.get("static", False))
     keys = tuple(jax.tree_util.GetAttrKey(name) for name in data)
 
-    def flatten_with_keys(obj):
-        return [(k, getattr(obj, n)) for k, n in zip(keys, data)], tuple(getattr(obj, n) for n in meta)
-
     def flatten(obj):
         return [getattr(obj, n) for n in data], tuple(getattr(obj, n) for n in meta)
+
+    def flatten_with_keys(obj):
+        children, aux = flatten(obj)
+        return list(zip(keys, children)), aux
 
     def unflatten(aux, children):
         return cls(**dict(zip(data, children)), **dict(zip(meta, aux)))

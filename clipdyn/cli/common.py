@@ -118,12 +118,14 @@ def positive_list(text: str, what: str, bounded: bool = True) -> np.ndarray:
 def integer_list(text: str, what: str, least: int = 1) -> np.ndarray:
     """A LIST of integers ``>= least`` (batch sizes, say), or a one-line ValueError quoting what
     was typed."""
+    from clipdyn import validation
     from clipdyn.specs import parse_list
 
-    x = parse_list(text, what)
-    if not np.all(np.isfinite(x) & (x == np.round(x)) & (x >= least)):
-        raise ValueError(f"{what}={text} is not allowed; values must be integers >= {least}")
-    return x.astype(int)
+    values = parse_list(text, what).tolist()
+    try:  # clipdyn.validation's integer rule, with the message quoting the whole LIST as typed
+        return np.array([validation.integer(what, v, least) for v in values])
+    except ValueError:
+        raise ValueError(f"{what}={text} is not allowed; values must be integers >= {least}") from None
 
 
 def non_negative_list(text: str, what: str) -> np.ndarray:
