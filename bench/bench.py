@@ -131,6 +131,48 @@ def rng_only(problem, steps):
     return lambda: draws(jax.random.key(0)).block_until_ready()
 
 
+def draw_comparison(problem, cases, repeats):
+    """The engines with their normals drawn by ``jax.random.normal`` (JAX's threefry, a loop of
+    rounds on CPU) against clipdyn's own draws (:mod:`clipdyn.sim.threefry`, the same bits with
+    the hash written out), timed alternately in one process; the results must be identical.
+
+    ``cases``: ``(runs, engine, steps)``. Returns one row per case.
+    """
+    from clipdyn.sim import threefry
+    from clipdyn.sim.runner import run_batch
+
+    prob = sm.prepare(problem, jnp.float32)
+    keys, ours = seed_keys([0]), threefry.normal
+    out = []
+    for n_runs, engine, steps in cases:
+        sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32),
+                         jnp.asarray(np.geomspace(0.1, 10.0, n_runs), jnp.float32))
+        args = (sched, stack_rules([default_rule()] * n_runs), prob, keys, jnp.asarray([0, steps]))
+        programs = {}
+        for name, draw in (("jax", jax.random.normal), ("clipdyn", ours)):
+            # Traced (not jitted) run_batch, so each program is traced with its own draw.
+            threefry.normal = draw
+            try:
+                fn = jax.jit(lambda s, r, p, k, st: run_batch.__wrapped__(p, s, r, k, st, engine=engine))
+                programs[name] = fn.lower(*args).compile()
+            finally:
+                threefry.normal = ours
+        first = {k: [np.asarray(x) for x in f(*args)] for k, f in programs.items()}
+        same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(first["jax"], first["clipdyn"]))
+        times = {k: [] for k in programs}
+        for _ in range(2 * repeats + 1):
+            for k, f in programs.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(*args))
+                times[k].append(time.perf_counter() - t0)
+        ratio = statistics.median(a / b for a, b in zip(times["jax"], times["clipdyn"]))
+        out.append({"runs": n_runs, "engine": engine, "identical": bool(same),
+                    "jax_run_steps_per_s": n_runs * steps / statistics.median(times["jax"]),
+                    "clipdyn_run_steps_per_s": n_runs * steps / statistics.median(times["clipdyn"]),
+                    "speedup_median_of_pairs": ratio})
+    return out
+
+
 # The sweep of issue 11, typed as a user types it: 1024 thresholds, d = 1000, T = 600.
 E2E_ARGS = ["sweep", "--spectrum", "power-law:d=1000,alpha=0.3", "--noise", "gaussian:sigma=0.5",
             "--eta", "1", "--clip", "0.01:10:1024", "--T", "600", "--seeds", "1"]
@@ -265,6 +307,8 @@ def main(argv=None):
         rows["prng_single_run_steps_per_s"] = {
             impl: 1 / (median_time(clipdyn_sweep(problem, 1, cfg["steps"], "step", impl), cfg["repeats"]) / cfg["steps"])
             for impl in ("threefry2x32", "rbg", "unsafe_rbg")}
+        rows["draws"] = draw_comparison(problem, [(1, "step", cfg["steps"]),
+                                                  (1024, "block", cfg["block_steps"])], cfg["repeats"])
         out["simulator"].append(rows)
     for d in cfg["ode_dims"]:
         out["ode"].append(ode_bench(d))
@@ -323,6 +367,16 @@ def write_markdown(out, path):
         pr = rows["prng_single_run_steps_per_s"]
         lines.append(f"| {rows['d']} | {rows['numpy_loop_run_steps_per_s']:.3g} | {rows['lax_scan_run_steps_per_s']:.3g} | "
                      f"{pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+    lines += ["", "Draws: the engines with their normals from `jax.random.normal` (JAX's threefry, lowered on "
+              "CPU as a loop of rounds) against clipdyn's (`clipdyn.sim.threefry`: the same bits, the hash "
+              "written out), alternately in one process; speed-up is the median of paired timings.", "",
+              "| d | runs | engine | jax.random.normal run-steps/s | clipdyn draws run-steps/s | speed-up | results identical |",
+              "|---|---|---|---|---|---|---|"]
+    for rows in out["simulator"]:
+        for r in rows["draws"]:
+            lines.append(f"| {rows['d']} | {r['runs']} | {r['engine']} | {r['jax_run_steps_per_s']:.3g} | "
+                         f"{r['clipdyn_run_steps_per_s']:.3g} | {r['speedup_median_of_pairs']:.2f}x | "
+                         f"{'yes' if r['identical'] else 'NO'} |")
     lines += ["", "Clipping rules: `B = 8` per-sample clipping, 256 thresholds sharing one seed (a run-step "
               "uses 8 samples; the NumPy ratio counts samples, against the one-sample NumPy loop).", "",
               "| d | engine | run-steps/s | samples/s | x NumPy loop (samples) |", "|---|---|---|---|---|"]

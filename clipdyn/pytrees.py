@@ -64,8 +64,12 @@ def cast_floats(tree, dtype):
     """``tree`` with its floating leaves cast to ``dtype`` (other leaves untouched)."""
 
     def cast(x):
-        x = jnp.asarray(x)
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        if isinstance(x, jax.core.Tracer):
+            return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        # Concrete leaves are cast on the host: the same rounding, and no small program to
+        # compile per leaf and dtype (a sweep's start-up paid a few of them).
+        a = np.asarray(x)
+        return jnp.asarray(a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else x)
 
     return jax.tree.map(cast, tree)
 

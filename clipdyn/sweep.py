@@ -132,7 +132,9 @@ Array = jax.Array
 
 
 def _take(tree, idx: np.ndarray):
-    return jax.tree.map(lambda x: x[idx], tree)
+    """The configurations ``idx`` of a batched pytree, taken on the host (one transfer per leaf,
+    no gather program to compile)."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), tree)
 
 
 def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
@@ -264,7 +266,7 @@ def _seconds_per_step(call, steps_arr, work: float) -> float | None:
     """
     if work < CALIBRATION_MIN_WORK:
         return None
-    total = int(steps_arr[-1])
+    total = int(np.asarray(steps_arr)[-1])
     cal = np.zeros(steps_arr.shape[0], np.int64)
     n = 8
     cal[-1] = n
@@ -539,7 +541,7 @@ def _writer_bytes(path: Path) -> bytes | None:
 def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk: int, d: int):
     """The progress bar of a sweep (``None`` when it is neither long nor on a terminal), after an
     up-front line with the sweep's size and estimated time when it is long."""
-    total = int(steps_arr[-1])
+    total = int(np.asarray(steps_arr)[-1])
     work = float(total) * chunk * (d + (-d) % sim.PAD)
     per_step = _seconds_per_step(call, steps_arr, work) if jax.process_count() == 1 else None
     left = units - done

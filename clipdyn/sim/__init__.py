@@ -2,6 +2,7 @@
 on Gaussian data or on a dataset's rows.
 
 * :mod:`clipdyn.sim.core`: the prepared problem, run state, sample stream and divergence guard;
+* :mod:`clipdyn.sim.threefry`: the stream's normals, JAX's threefry bits with the hash unrolled;
 * :mod:`clipdyn.sim.step`: the ``(init_fn, step_fn)`` simulators (C-SGD, C-HSGD);
 * :mod:`clipdyn.sim.block`: C-SGD by blocks of matrix products;
 * :mod:`clipdyn.sim.runner`: seeds x configurations as one jitted program.

@@ -71,8 +71,9 @@ def _block_rows(prob: SimProblem, rules, stream_key, k0, block):
 
 
 def _tdot(g: jax.Array, a: jax.Array) -> jax.Array:
-    """``g^T a`` for ``g`` (``S x n``) and ``a`` (``S x C``) as a sum over the short axis ``S``:
-    elementwise work along the runs, which XLA vectorises, rather than a skinny product."""
+    """``g^T a`` for ``g`` (``S x n``) and ``a`` (``S x C``), as a matrix product (the same sum
+    written as an elementwise product summed over ``S`` made the whole engine 4.7x slower:
+    measured side by side, 2026-11-22)."""
     return g.T @ a
 
 

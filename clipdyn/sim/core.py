@@ -31,6 +31,7 @@ import numpy as np
 
 from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
+from clipdyn.sim import threefry
 
 Array = jax.Array
 
@@ -140,7 +141,7 @@ def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
         e0 = _pad(np.asarray(data.e0), pad, dtype)
     return SimProblem(
         lam=lam_p,
-        sqrt_lam=jnp.sqrt(lam_p),
+        sqrt_lam=jnp.asarray(np.sqrt(np.asarray(lam_p))),  # on the host: IEEE sqrt, no program
         v0=_pad(v0, pad, dtype),
         trace=jnp.asarray(lam.sum(), dtype),
         R0=jnp.asarray(np.sum(lam * v0), dtype),
@@ -165,7 +166,7 @@ def _row(key: Array, prob: SimProblem) -> tuple[Array, Array]:
     if prob.rows is not None:
         j = jax.random.randint(kz, (), 0, prob.rows.shape[0])
         return prob.rows[j], prob.row_eps[j]
-    return jax.random.normal(kz, prob.lam.shape, dtype), prob.noise.sample(ke, (), dtype)
+    return threefry.normal(kz, prob.lam.shape, dtype), prob.noise.sample(ke, (), dtype)
 
 
 @uses_x64
@@ -183,7 +184,7 @@ def draw_sample(stream_key: Array, k: Array, prob: SimProblem, batch: int = 1,
     extra = jnp.zeros((n_extra,) + prob.lam.shape, dtype)
     if n_extra:
         keys = jax.vmap(lambda i: jax.random.fold_in(key, _EXTRA + i))(jnp.arange(n_extra))
-        extra = prob.active[None, :] * jax.vmap(lambda kk: jax.random.normal(kk, prob.lam.shape, dtype))(keys)
+        extra = prob.active[None, :] * jax.vmap(lambda kk: threefry.normal(kk, prob.lam.shape, dtype))(keys)
     if batch == 1 and n_extra == 0:
         return Sample(x0, e0, extra)
     if batch > 1:
