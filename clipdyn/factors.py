@@ -124,12 +124,16 @@ def _factors_scalar(noise: NoiseLaw, R: Array, c: Array) -> tuple[Array, Array, 
     s2 = 2.0 * R + rep.variances
     s2_safe = jnp.where(s2 > 0, s2, 1.0)
     if rep.means is None:
-        # s2 = inf happens in float32 for the heavy-tail end of the Student-t grid: that component
-        # is always clipped (p = 0, e = c^2); s2 = 0 is an atom at 0 (p = 1, e = 0).
-        s2_fin = jnp.where(jnp.isfinite(s2_safe), s2_safe, 1.0)
+        # The heavy-tail end of the Student-t grid has huge variances (inf in float32, up to
+        # 1e306 in float64 for df = 0.1): such a component is always clipped, p = 0 and e = c^2 up
+        # to O(c / sqrt(s2)) < c * 1e-77 (float64), and is taken at that limit. Computed, its
+        # value was right but its derivative in R was nan (c^2 / s2 underflows under a sqrt),
+        # which stopped the ODE for df <= 0.1. s2 = 0 is an atom at 0 (p = 1, e = 0).
+        moderate = s2_safe <= float(np.finfo(dtype).max) ** 0.5
+        s2_fin = jnp.where(moderate, s2_safe, 1.0)
         p, e = _centred(s2_fin, jnp.broadcast_to(c_safe, s2.shape))
-        p = jnp.where(s2 > 0, jnp.where(jnp.isfinite(s2), p, 0.0), 1.0)
-        e = jnp.where(s2 > 0, jnp.where(jnp.isfinite(s2), e, c_safe * c_safe), 0.0)
+        p = jnp.where(s2 > 0, jnp.where(moderate, p, 0.0), 1.0)
+        e = jnp.where(s2 > 0, jnp.where(moderate, e, c_safe * c_safe), 0.0)
         dens0 = _phi(jnp.zeros_like(s2)) / jnp.sqrt(s2_safe)
     else:
         p, e = _shifted(rep.means, s2, jnp.broadcast_to(c_safe, s2.shape))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import special
+from scipy import integrate, special, stats
 
 import clipdyn as cd
 from clipdyn import factors
@@ -168,7 +168,9 @@ def test_infinite_variance_conventions():
 
 @pytest.mark.parametrize("law", [cd.Gaussian(0.5), pytest.param(cd.StudentT(1.5, 0.7), marks=pytest.mark.slow),
                                  cd.Rademacher(1.0),
-                                 cd.GaussianMixture([0.5, 0.5], [1.0, -0.3], [0.2, 0.0])])
+                                 cd.GaussianMixture([0.5, 0.5], [1.0, -0.3], [0.2, 0.0]),
+                                 # df = 0.1: see test_heavy_student_t_derivative_in_R.
+                                 pytest.param(cd.StudentT(0.1, 0.1), marks=pytest.mark.slow)])
 def test_gradients_match_exact_identities(law):
     # d nu_abs / dc = 2 c P(|w| > c) = 2 c (1 - mu) for every law (float64, rounding-level tol).
     for R, c in [(1e-4, 0.05), (0.3, 0.8), (50.0, 3.0)]:
@@ -199,3 +201,31 @@ def test_vmap_jit_and_broadcasting():
     batched = jax.vmap(lambda df: factors.mu(cd.StudentT(df, 1.0, n_nodes=2048), 0.5, 1.0))(dfs)
     single = [float(factors.mu(cd.StudentT(float(d), 1.0), 0.5, 1.0)) for d in dfs]
     np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-10)
+
+
+def test_heavy_student_t_derivative_in_R():
+    # At df = 0.1 the mixture's variances reach 1e306; the R-derivative of those components was
+    # nan until 2026-11-22 (and stopped the ODE at t = 0). Against a fourth-order central
+    # difference, as in test_gradients_match_exact_identities (float64, 1e-7).
+    law, R, c = cd.StudentT(0.1, 0.1), 1.0, 0.2
+    h = 1e-3 * R
+    both = lambda r: jnp.stack([factors.mu(law, r, c), factors.nu_abs(law, r, c)])  # noqa: E731
+    gR = np.asarray(jax.jit(jax.jacfwd(both))(R))
+    f = np.asarray(jax.jit(jax.vmap(both))(R + h * jnp.asarray([-2.0, -1.0, 1.0, 2.0])))
+    np.testing.assert_allclose(gR, (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h), rtol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # 1e-12 asked, 1e-9 checked
+@pytest.mark.parametrize("df, scale, R, c", [(0.1, 0.1, 1.0, 0.2), (0.01, 0.1, 1.0, 0.2),
+                                             (0.05, 1.0, 0.3, 2.0)])
+def test_extremely_heavy_student_t_matches_quadrature(df, scale, R, c):
+    # The bottom of DF_RANGE, against scipy: mu = int f_t(e) P(|sqrt(2R) Z + e| <= c) de, split
+    # at the window [-c, c] widened by 5 sd and at 0; both sides float64, 1e-9 relative (the
+    # quadrature reaches ~1e-15 here).
+    s = math.sqrt(2.0 * R)
+    t = stats.t(df, scale=scale)
+    inside = lambda e: t.pdf(e) * (stats.norm.cdf((c - e) / s) - stats.norm.cdf((-c - e) / s))  # noqa: E731
+    cuts = [-np.inf, -c - 5 * s, 0.0, c + 5 * s, np.inf]
+    want = sum(integrate.quad(inside, a, b, limit=500, epsabs=0, epsrel=1e-12)[0]
+               for a, b in zip(cuts[:-1], cuts[1:]))
+    assert float(factors.mu(cd.StudentT(df, scale), R, c)) == pytest.approx(want, rel=1e-9)

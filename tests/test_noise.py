@@ -75,3 +75,17 @@ def test_sampling_under_vmap_and_dtype():
 def test_bad_parameters_raise_clear_errors(make, text):
     with pytest.raises(ValueError, match=text.replace("[", r"\[")):
         make()
+
+
+def test_laws_cast_for_float32_simulation():
+    # A float32 simulation casts the law's parameters; the cast law must pass its own checks.
+    # Mixture weights 0.9 and 0.1 sum to 1 - 2.2e-8 in float32 (refused until 2026-11-22), and
+    # df = 0.01 becomes 0.0099999998 (refused as below the range).
+    mix = cd.GaussianMixture([0.9, 0.1], [0.0, 3.0], [0.3, 2.0]).astype(np.float32)
+    assert float(np.sum(mix.weights)) == pytest.approx(1.0, abs=1e-12)
+    assert cd.StudentT(0.01, 1.0).astype(np.float32).n_nodes == cd.StudentT(0.01, 1.0).n_nodes
+    # Typed weights are still held to 1e-9, and df to its range.
+    with pytest.raises(ValueError, match="sum to 1"):
+        cd.GaussianMixture([0.9, 0.1 + 1e-8], [0.0, 3.0], [0.3, 2.0])
+    with pytest.raises(ValueError, match="df=0.0099"):
+        cd.StudentT(0.0099, 1.0)

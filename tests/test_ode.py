@@ -78,6 +78,30 @@ def test_matches_radau_on_stiff_power_laws(lam_scale, alpha, T, c):
     np.testing.assert_allclose(np.asarray(res.risk), want, rtol=TOL)
 
 
+def test_extremely_heavy_tails_match_radau():
+    # Student-t with df = 0.05 (the factors' R-derivative was nan there until 2026-11-22 and the
+    # solver stopped at t = 0). The factors are clipdyn's (tested against scipy quadrature in
+    # test_factors.py); the reference integrator is scipy's, with a difference-quotient Jacobian.
+    law = cd.StudentT(0.05, 0.1)
+    lam = power_law_spectrum(40, 1.0)
+    prob = make_problem(lam, law, R0=1.0)
+    trace = lam.sum()
+
+    # One compiled call per evaluation: the factors at R and at R -+ 1e-6 R.
+    three = jax.jit(jax.vmap(lambda r: jnp.stack([factors.mu(law, r, 0.2),
+                                                  factors.nu_abs(law, r, 0.2)])))
+
+    def coef(t, R):
+        h = 1e-6 * R
+        (mu0, nu0), (mu, nu), (mu1, nu1) = np.asarray(three(jnp.asarray([R - h, R, R + h])))
+        return mu, nu / (2 * trace), (mu1 - mu0) / (2 * h), (nu1 - nu0) / (4 * h * trace)
+
+    res = solve_ode(prob, constant(1.0, 0.2), 10.0, 5)
+    assert not bool(res.diverged)
+    want = _radau(lam, np.asarray(prob.v0), coef, 10.0, 5)
+    np.testing.assert_allclose(np.asarray(res.risk), want, rtol=TOL)
+
+
 def test_public_check_problem():
     # THEORY.md section 5: lam_i = i^-0.3, i <= 1000, Gaussian sigma 0.5, eta 1, c 0.5, R0 1.
     lam = power_law_spectrum(1000, 0.3)

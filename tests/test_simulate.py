@@ -167,6 +167,22 @@ def test_divergence_flagged_for_unclipped_sgd_above_eta_2():
     assert bool(ode.diverged) and abs(float(ode.diverged_at) - t_div.mean()) < 0.3 * float(ode.diverged_at)
 
 
+def test_overflowing_noise_samples_are_capped_and_do_not_fake_divergence():
+    # Student-t with df = 0.05 in float32: about one sample in 80 overflows to inf. An infinite
+    # residual made a clipped step 0 * inf = nan, and clipped runs were reported as diverged.
+    # Samples are now capped at noise_cap (beyond where clipping saturates); exact checks.
+    problem = make_problem(power_law_spectrum(64, 0.5), cd.StudentT(0.05, 0.1))
+    prob = sm.prepare(problem, jnp.float32)
+    _, stream = sm.split_seed(jax.random.key(0))
+    eps = np.asarray(jax.jit(lambda: sm.draw_block(stream, 0, 2000, prob).eps)())
+    cap = sm.noise_cap(np.float32)
+    assert np.isfinite(eps).all() and (np.abs(eps) == np.float32(cap)).sum() >= 5
+    scheds = sw.stack_schedules([Constant(1.0, 0.2), Constant(1.0, math.inf)])
+    res = sw.run_sweep(problem, scheds, [0], 2000 / float(prob.trace), 3, progress=False)
+    assert not res.diverged[0, 0] and np.isfinite(res.risk[0, 0]).all()
+    assert res.diverged[0, 1]  # unclipped SGD meets a sample of ~cap and diverges
+
+
 def test_cauchy_unclipped_fails_clipped_converges():
     problem = make_problem(power_law_spectrum(500, 0.3), cd.cauchy(0.5))
     scheds = [constant(0.5, math.inf), constant(0.5, 0.5)]

@@ -11,10 +11,11 @@ Sweeps over many configurations, chunking, resuming and sharding live in :mod:`c
 """
 
 from clipdyn.sim.core import (PAD, RunState, Sample, SimProblem, batch_invariant_sum, draw_block,
-                              draw_sample, initial_error, prepare, split_seed, start_state)
+                              draw_sample, initial_error, noise_cap, prepare, split_seed,
+                              start_state)
 from clipdyn.sim.runner import ENGINES, check_engine, output_steps, run_batch
 from clipdyn.sim.step import METHODS, hsgd, sgd, simulator
 
 __all__ = ["PAD", "RunState", "Sample", "SimProblem", "batch_invariant_sum", "draw_block",
-           "draw_sample", "initial_error", "prepare", "split_seed", "start_state", "ENGINES",
+           "draw_sample", "initial_error", "noise_cap", "prepare", "split_seed", "start_state", "ENGINES",
            "check_engine", "output_steps", "run_batch", "METHODS", "hsgd", "sgd", "simulator"]
