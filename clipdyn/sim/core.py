@@ -180,9 +180,14 @@ def _row(key: Array, prob: SimProblem) -> tuple[Array, Array]:
     if prob.rows is not None:
         j = jax.random.randint(kz, (), 0, prob.rows.shape[0])
         return prob.rows[j], prob.row_eps[j]
+    return threefry.normal(kz, prob.lam.shape, dtype), label_noise(prob.noise, ke, dtype)
+
+
+def label_noise(noise, key: Array, dtype) -> Array:
+    """One label-noise sample of the law ``noise``, capped at :func:`noise_cap` (every simulator
+    draws its noise here)."""
     cap = noise_cap(dtype)
-    return (threefry.normal(kz, prob.lam.shape, dtype),
-            jnp.clip(prob.noise.sample(ke, (), dtype), -cap, cap))
+    return jnp.clip(noise.sample(key, (), dtype), -cap, cap)
 
 
 @uses_x64
