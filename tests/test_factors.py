@@ -216,8 +216,9 @@ def test_heavy_student_t_derivative_in_R():
 
 
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # 1e-12 asked, 1e-9 checked
-@pytest.mark.parametrize("df, scale, R, c", [(0.1, 0.1, 1.0, 0.2), (0.01, 0.1, 1.0, 0.2),
-                                             (0.05, 1.0, 0.3, 2.0)])
+@pytest.mark.parametrize("df, scale, R, c", [pytest.param(0.1, 0.1, 1.0, 0.2, marks=pytest.mark.slow),
+                                             (0.01, 0.1, 1.0, 0.2),
+                                             pytest.param(0.05, 1.0, 0.3, 2.0, marks=pytest.mark.slow)])
 def test_extremely_heavy_student_t_matches_quadrature(df, scale, R, c):
     # The bottom of DF_RANGE, against scipy: mu = int f_t(e) P(|sqrt(2R) Z + e| <= c) de, split
     # at the window [-c, c] widened by 5 sd and at 0; both sides float64, 1e-9 relative (the

@@ -17,5 +17,6 @@ from clipdyn.sim.runner import ENGINES, check_engine, output_steps, run_batch
 from clipdyn.sim.step import METHODS, hsgd, sgd, simulator
 
 __all__ = ["PAD", "RunState", "Sample", "SimProblem", "batch_invariant_sum", "draw_block",
-           "draw_sample", "initial_error", "noise_cap", "prepare", "split_seed", "start_state", "ENGINES",
-           "check_engine", "output_steps", "run_batch", "METHODS", "hsgd", "sgd", "simulator"]
+           "draw_sample", "initial_error", "noise_cap", "prepare", "split_seed", "start_state",
+           "ENGINES", "check_engine", "output_steps", "run_batch", "METHODS", "hsgd", "sgd",
+           "simulator"]

@@ -15,9 +15,9 @@ and of (micro-)batch means exactly, so every clipping rule runs here.
 How the work is laid out (each choice measured, see BENCHMARKS.md):
 
 * The recurrence is blocked like a triangular solve: the block's steps run in sub-blocks of
-  ``sub`` steps; inside one the steps run one after another and update only the sub-block's own rows of
-  ``P`` (and ``Q``), and the sub-block's coefficients then update every column at once by one
-  small matrix product. The sequential part is ``O(sub)`` per step instead of ``O(block)``, so
+  ``sub`` steps; inside one the steps run one after another and update only the sub-block's own
+  rows of ``P`` (and ``Q``), and the sub-block's coefficients then update every row at once by
+  one small matrix product. The sequential part is ``O(sub)`` per step instead of ``O(block)``, so
   blocks can be long (fewer passes over ``E``, larger and faster products).
 * When no schedule of the sweep reads the risk (constants, functions of time: see
   :func:`reads_risk`), ``Q`` and ``H`` are not formed: a third of the products. The risk is then
@@ -201,8 +201,8 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
             top = jnp.sqrt(2.0 * states.risk) + jnp.sum(jnp.abs(A) * norms[:, None], axis=0)
             suspect = (0.5 * top * top > _MARGIN * bound) & ~states.diverged
             # Only the coefficients are chosen here; the update of E below is shared. (Choosing
-            # between two updated states copied E every block: 12 % of the engine's time.)
-            A, R, div, dstep = jax.lax.cond(jnp.any(suspect), lambda: coefficients(True)[:4],
+            # between two updated states copied E every block: 5-8 % of the engine's time.)
+            A, R, div, dstep = jax.lax.cond(jnp.any(suspect), lambda: coefficients(True),
                                             lambda: (A, R, div, dstep))
         e = states.e - A.T @ Z
         exact = 0.5 * jnp.sum(lam[None, :] * e * e, axis=-1)
