@@ -100,16 +100,21 @@ def scan_loop(lam, steps, eta=1.0, c=0.5, sigma=0.5):
     return lambda: run(jax.random.key(0)).block_until_ready()
 
 
-def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None, rule=None):
-    """n_runs thresholds sharing one seed, ``steps`` SGD steps, through clipdyn's runner."""
-    prob = sm.prepare(problem, jnp.float32)
+def sweep_args(problem, n_runs, steps, prng_impl=None, rule=None):
+    """``run_batch``'s arguments (schedules, rules, problem, keys, output steps) for ``n_runs``
+    thresholds sharing one seed and ``steps`` SGD steps, float32."""
     clips = jnp.asarray(np.geomspace(0.1, 10.0, n_runs), jnp.float32)
     sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32), clips)
-    keys = seed_keys([0], prng_impl)
-    out_steps = jnp.asarray([0, steps])
     rules = stack_rules([default_rule() if rule is None else rule] * n_runs)
+    return (sched, rules, sm.prepare(problem, jnp.float32), seed_keys([0], prng_impl),
+            jnp.asarray([0, steps]))
+
+
+def clipdyn_sweep(problem, n_runs, steps, engine="step", prng_impl=None, rule=None):
+    """n_runs thresholds sharing one seed, ``steps`` SGD steps, through clipdyn's runner."""
+    args = sweep_args(problem, n_runs, steps, prng_impl, rule)
     run = jax.jit(lambda s, r, p, k, st: sm.run_batch(p, s, r, k, st, engine=engine))
-    return lambda: run(sched, rules, prob, keys, out_steps)[0].block_until_ready()
+    return lambda: run(*args)[0].block_until_ready()
 
 
 def rng_only(problem, steps):
@@ -141,13 +146,10 @@ def draw_comparison(problem, cases, repeats):
     from clipdyn.sim import threefry
     from clipdyn.sim.runner import run_batch
 
-    prob = sm.prepare(problem, jnp.float32)
-    keys, ours = seed_keys([0]), threefry.normal
+    ours = threefry.normal
     out = []
     for n_runs, engine, steps in cases:
-        sched = Constant(jnp.full((n_runs,), 1.0, jnp.float32),
-                         jnp.asarray(np.geomspace(0.1, 10.0, n_runs), jnp.float32))
-        args = (sched, stack_rules([default_rule()] * n_runs), prob, keys, jnp.asarray([0, steps]))
+        args = sweep_args(problem, n_runs, steps)
         programs = {}
         for name, draw in (("jax", jax.random.normal), ("clipdyn", ours)):
             # Traced (not jitted) run_batch, so each program is traced with its own draw.

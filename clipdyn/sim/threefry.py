@@ -4,8 +4,9 @@ on CPU.
 The simulators draw every sample from JAX's default PRNG (threefry-2x32 keys). On CPU, JAX
 lowers the threefry hash as a loop of five rounds-of-four whose rotation amounts are loop
 variables (to keep compilation short), so each draw makes five passes over its counters with
-shifts XLA cannot specialise: at ``d = 1000`` that was a quarter of the block engine's time and
-three quarters of a single run's (BENCHMARKS.md). :func:`normal` draws the same normals from the
+shifts XLA cannot specialise: at ``d = 1000`` the draws were about an eighth of the 1024-run
+block engine's time (a quarter when timed alone) and three quarters of a single run's
+(BENCHMARKS.md). :func:`normal` draws the same normals from the
 same keys through a PRNG implementation whose only difference is the hash written out in full
 (:func:`threefry2x32`, constant rotations: one pass that XLA vectorises); its seeding, splitting
 and folding are JAX's own, and JAX's own ``uniform``/``normal`` turn the bits into numbers. The
