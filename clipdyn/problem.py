@@ -24,7 +24,7 @@ from jax.typing import ArrayLike
 from clipdyn import validation
 from clipdyn.noise import NoiseLaw
 from clipdyn.precision import uses_x64
-from clipdyn.pytrees import frozen_pytree
+from clipdyn.pytrees import frozen_pytree, to_device
 
 Array = jax.Array
 
@@ -174,4 +174,4 @@ def make_problem(
                 f"[{validation.number_text(validation.MIN_MAGNITUDE)}, "
                 f"{validation.number_text(validation.MAX_MAGNITUDE)}]"
             )
-    return Problem(jnp.asarray(lam), jnp.asarray(v0), noise)
+    return Problem(to_device(lam), to_device(v0), noise)

@@ -46,7 +46,7 @@ from clipdyn import sim
 from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
-from clipdyn.pytrees import cast_floats, content_hash, stack  # content_hash re-exported
+from clipdyn.pytrees import cast_floats, content_hash, stack, to_device  # content_hash re-exported
 from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
 
@@ -134,7 +134,7 @@ Array = jax.Array
 def _take(tree, idx: np.ndarray):
     """The configurations ``idx`` of a batched pytree, taken on the host (one transfer per leaf,
     no gather program to compile)."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), tree)
+    return jax.tree.map(lambda x: to_device(np.asarray(x)[idx]), tree)
 
 
 def _sharded_runner(method, divergence_factor, dt, devices, engine="step"):
@@ -254,37 +254,48 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g} days"
 
 
-def _seconds_per_step(call, steps_arr, work: float) -> float | None:
+def _seconds_per_step(call, steps_arr, work: float, granule: int = 1) -> float | None:
     """Seconds per step of one seed of a compiled chunk program, timed on a few steps.
 
     The output steps are an argument of the program, so timing it on ``0 .. n`` steps reuses the
     compilation and leaves the real run untouched. The calibration outputs only at its last step:
     101 outputs inside a few steps would cut the block engine's blocks short and overstate a
-    step's cost many times. ``n`` grows until a timing takes about 0.1 s (the calibration costs
-    well under a second), and the last two timings' difference drops the per-call overhead.
-    ``None`` for runs too small to be worth it.
+    step's cost many times. For the same reason ``n`` is a whole number of ``granule`` steps (the
+    block engine's block): 8 steps inside a block of 224 cost the whole block, and a sweep of
+    6 s was once announced as 26 min. ``n`` at least doubles until a timing takes about 0.05 s
+    (at most a quarter of the run), and the estimate is the difference of the last two timings,
+    which drops the per-call overhead. A hiccup of the machine in an earlier timing is skipped
+    (that timing is slower than the next); one in the last timing is bounded by the earlier
+    timing's own rate. ``None`` for runs too small to be worth it.
     """
     if work < CALIBRATION_MIN_WORK:
         return None
-    total = int(np.asarray(steps_arr)[-1])
-    cal = np.zeros(steps_arr.shape[0], np.int64)
-    n = 8
-    cal[-1] = n
-    # Compilation, and a first run: the first call after compiling is several times slower.
-    jax.block_until_ready(call(jnp.asarray(cal, steps_arr.dtype)))
-    prev = None
-    while True:
+    steps_np = np.asarray(steps_arr)
+    total = int(steps_np[-1])
+    g = max(1, int(granule))
+    cal = np.zeros_like(steps_np)
+
+    def timed(n):
         cal[-1] = n
         t0 = time.perf_counter()
-        jax.block_until_ready(call(jnp.asarray(cal, steps_arr.dtype)))
-        elapsed = time.perf_counter() - t0
-        if elapsed >= 0.1 or n >= total // 4:
-            # The difference of the last two timings drops the per-call overhead.
-            if prev is not None and elapsed > prev[1]:
-                return (elapsed - prev[1]) / (n - prev[0])
+        jax.block_until_ready(call(to_device(cal)))
+        return time.perf_counter() - t0
+
+    n = -(-8 // g) * g
+    limit = max(n, (total // 4) // g * g)
+    timed(n)  # compilation, and a first run: the first call after compiling is several times slower
+    prev = None
+    while True:
+        elapsed = timed(n)
+        if prev is not None and elapsed > prev[1] and (elapsed >= 0.05 or n >= limit):
+            # A hiccup in the last timing shows as a rate above the earlier timing's own
+            # (overhead included): that one is then the better estimate.
+            return min((elapsed - prev[1]) / (n - prev[0]), prev[1] / prev[0])
+        if n >= limit:
             return elapsed / n
         prev = (n, elapsed)
-        n = int(min(max(total // 4, 8), n * min(64.0, max(4.0, 0.15 / max(elapsed, 1e-6)))))
+        grow = min(64.0, max(2.0, 0.075 / max(elapsed, 1e-6)))
+        n = min(limit, -(-int(n * grow) // g) * g)
 
 
 @uses_x64
@@ -418,7 +429,7 @@ def run_sweep(
         raise ValueError("method 'hsgd' runs on Gaussian data only; use method 'sgd' with --data")
     run = _sharded_runner(method, divergence_factor, dt, devices,
                           engine if block_steps is None else f"block:{block_steps}")
-    steps_arr = jnp.asarray(steps)
+    steps_arr = to_device(steps)
     plan = _chunk_plan(rule_list, chunk)
     n_chunks = len(plan)
 
@@ -493,7 +504,7 @@ def run_sweep(
                 if show:
                     show = False
                     bar = _start_progress(call, steps_arr, units, j * n_seeds, n_seeds, chunk,
-                                          int(problem.lam.shape[0]))
+                                          int(problem.lam.shape[0]), block_steps or 1)
                 # Seeds one at a time (as inside the program, so the numbers are the same): the
                 # bar moves, and Ctrl-C is answered, after every seed.
                 outs = []
@@ -538,12 +549,14 @@ def _writer_bytes(path: Path) -> bytes | None:
     return data[1:] if data else None
 
 
-def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk: int, d: int):
+def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk: int, d: int,
+                    granule: int):
     """The progress bar of a sweep (``None`` when it is neither long nor on a terminal), after an
     up-front line with the sweep's size and estimated time when it is long."""
     total = int(np.asarray(steps_arr)[-1])
     work = float(total) * chunk * (d + (-d) % sim.PAD)
-    per_step = _seconds_per_step(call, steps_arr, work) if jax.process_count() == 1 else None
+    per_step = (_seconds_per_step(call, steps_arr, work, granule) if jax.process_count() == 1
+                else None)
     left = units - done
     long_run = per_step is not None and per_step * total * left > LONG_RUN_SECONDS
     if long_run:

@@ -31,6 +31,7 @@ import numpy as np
 
 from clipdyn.precision import uses_x64
 from clipdyn.problem import Problem
+from clipdyn.pytrees import to_device
 from clipdyn.sim import threefry
 
 Array = jax.Array
@@ -106,7 +107,7 @@ class Sample(NamedTuple):
 
 
 def _pad(a: np.ndarray, pad: int, dtype) -> Array:
-    return jnp.asarray(np.pad(np.asarray(a, np.float64), [(0, 0)] * (a.ndim - 1) + [(0, pad)]), dtype)
+    return to_device(np.pad(np.asarray(a, np.float64), [(0, 0)] * (a.ndim - 1) + [(0, pad)]), dtype)
 
 
 @uses_x64
@@ -137,17 +138,17 @@ def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
         if feats.ndim != 2 or feats.shape[1] != d:
             raise ValueError(f"data features have shape {feats.shape}; they must be (N, {d})")
         rows = _pad(feats, pad, dtype)
-        row_eps = jnp.asarray(np.asarray(data.residuals, np.float64), dtype)
+        row_eps = to_device(np.asarray(data.residuals, np.float64), dtype)
         e0 = _pad(np.asarray(data.e0), pad, dtype)
     return SimProblem(
         lam=lam_p,
-        sqrt_lam=jnp.asarray(np.sqrt(np.asarray(lam_p))),  # on the host: IEEE sqrt, no program
+        sqrt_lam=to_device(np.sqrt(np.asarray(lam_p))),  # on the host: IEEE sqrt, no program
         v0=_pad(v0, pad, dtype),
-        trace=jnp.asarray(lam.sum(), dtype),
-        R0=jnp.asarray(np.sum(lam * v0), dtype),
+        trace=to_device(lam.sum(), dtype),
+        R0=to_device(np.sum(lam * v0), dtype),
         noise=problem.noise.astype(dtype),
-        active=jnp.asarray(np.arange(d + pad) < d, dtype),
-        pre_scale=jnp.asarray(np.sqrt(lam.sum() / d), dtype),
+        active=to_device(np.arange(d + pad) < d, dtype),
+        pre_scale=to_device(np.sqrt(lam.sum() / d), dtype),
         rows=rows,
         row_eps=row_eps,
         e0=e0,
