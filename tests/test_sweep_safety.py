@@ -284,6 +284,17 @@ def test_bad_sweep_options_are_refused(kw, name):
         sw.run_sweep(_problem(), _scheds(), [0], 1.0, 3, progress=False, **kw)
 
 
+def test_estimate_counts_the_block_engines_masked_steps(monkeypatch, capsys):
+    # Exact arithmetic on a fixed per-step time: intervals of 300 steps run as two blocks of 224
+    # (448 steps each), so 2 seed-chunks of 600 steps at 1 s per step are 2 x 896 s = 30 min, not
+    # 2 x 600 s = 20 min; the step engine (granule 1) computes exactly the steps.
+    monkeypatch.setattr(sw, "_seconds_per_step", lambda call, steps, work, granule: 1.0)
+    steps = np.array([0, 300, 600])
+    for granule, want in [(224, "estimated 30 min"), (1, "estimated 20 min")]:
+        sw._start_progress(None, steps, 2, 0, 2, 16, 100, granule).close()  # the bar it starts
+        assert want in capsys.readouterr().err
+
+
 def test_progress_estimate_keeps_numbers_bit_identical(monkeypatch, capsys):
     plain = _sweep()
     monkeypatch.setattr(sw, "LONG_RUN_SECONDS", 0.0)  # every run counts as long
