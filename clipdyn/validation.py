@@ -25,6 +25,7 @@ least-squares problem can mean is excluded (rescale the data if it is).
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -267,13 +268,24 @@ def schedule(value, name: str = "schedule"):
     return value
 
 
+def _has_static(value, attr: str) -> bool:
+    try:
+        inspect.getattr_static(value, attr)
+    except AttributeError:
+        return False
+    return True
+
+
 _LAW_NAMES = "Gaussian, StudentT, cauchy(...), Rademacher, GaussianMixture or Empirical"
 
 
 def noise_law(value, name: str = "noise"):
-    """A clipdyn noise law (duck-typed: ``gaussian_mixture``, ``second_moment`` and ``sample``)."""
+    """A clipdyn noise law (duck-typed: ``gaussian_mixture``, ``second_moment`` and ``sample``).
+
+    The attributes are looked up without evaluating them: ``second_moment`` is a property that
+    computes (and compiled a small program at every CLI start-up, only to be checked for)."""
     if isinstance(value, type) or not all(
-        hasattr(value, attr) for attr in ("gaussian_mixture", "second_moment", "sample")
+        _has_static(value, attr) for attr in ("gaussian_mixture", "second_moment", "sample")
     ):
         shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
         raise ValueError(f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise); "

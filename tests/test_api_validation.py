@@ -175,6 +175,28 @@ def test_factor_functions_refuse_something_that_is_not_a_law(fn):
         fn("gaussian", 0.5, 1.0)
 
 
+def test_noise_law_check_looks_attributes_up_without_evaluating_them():
+    # The check is duck-typed; evaluating second_moment (a computing property) only to see that
+    # it exists compiled a program at every CLI start-up. Instance attributes count too.
+    from clipdyn import validation
+
+    class Lazy:
+        gaussian_mixture = sample = None
+
+        @property
+        def second_moment(self):
+            raise AssertionError("evaluated")
+
+    class Fields:
+        def __init__(self):
+            self.gaussian_mixture = self.second_moment = self.sample = None
+
+    for law in (Lazy(), Fields()):
+        assert validation.noise_law(law) is law
+    with pytest.raises(ValueError, match="noise must be a clipdyn noise law .*got object"):
+        validation.noise_law(object())
+
+
 def test_traced_arguments_pass_unchecked_and_still_compute():
     # Inside jit the values are tracers: nothing to check, and the result equals the eager one.
     got = jax.jit(lambda r, c: cd.mu(LAW, r, c))(0.5, 1.0)
