@@ -399,7 +399,7 @@ def write_markdown(out, path):
     for rows in out["simulator"]:
         if "end_to_end" in rows:
             e = rows["end_to_end"]
-            each = e.get("seconds_each", [e["seconds"]])
+            each = e["seconds_each"]
             lines.append(f"| {rows['d']} | {e['runs']} | {e['steps']} | {e['engine']} | {e['seconds']:.1f} "
                          f"({min(each):.1f}-{max(each):.1f}) | "
                          f"{e['run_steps_per_s']:.3g} | {e['ratio_to_numpy']:.0f} |")

@@ -82,7 +82,7 @@ def cast_floats(tree, dtype):
         # Concrete leaves are cast on the host: the same rounding, and no small program to
         # compile per leaf and dtype (a sweep's start-up paid a few of them).
         a = np.asarray(x)
-        return to_device(a.astype(dtype)) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(x)
+        return to_device(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(x)
 
     return jax.tree.map(cast, tree)
 

@@ -254,7 +254,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g} days"
 
 
-def _seconds_per_step(call, steps_arr, work: float, granule: int = 1) -> float | None:
+def _seconds_per_step(call, steps, work: float, granule: int = 1) -> float | None:
     """Seconds per step of one seed of a compiled chunk program, timed on a few steps.
 
     The output steps are an argument of the program, so timing it on ``0 .. n`` steps reuses the
@@ -270,10 +270,10 @@ def _seconds_per_step(call, steps_arr, work: float, granule: int = 1) -> float |
     """
     if work < CALIBRATION_MIN_WORK:
         return None
-    steps_np = np.asarray(steps_arr)
-    total = int(steps_np[-1])
+    steps = np.asarray(steps)  # the output steps, on the host
+    total = int(steps[-1])
     g = max(1, int(granule))
-    cal = np.zeros_like(steps_np)
+    cal = np.zeros_like(steps)
 
     def timed(n):
         cal[-1] = n
@@ -503,7 +503,7 @@ def run_sweep(
 
                 if show:
                     show = False
-                    bar = _start_progress(call, steps_arr, units, j * n_seeds, n_seeds, chunk,
+                    bar = _start_progress(call, steps, units, j * n_seeds, n_seeds, chunk,
                                           int(problem.lam.shape[0]), block_steps or 1)
                 # Seeds one at a time (as inside the program, so the numbers are the same): the
                 # bar moves, and Ctrl-C is answered, after every seed.
@@ -549,7 +549,7 @@ def _writer_bytes(path: Path) -> bytes | None:
     return data[1:] if data else None
 
 
-def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk: int, d: int,
+def _start_progress(call, steps, units: int, done: int, n_seeds: int, chunk: int, d: int,
                     granule: int):
     """The progress bar of a sweep (``None`` when it is neither long nor on a terminal), after an
     up-front line with the sweep's size and estimated time when it is long.
@@ -557,11 +557,11 @@ def _start_progress(call, steps_arr, units: int, done: int, n_seeds: int, chunk:
     The block engine computes every output interval in whole blocks of ``granule`` steps (the
     steps past the interval's end masked), so the estimate counts those: 7 % more than the
     steps for intervals of 716 steps in blocks of 192, say."""
-    steps_np = np.asarray(steps_arr)
-    total = int(steps_np[-1])
-    computed = int(np.sum(-(-np.diff(steps_np) // granule))) * granule
+    steps = np.asarray(steps)  # the output steps, on the host
+    total = int(steps[-1])
+    computed = int(np.sum(-(-np.diff(steps) // granule))) * granule
     work = float(total) * chunk * (d + (-d) % sim.PAD)
-    per_step = (_seconds_per_step(call, steps_arr, work, granule) if jax.process_count() == 1
+    per_step = (_seconds_per_step(call, steps, work, granule) if jax.process_count() == 1
                 else None)
     left = units - done
     long_run = per_step is not None and per_step * computed * left > LONG_RUN_SECONDS
