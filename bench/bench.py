@@ -39,6 +39,7 @@ from clipdyn.schedules import Constant, constant
 from clipdyn.sweep import run_sweep, seed_keys, stack_schedules
 
 ROOT = Path(__file__).resolve().parents[1]
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 MODES = {
     "quick": dict(dims=[1000, 10000], runs=[1, 16, 256, 1024], steps=512, block_steps=2048,
                   repeats=3, ode_dims=[1000, 10000, 100000], numpy_steps=2000),
@@ -225,15 +226,58 @@ def feedback_cost(d, n_eta, T):
 
 
 def machine_ceilings():
-    """Measured ceilings: float32 matrix product (FLOP/s) and a large copy (bytes/s)."""
-    a = jnp.ones((2048, 2048), jnp.float32)
-    mm = jax.jit(lambda x: x @ x)
-    t = median_time(lambda: mm(a).block_until_ready(), 5)
-    flops = 2 * 2048**3 / t
+    """Measured ceilings: float32 matrix products (FLOP/s) at the operands' precision (what
+    clipdyn asks for, :func:`clipdyn.precision.matmul`) and at JAX's default (TensorFloat-32 on
+    recent NVIDIA GPUs, the same as float32 on CPUs), and a large copy (bytes/s). The products
+    are sized to fill the device (2048 on CPUs, 8192 on accelerators)."""
+    from clipdyn.precision import MATMUL_PRECISION
+
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)  # not zeros (METHOD.md)
+    out = {"matmul_n": n}
+    for name, prec in (("matmul_gflops", MATMUL_PRECISION), ("matmul_default_gflops", None)):
+        mm = jax.jit(lambda x, p=prec: jnp.matmul(x, x, precision=p))
+        t = median_time(lambda: mm(a).block_until_ready(), 5)
+        out[name] = 2 * n**3 / t / 1e9
     big = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
     cp = jax.jit(lambda x: x * 1.0000001)
     t = median_time(lambda: cp(big).block_until_ready(), 5)
-    return {"matmul_gflops": flops / 1e9, "copy_gbytes_per_s": 2 * big.nbytes / t / 1e9}
+    out["copy_gbytes_per_s"] = 2 * big.nbytes / t / 1e9
+    return out
+
+
+def matmul_precision(problem, n_runs, steps, repeats):
+    """The block engine with its products at the operands' precision (clipdyn's setting) against
+    JAX's default precision, which rounds float32 operands to TensorFloat-32 on recent NVIDIA
+    GPUs: speed (timed alternately) and the final risks' largest relative difference from the
+    step engine's (float32 too, the same samples, no matrix products)."""
+    from clipdyn import precision
+
+    args32 = sweep_args(problem, n_runs, steps)
+    programs = {}
+    saved = precision.MATMUL_PRECISION
+    for name, prec in (("operands", saved), ("default", None)):
+        precision.MATMUL_PRECISION = prec  # read when the engine is traced
+        try:
+            fn = jax.jit(lambda s, r, p, k, st: sm.run_batch.__wrapped__(p, s, r, k, st, engine="block"))
+            programs[name] = fn.lower(*args32).compile()
+        finally:
+            precision.MATMUL_PRECISION = saved
+    # The step engine forms no matrix products (sums of elementwise products): the reference.
+    ref = np.asarray(sm.run_batch(*[args32[i] for i in (2, 0, 1, 3, 4)], engine="step")[0], np.float64)
+    times = {k: [] for k in programs}
+    errors = {}
+    for k, f in programs.items():  # the final risks (no run of this sweep diverges)
+        errors[k] = float(np.max(np.abs(np.asarray(f(*args32)[0], np.float64)[..., -1] / ref[..., -1] - 1)))
+    for _ in range(2 * repeats + 1):
+        for k, f in programs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args32))
+            times[k].append(time.perf_counter() - t0)
+    return {"runs": n_runs, "steps": steps,
+            **{f"{k}_run_steps_per_s": n_runs * steps / statistics.median(v) for k, v in times.items()},
+            **{f"{k}_max_rel_diff_vs_step": e for k, e in errors.items()},
+            "speedup_default_median_of_pairs": statistics.median(a / b for a, b in zip(times["operands"], times["default"]))}
 
 
 def ode_bench(d, T=100.0):
@@ -314,7 +358,12 @@ def main(argv=None):
                 p.unlink(missing_ok=True)
         rows["prng_single_run_steps_per_s"] = {
             impl: 1 / (median_time(clipdyn_sweep(problem, 1, cfg["steps"], "step", impl), cfg["repeats"]) / cfg["steps"])
-            for impl in ("threefry2x32", "rbg", "unsafe_rbg")}
+            for impl in PRNG_IMPLS}
+        rows["prng_block_1024_run_steps_per_s"] = {
+            impl: 1024 / (median_time(clipdyn_sweep(problem, 1024, cfg["block_steps"], "block", impl),
+                                      cfg["repeats"]) / cfg["block_steps"])
+            for impl in PRNG_IMPLS}
+        rows["matmul_precision"] = matmul_precision(problem, 1024, cfg["block_steps"], cfg["repeats"])
         rows["draws"] = draw_comparison(problem, [(1, "step", cfg["steps"]),
                                                   (1024, "block", cfg["block_steps"])], cfg["repeats"])
         out["simulator"].append(rows)
@@ -323,9 +372,12 @@ def main(argv=None):
     out["feedback"] = feedback_cost(200, 16, 1.0)
     print(json.dumps(out, indent=1))
     if args.markdown:
-        (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=1))
-        write_markdown(out, Path(args.markdown))
-        plot(out, ROOT / "bench" / "throughput.png")
+        # One section (and results file, and plot) per kind of backend: a GPU run keeps the CPU
+        # numbers, which are the reference machine's, and the other way round.
+        suffix = "" if out["machine"]["backend"] == "cpu" else "_" + out["machine"]["backend"]
+        (ROOT / "bench" / f"results{suffix}.json").write_text(json.dumps(out, indent=1))
+        write_markdown(out, Path(args.markdown), suffix.replace("_", "-"))
+        plot(out, ROOT / "bench" / f"throughput{suffix}.png")
     return out
 
 
@@ -345,20 +397,25 @@ def machine_info():
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
             "python": platform.python_version(), "date": datetime.date.today().isoformat(),
             "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")}
 
 
-def write_markdown(out, path):
+def write_markdown(out, path, section=""):
     m = out["machine"]
+    c = out["ceilings"]
+    on = (f"{m['cpu']} ({m['cores']} cores, backend {m['backend']})" if m["backend"] == "cpu" else
+          f"{m.get('device_kind', m['backend'])} (backend {m['backend']}; host {m['cpu']}, {m['cores']} cores)")
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, backend {m['backend']}), jax {m['jax']}, "
+        f"Measured {m['date']} on {on}, jax {m['jax']}, "
         f"commit {m['commit']}, by `make bench{' BENCH=full' if out['mode'] == 'full' else ''}` "
         f"(`python bench/bench.py --mode {out['mode']} --markdown BENCHMARKS.md`).",
         "",
-        f"Ceilings measured in the same run: float32 matrix product {out['ceilings']['matmul_gflops']:.0f} GFLOP/s, "
-        f"large copy {out['ceilings']['copy_gbytes_per_s']:.1f} GB/s (read + write).",
+        f"Ceilings measured in the same run: float32 matrix product {c['matmul_gflops']:.0f} GFLOP/s "
+        f"at float32 precision, as clipdyn computes ({c.get('matmul_default_gflops', float('nan')):.0f} GFLOP/s "
+        f"at JAX's default precision, TensorFloat-32 on recent NVIDIA GPUs), "
+        f"large copy {c['copy_gbytes_per_s']:.1f} GB/s (read + write).",
         "",
         "| d | runs | engine | clipdyn run-steps/s | x NumPy loop | x lax.scan loop | GFLOP/s | of matmul ceiling | state GB/s | RNG share |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -375,6 +432,26 @@ def write_markdown(out, path):
         pr = rows["prng_single_run_steps_per_s"]
         lines.append(f"| {rows['d']} | {rows['numpy_loop_run_steps_per_s']:.3g} | {rows['lax_scan_run_steps_per_s']:.3g} | "
                      f"{pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+    lines += ["", "The same for the block engine, 1024 runs (run-steps/s):", "",
+              "| d | threefry2x32 | rbg | unsafe_rbg |", "|---|---|---|---|"]
+    for rows in out["simulator"]:
+        pr = rows.get("prng_block_1024_run_steps_per_s")
+        if pr:
+            lines.append(f"| {rows['d']} | {pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+    lines += ["", "Matrix-product precision: the block engine (1024 runs) with its products at float32 "
+              "precision (clipdyn's setting, `clipdyn.precision.matmul`) against JAX's default "
+              "precision (TensorFloat-32 operands on recent NVIDIA GPUs, bfloat16 on TPUs), timed "
+              "alternately; the difference is the final risks' largest relative difference from the "
+              "step engine (float32, the same samples, no matrix products).", "",
+              "| d | float32 products run-steps/s | default products run-steps/s | speed-up of default | "
+              "float32: max rel. diff. from step engine | default: max rel. diff. |",
+              "|---|---|---|---|---|---|"]
+    for rows in out["simulator"]:
+        r = rows.get("matmul_precision")
+        if r:
+            lines.append(f"| {rows['d']} | {r['operands_run_steps_per_s']:.3g} | {r['default_run_steps_per_s']:.3g} | "
+                         f"{r['speedup_default_median_of_pairs']:.2f}x | {r['operands_max_rel_diff_vs_step']:.1e} | "
+                         f"{r['default_max_rel_diff_vs_step']:.1e} |")
     lines += ["", "Draws: the engines with their normals from `jax.random.normal` (JAX's threefry, lowered on "
               "CPU as a loop of rounds) against clipdyn's (`clipdyn.sim.threefry`: the same bits, the hash "
               "written out), alternately in one process; speed-up is the median of paired timings.", "",
@@ -416,8 +493,10 @@ def write_markdown(out, path):
         lines.append(f"| {r['d']} | {r['T']:g} | {r['seconds_after_compile']:.3f} | "
                      f"{r['rel_error_vs_dop853_rtol1e-12']:.1e} | {r['scipy_dop853_seconds']:.1f} |")
     block = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- results:start -->\n<!-- results:end -->\n"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- results{section}:start -->", f"<!-- results{section}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n## Results ({m['backend']})\n\n{start}\n{end}\n"
     head, _, rest = text.partition(start)
     _, _, tail = rest.partition(end)
     path.write_text(f"{head}{start}\n{block}\n{end}{tail}")

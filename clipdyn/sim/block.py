@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from clipdyn import rules as clip_rules
+from clipdyn.precision import matmul
 from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block
 
 __all__ = ["block_sgd", "reads_risk", "RISK_FREE_SCHEDULES"]
@@ -75,7 +76,7 @@ def _tdot(g: jax.Array, a: jax.Array) -> jax.Array:
     """``g^T a`` for ``g`` (``S x n``) and ``a`` (``S x C``), as a matrix product (the same sum
     written as an elementwise product summed over ``S`` made the whole engine 4.7x slower:
     measured side by side, 2026-11-22)."""
-    return g.T @ a
+    return matmul(g.T, a)
 
 
 def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, sub, track):
@@ -109,12 +110,12 @@ def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, 
         Ps = jax.lax.dynamic_slice_in_dim(P, s0, S, axis=0)
         Qs = Hs = None
         if m > S:
-            Ps = Ps - jax.lax.dynamic_slice_in_dim(G, s0, S, axis=0) @ A
+            Ps = Ps - matmul(jax.lax.dynamic_slice_in_dim(G, s0, S, axis=0), A)
         Gs = jax.lax.dynamic_slice(G, (s0, s0), (S, S))
         if track:
             Qs = jax.lax.dynamic_slice_in_dim(Q, s0, S, axis=0)
             if m > S:
-                Qs = Qs - jax.lax.dynamic_slice_in_dim(H, s0, S, axis=0) @ A
+                Qs = Qs - matmul(jax.lax.dynamic_slice_in_dim(H, s0, S, axis=0), A)
             Hs = jax.lax.dynamic_slice(H, (s0, s0), (S, S))
         es = jax.lax.dynamic_slice_in_dim(eps, i * sub, sub, axis=0)
 
@@ -185,11 +186,11 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
         k0 = lo + b * block
         Z, eps = _block_rows(prob, rules, stream_key, k0, block)
         ZL = Z * lam[None, :]
-        G = Z @ Z.T
-        P = Z @ states.e.T
+        G = matmul(Z, Z.T)
+        P = matmul(Z, states.e.T)
 
         def coefficients(track):
-            Q, H = (ZL @ states.e.T, Z @ ZL.T) if track else (None, None)
+            Q, H = (matmul(ZL, states.e.T), matmul(Z, ZL.T)) if track else (None, None)
             return _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound,
                                sub, track)
 
@@ -204,7 +205,7 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
             # between two updated states copied E every block: 5-8 % of the engine's time.)
             A, R, div, dstep = jax.lax.cond(jnp.any(suspect), lambda: coefficients(True),
                                             lambda: (A, R, div, dstep))
-        e = states.e - A.T @ Z
+        e = states.e - matmul(A.T, Z)
         exact = 0.5 * jnp.sum(lam[None, :] * e * e, axis=-1)
         # A diverged run keeps the risk it diverged at (R stays at the block's start when the
         # risk was not tracked: no run diverged there).

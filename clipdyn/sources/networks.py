@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clipdyn.precision import MATMUL_PRECISION, matmul
+
 __all__ = [
     "N_CLASSES", "N_FEATURES", "RULES", "DigitsSplit", "load_digits_split", "init_mlp", "apply_mlp",
     "loss_fn", "accuracy", "per_example_grads", "per_example_clip", "index_thresholds",
@@ -175,7 +177,7 @@ def init_mlp(key: jax.Array, sizes) -> tuple[dict[str, jax.Array], ...]:
 
 def _affine(h, layer):
     b = layer["b"]
-    return h @ layer["w"] + jnp.broadcast_to(b, h.shape[:-1] + b.shape)
+    return matmul(h, layer["w"]) + jnp.broadcast_to(b, h.shape[:-1] + b.shape)
 
 
 def apply_mlp(params, x: jax.Array) -> jax.Array:
@@ -547,7 +549,7 @@ def projected_gradient_symmetry(params, x: jax.Array, y: jax.Array, key: jax.Arr
     xi = xi[jax.random.permutation(k_pts, xi.shape[0])[: min(n_points, xi.shape[0])]]
     basis = jax.random.normal(k_sub, (n_projections, xi.shape[1], 2), xi.dtype)
     basis = jnp.linalg.qr(basis)[0]
-    proj = jnp.einsum("nd,pdk->pnk", xi, basis)
+    proj = jnp.einsum("nd,pdk->pnk", xi, basis, precision=MATMUL_PRECISION)
     signs = jax.random.rademacher(k_sign, (n_projections, n_null, proj.shape[1], 1), xi.dtype)
 
     def one(args):

@@ -41,6 +41,7 @@ import optax.tree_utils as otu
 from jax.typing import ArrayLike
 
 from clipdyn.noise import check_value
+from clipdyn.precision import matmul
 from clipdyn.pytrees import frozen_pytree
 from clipdyn.problem import Problem
 from clipdyn.sim.core import label_noise
@@ -552,7 +553,7 @@ def _ls_trace(lam, theta_star, noise, eta, c, key, steps, method):
         else:
             kx, ke = jax.random.split(key)
             x = jnp.sqrt(lam) * jax.random.normal(kx, lam.shape, lam.dtype)
-            r = jnp.dot(x, theta - theta_star) - label_noise(noise, ke, lam.dtype)
+            r = matmul(x, theta - theta_star) - label_noise(noise, ke, lam.dtype)
             g = r * x
             scale = jnp.minimum(1.0, c * jnp.sqrt(trace_k) / jnp.linalg.norm(g))
             delta = -(eta / trace_k) * scale * g
