@@ -137,6 +137,39 @@ def rng_only(problem, steps):
     return lambda: draws(jax.random.key(0)).block_until_ready()
 
 
+def engine_variants(args, engine, patches):
+    """The engine compiled once per variant: ``patches`` maps a name to ``(module, attribute,
+    value)``, set while that variant is traced. ``run_batch`` is traced through (not its own
+    jit, whose cache would serve the first variant's program to the others)."""
+    programs = {}
+    for name, (module, attr, value) in patches.items():
+        saved = getattr(module, attr)
+        setattr(module, attr, value)
+        try:
+            fn = jax.jit(lambda s, r, p, k, st: sm.run_batch.__wrapped__(p, s, r, k, st, engine=engine))
+            programs[name] = fn.lower(*args).compile()
+        finally:
+            setattr(module, attr, saved)
+    return programs
+
+
+def alternate_times(programs, args, repeats):
+    """Each program's wall-clock times on ``args``, the programs timed in turn (so a drift of
+    the machine's speed hits them alike); ``2 repeats + 1`` rounds."""
+    times = {k: [] for k in programs}
+    for _ in range(2 * repeats + 1):
+        for k, f in programs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ratio(times, a, b):
+    """The median of the paired ratios ``times[a] / times[b]``."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def draw_comparison(problem, cases, repeats):
     """The engines with their normals drawn by ``jax.random.normal`` (JAX's threefry, a loop of
     rounds on CPU) against clipdyn's own draws (:mod:`clipdyn.sim.threefry`, the same bits with
@@ -145,34 +178,19 @@ def draw_comparison(problem, cases, repeats):
     ``cases``: ``(runs, engine, steps)``. Returns one row per case.
     """
     from clipdyn.sim import threefry
-    from clipdyn.sim.runner import run_batch
 
-    ours = threefry.normal
     out = []
     for n_runs, engine, steps in cases:
         args = sweep_args(problem, n_runs, steps)
-        programs = {}
-        for name, draw in (("jax", jax.random.normal), ("clipdyn", ours)):
-            # Traced (not jitted) run_batch, so each program is traced with its own draw.
-            threefry.normal = draw
-            try:
-                fn = jax.jit(lambda s, r, p, k, st: run_batch.__wrapped__(p, s, r, k, st, engine=engine))
-                programs[name] = fn.lower(*args).compile()
-            finally:
-                threefry.normal = ours
+        programs = engine_variants(args, engine, {"jax": (threefry, "normal", jax.random.normal),
+                                                  "clipdyn": (threefry, "normal", threefry.normal)})
         first = {k: [np.asarray(x) for x in f(*args)] for k, f in programs.items()}
         same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(first["jax"], first["clipdyn"]))
-        times = {k: [] for k in programs}
-        for _ in range(2 * repeats + 1):
-            for k, f in programs.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(*args))
-                times[k].append(time.perf_counter() - t0)
-        ratio = statistics.median(a / b for a, b in zip(times["jax"], times["clipdyn"]))
+        times = alternate_times(programs, args, repeats)
         out.append({"runs": n_runs, "engine": engine, "identical": bool(same),
                     "jax_run_steps_per_s": n_runs * steps / statistics.median(times["jax"]),
                     "clipdyn_run_steps_per_s": n_runs * steps / statistics.median(times["clipdyn"]),
-                    "speedup_median_of_pairs": ratio})
+                    "speedup_median_of_pairs": median_ratio(times, "jax", "clipdyn")})
     return out
 
 
@@ -254,30 +272,19 @@ def matmul_precision(problem, n_runs, steps, repeats):
     from clipdyn import precision
 
     args32 = sweep_args(problem, n_runs, steps)
-    programs = {}
-    saved = precision.MATMUL_PRECISION
-    for name, prec in (("operands", saved), ("default", None)):
-        precision.MATMUL_PRECISION = prec  # read when the engine is traced
-        try:
-            fn = jax.jit(lambda s, r, p, k, st: sm.run_batch.__wrapped__(p, s, r, k, st, engine="block"))
-            programs[name] = fn.lower(*args32).compile()
-        finally:
-            precision.MATMUL_PRECISION = saved
+    programs = engine_variants(args32, "block", {
+        "operands": (precision, "MATMUL_PRECISION", precision.MATMUL_PRECISION),
+        "default": (precision, "MATMUL_PRECISION", None)})  # read when the engine is traced
     # The step engine forms no matrix products (sums of elementwise products): the reference.
     ref = np.asarray(sm.run_batch(*[args32[i] for i in (2, 0, 1, 3, 4)], engine="step")[0], np.float64)
-    times = {k: [] for k in programs}
     errors = {}
     for k, f in programs.items():  # the final risks (no run of this sweep diverges)
         errors[k] = float(np.max(np.abs(np.asarray(f(*args32)[0], np.float64)[..., -1] / ref[..., -1] - 1)))
-    for _ in range(2 * repeats + 1):
-        for k, f in programs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*args32))
-            times[k].append(time.perf_counter() - t0)
+    times = alternate_times(programs, args32, repeats)
     return {"runs": n_runs, "steps": steps,
             **{f"{k}_run_steps_per_s": n_runs * steps / statistics.median(v) for k, v in times.items()},
             **{f"{k}_max_rel_diff_vs_step": e for k, e in errors.items()},
-            "speedup_default_median_of_pairs": statistics.median(a / b for a, b in zip(times["operands"], times["default"]))}
+            "speedup_default_median_of_pairs": median_ratio(times, "operands", "default")}
 
 
 def ode_bench(d, T=100.0):
@@ -406,14 +413,14 @@ def write_markdown(out, path, section=""):
     m = out["machine"]
     c = out["ceilings"]
     on = (f"{m['cpu']} ({m['cores']} cores, backend {m['backend']})" if m["backend"] == "cpu" else
-          f"{m.get('device_kind', m['backend'])} (backend {m['backend']}; host {m['cpu']}, {m['cores']} cores)")
+          f"{m['device_kind']} (backend {m['backend']}; host {m['cpu']}, {m['cores']} cores)")
     lines = [
         f"Measured {m['date']} on {on}, jax {m['jax']}, "
         f"commit {m['commit']}, by `make bench{' BENCH=full' if out['mode'] == 'full' else ''}` "
         f"(`python bench/bench.py --mode {out['mode']} --markdown BENCHMARKS.md`).",
         "",
         f"Ceilings measured in the same run: float32 matrix product {c['matmul_gflops']:.0f} GFLOP/s "
-        f"at float32 precision, as clipdyn computes ({c.get('matmul_default_gflops', float('nan')):.0f} GFLOP/s "
+        f"at float32 precision, as clipdyn computes ({c['matmul_default_gflops']:.0f} GFLOP/s "
         f"at JAX's default precision, TensorFloat-32 on recent NVIDIA GPUs), "
         f"large copy {c['copy_gbytes_per_s']:.1f} GB/s (read + write).",
         "",
@@ -435,9 +442,8 @@ def write_markdown(out, path, section=""):
     lines += ["", "The same for the block engine, 1024 runs (run-steps/s):", "",
               "| d | threefry2x32 | rbg | unsafe_rbg |", "|---|---|---|---|"]
     for rows in out["simulator"]:
-        pr = rows.get("prng_block_1024_run_steps_per_s")
-        if pr:
-            lines.append(f"| {rows['d']} | {pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
+        pr = rows["prng_block_1024_run_steps_per_s"]
+        lines.append(f"| {rows['d']} | {pr['threefry2x32']:.3g} | {pr['rbg']:.3g} | {pr['unsafe_rbg']:.3g} |")
     lines += ["", "Matrix-product precision: the block engine (1024 runs) with its products at float32 "
               "precision (clipdyn's setting, `clipdyn.precision.matmul`) against JAX's default "
               "precision (TensorFloat-32 operands on recent NVIDIA GPUs, bfloat16 on TPUs), timed "
@@ -447,11 +453,10 @@ def write_markdown(out, path, section=""):
               "float32: max rel. diff. from step engine | default: max rel. diff. |",
               "|---|---|---|---|---|---|"]
     for rows in out["simulator"]:
-        r = rows.get("matmul_precision")
-        if r:
-            lines.append(f"| {rows['d']} | {r['operands_run_steps_per_s']:.3g} | {r['default_run_steps_per_s']:.3g} | "
-                         f"{r['speedup_default_median_of_pairs']:.2f}x | {r['operands_max_rel_diff_vs_step']:.1e} | "
-                         f"{r['default_max_rel_diff_vs_step']:.1e} |")
+        r = rows["matmul_precision"]
+        lines.append(f"| {rows['d']} | {r['operands_run_steps_per_s']:.3g} | {r['default_run_steps_per_s']:.3g} | "
+                     f"{r['speedup_default_median_of_pairs']:.2f}x | {r['operands_max_rel_diff_vs_step']:.1e} | "
+                     f"{r['default_max_rel_diff_vs_step']:.1e} |")
     lines += ["", "Draws: the engines with their normals from `jax.random.normal` (JAX's threefry, lowered on "
               "CPU as a loop of rounds) against clipdyn's (`clipdyn.sim.threefry`: the same bits, the hash "
               "written out), alternately in one process; speed-up is the median of paired timings.", "",

@@ -17,8 +17,9 @@ def pytest_configure(config):
     # One JAX compilation cache per test session, shared by the xdist workers and the CLI and
     # study subprocesses the tests start: the same programs are not compiled once per process.
     # (The multi-process runs of test_distributed.py start from an environment without JAX_
-    # variables; given the cache they were no faster: their time is start-up and timeouts.) A fresh directory each session, so nothing leaks between runs
-    # and no test sees a warm cache it did not build; removed at the end by the controller.
+    # variables; given the cache they were no faster: their time is start-up and timeouts.)
+    # A fresh directory each session, so nothing leaks between runs and no test sees a warm
+    # cache it did not build; removed at the end by the controller.
     if "CLIPDYN_TEST_JAX_CACHE" not in os.environ:
         os.environ["CLIPDYN_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="clipdyn-jax-cache-")
         config._clipdyn_cache_owner = True
