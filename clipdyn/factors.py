@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -195,6 +196,17 @@ def _scalar(noise, rule):
     return lambda r, cc: tuple(_rule_scalar(noise, r, cc, rule))
 
 
+# The public functions run as one program per kind of law and rule and shape, not
+# operation by operation: run eagerly, a first call compiled dozens of one-operation programs
+# (511 for tests/test_factors.py, 54 s of its 81 s). Inside a caller's trace the program is
+# inlined, in that trace's precision.
+@jax.jit
+def _evaluate(noise, rule, R: Array, c: Array) -> Factors:
+    """:class:`Factors` at ``(R, c)`` (broadcast). ``mu`` and ``nu_abs`` alone are read from it
+    too: the other criteria cost a few operations more, and one program serves all three."""
+    return Factors(*jnp.vectorize(_scalar(noise, rule))(R, c))
+
+
 def _check(noise, R, c=None) -> None:
     """The public functions' argument checks, on concrete values (tracers pass unchecked)."""
     validation.noise_law(noise)
@@ -230,8 +242,7 @@ def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) ->
         theory/clip_rules.md.
     """
     _check(noise, R, c)
-    fn = jnp.vectorize(_scalar(noise, rule))
-    return Factors(*fn(jnp.asarray(R, float), jnp.asarray(c, float)))
+    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float))
 
 
 @uses_x64
@@ -239,11 +250,7 @@ def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4)), or
     the rule's descent factor (theory/clip_rules.md)."""
     _check(noise, R, c)
-    if rule is None or rule.plain:
-        fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[0])
-    else:
-        fn = jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc).mu)
-    return fn(jnp.asarray(R, float), jnp.asarray(c, float))
+    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float)).mu
 
 
 @uses_x64
@@ -251,11 +258,7 @@ def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5)), or
     the rule's ``lam``-proportional noise coefficient."""
     _check(noise, R, c)
-    if rule is None or rule.plain:
-        fn = jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[1])
-    else:
-        fn = jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc).nu)
-    return fn(jnp.asarray(R, float), jnp.asarray(c, float))
+    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float)).nu_abs
 
 
 @uses_x64
@@ -374,5 +377,9 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
     _check(noise, R)
     grid = validation.integer("grid", grid, 3)
     iters = validation.integer("iters", iters, 1)
-    fn = jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters, rule))
-    return fn(jnp.asarray(R, float))
+    return _optimal_threshold(noise, rule, jnp.asarray(R, float), grid, iters)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "iters"))
+def _optimal_threshold(noise, rule, R: Array, grid: int, iters: int) -> Array:
+    return jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters, rule))(R)

@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -305,15 +306,8 @@ def max_ccc(
     key = (content_hash((noise, rule)), float(R_min), float(R_max), points, refine)
     tables = _MAX_CCC_TABLES.get(key)
     if tables is None:
-        log_R = jnp.linspace(math.log(R_min * s * s), math.log(R_max * s * s), points)
-        R = jnp.exp(log_R)
-        c_star = _threshold_table(noise, rule, R)
-        unit = factors.threshold_unit(noise, R)
-        u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
-        sched = MaxCCC(1.0, noise, log_R, u, rule)
-        if refine:
-            sched = with_mu_table(sched, refine)
-        tables = (log_R, u, sched.log_mu)
+        tables = _max_ccc_tables(noise, rule, jnp.asarray(math.log(R_min * s * s)),
+                                 jnp.asarray(math.log(R_max * s * s)), points, refine)
         if len(_MAX_CCC_TABLES) >= 64:
             _MAX_CCC_TABLES.pop(next(iter(_MAX_CCC_TABLES)))
         _MAX_CCC_TABLES[key] = tables
@@ -344,22 +338,38 @@ def with_mu_table(schedule: MaxCCC, refine: int = 8) -> MaxCCC:
         raise ValueError(f"with_mu_table: schedule must be a MaxCCC schedule; got "
                          f"{type(schedule).__name__}")
     refine = validation.integer("refine", refine, 1, owner="max-ccc")
+    return dataclasses.replace(schedule, log_mu=_log_mu_table(schedule, refine))
+
+
+def _fine_log_mu(schedule: MaxCCC, refine: int) -> Array:
     log_R = jnp.asarray(schedule.log_R, float)
     fine = jnp.exp(jnp.linspace(log_R[0], log_R[-1], (log_R.shape[-1] - 1) * refine + 1))
-    log_mu = _mu_table(schedule.noise, fine, schedule.threshold(fine), schedule.rule)
-    return dataclasses.replace(schedule, log_mu=log_mu)
+    return _mu_table(schedule.noise, fine, schedule.threshold(fine), schedule.rule)
 
 
-@jax.jit
-def _threshold_table(noise, rule, R):
-    """``c*`` on the grid ``R`` (one compilation per kind of law and rule and grid size).
+# One program per kind of law and rule and grid size, not one small program per operation
+# (run operation by operation, building a table compiled about a hundred of them: 8 of the 11 s
+# a nine-point table took).
+_log_mu_table = jax.jit(_fine_log_mu, static_argnames="refine")
 
-    A coarser scan and fewer golden-section steps than :func:`clipdyn.factors.optimal_threshold`'s
-    defaults (41 points over 8 decades, 40 steps: ``log c*`` to about 1e-9): the table is read
-    through linear interpolation, whose error is far larger, and CCC is flat at its maximum.
-    Student-t factors cost a 2048-node mixture each, so this halves the schedule's build time.
+
+@functools.partial(jax.jit, static_argnames=("points", "refine"))
+def _max_ccc_tables(noise, rule, x0, x1, points: int, refine: int):
+    """The max-CCC tables ``(log_R, u, log_mu)`` on ``points`` nodes from ``log R = x0`` to
+    ``x1`` (``log_mu`` ``None`` for ``refine = 0``), as one program.
+
+    The threshold search is coarser than :func:`clipdyn.factors.optimal_threshold`'s defaults
+    (41 points over 8 decades, 40 golden-section steps: ``log c*`` to about 1e-9): the table is
+    read through linear interpolation, whose error is far larger, and CCC is flat at its
+    maximum. Student-t factors cost a 2048-node mixture each, so this halves the build time.
     """
-    return factors.optimal_threshold(noise, R, grid=41, iters=40, rule=rule)
+    log_R = jnp.linspace(x0, x1, points)
+    R = jnp.exp(log_R)
+    c_star = factors.optimal_threshold(noise, R, grid=41, iters=40, rule=rule)
+    unit = factors.threshold_unit(noise, R)
+    u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
+    log_mu = _fine_log_mu(MaxCCC(1.0, noise, log_R, u, rule), refine) if refine else None
+    return log_R, u, log_mu
 
 
 @frozen_pytree

@@ -40,7 +40,8 @@ def _rel_error(sched, log_R, rule=None):
     as 0 when the table's ``mu`` is below 2e-6 too, and as 1 otherwise."""
     with x64():
         R = jnp.exp(jnp.asarray(log_R))
-        eta_tab, c = jax.vmap(lambda r: sched(0.0, r))(R)
+        # One program (run operation by operation, a call compiled dozens of small ones).
+        eta_tab, c = jax.jit(jax.vmap(lambda r: sched(0.0, r)))(R)
         exact = np.asarray(factors.mu(sched.noise, R, c, rule))
         mu_tab = float(sched.eta) / np.asarray(eta_tab)
     assert not np.isnan(mu_tab).any()
@@ -77,8 +78,8 @@ def test_heuristic_table_with_a_rule():
     plain = heuristic(1.0, 0.8, law)
     with x64():
         R = jnp.exp(jnp.asarray(x))
-        gap = np.abs(np.asarray(jax.vmap(lambda r: sched(0.0, r)[0])(R))
-                     / np.asarray(jax.vmap(lambda r: plain(0.0, r)[0])(R)) - 1.0)
+        gap = np.abs(np.asarray(jax.jit(jax.vmap(lambda r: sched(0.0, r)[0]))(R))
+                     / np.asarray(jax.jit(jax.vmap(lambda r: plain(0.0, r)[0]))(R)) - 1.0)
     assert gap.max() > 100 * BOUND
 
 
