@@ -173,7 +173,11 @@ def _start(key, n_train):
     return nw.init_mlp(k_init, SMALL), nw.shuffled_batches(k_batch, n_train, 3, 32)
 
 
-@pytest.mark.parametrize("rule", nw.RULES)
+# One training loop serves every rule, and each rule's arithmetic has its own test above; the
+# fast suite trains with three of them (no clipping, per-sample, and micro-batches accumulated),
+# the slow suite with all six.
+@pytest.mark.parametrize("rule", [r if r in ("none", "per-sample", "micro-clip")
+                                  else pytest.param(r, marks=pytest.mark.slow) for r in nw.RULES])
 def test_training_is_deterministic_and_decreases_the_loss(digits, rule):
     """float32, 3 epochs of a 64-16-10 network: the same seed gives bitwise the same curves and
     parameters (two separate calls), another seed different ones, and the validation loss falls
