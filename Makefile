@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The fast suite (< 10 minutes on 2 cores); statistical and long runs are marked `slow`.
-# Compiling is about three quarters of its time: `--dist loadfile` keeps a file's tests in one
-# process, so the programs they share compile once (2026-11-22, consecutive runs on 2 cores:
-# 536 s and 17.2 CPU-minutes against 571 s and 18.4 with the default `--dist load`; two tests of
-# about 8 s each had moved to the slow suite in between).
+# Tests go to the two workers one at a time (xdist's default). `--dist loadfile`, which keeps a
+# file's tests in one process so that they share compiled programs, was tried on 2026-11-22: 536 s
+# once, but 1135 s from a fresh clone an hour later, with one worker left alone on the last big
+# file (22 CPU-minutes in 19 minutes of wall-clock time).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	$(PY) -m pytest -n 2 -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m slow
