@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 # Tests go to the two workers one at a time (xdist's default). `--dist loadfile`, which keeps a
 # file's tests in one process so that they share compiled programs, was tried on 2026-11-22: 536 s
 # once, but 1135 s from a fresh clone an hour later, with one worker left alone on the last big
-# file (22 CPU-minutes in 19 minutes of wall-clock time).
+# file (22 CPU-minutes in 19 minutes of wall-clock time; the VM was slow that hour too: this
+# command took 866 s right after).
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
