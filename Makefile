@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 # The fast suite (< 10 minutes on 2 cores); statistical and long runs are marked `slow`.
 # Tests go to the two workers one at a time (xdist's default). `--dist loadfile`, which keeps a
 # file's tests in one process so that they share compiled programs, was tried on 2026-11-22: 536 s
-# once, but 1135 s from a fresh clone an hour later, with one worker left alone on the last big
-# file (22 CPU-minutes in 19 minutes of wall-clock time; the VM was slow that hour too: this
-# command took 866 s right after).
+# once, then 1135 s from a fresh clone, with 22 CPU-minutes in 19 minutes of wall-clock time (a
+# worker idle behind the last big file, or the VM's slow hour: the default took 866 s right after,
+# with 21 CPU-minutes). Not kept: one file at a time can leave a worker idle for minutes.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
