@@ -196,15 +196,21 @@ def _scalar(noise, rule):
     return lambda r, cc: tuple(_rule_scalar(noise, r, cc, rule))
 
 
-# The public functions run as one program per kind of law and rule and shape, not
+# The public functions run as one program per kind of law and rule, shape and part, not
 # operation by operation: run eagerly, a first call compiled dozens of one-operation programs
 # (511 for tests/test_factors.py, 54 s of its 81 s). Inside a caller's trace the program is
 # inlined, in that trace's precision.
-@jax.jit
-def _evaluate(noise, rule, R: Array, c: Array) -> Factors:
-    """:class:`Factors` at ``(R, c)`` (broadcast). ``mu`` and ``nu_abs`` alone are read from it
-    too: the other criteria cost a few operations more, and one program serves all three."""
-    return Factors(*jnp.vectorize(_scalar(noise, rule))(R, c))
+@functools.partial(jax.jit, static_argnames="part")
+def _evaluate(noise, rule, R: Array, c: Array, part: str = "all"):
+    """At ``(R, c)`` (broadcast): :class:`Factors` for ``part="all"``, or ``"mu"`` or ``"nu_abs"``
+    alone (a schedule without a table evaluates ``mu`` at every step; a rule's criteria would
+    cost a second evaluation of its factors there)."""
+    if part == "all":
+        return Factors(*jnp.vectorize(_scalar(noise, rule))(R, c))
+    i = ("mu", "nu_abs").index(part)  # the same place in _factors_scalar and RuleFactors
+    if rule is None or rule.plain:
+        return jnp.vectorize(lambda r, cc: _factors_scalar(noise, r, cc)[i])(R, c)
+    return jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc)[i])(R, c)
 
 
 def _check(noise, R, c=None) -> None:
@@ -250,7 +256,7 @@ def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4)), or
     the rule's descent factor (theory/clip_rules.md)."""
     _check(noise, R, c)
-    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float)).mu
+    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float), "mu")
 
 
 @uses_x64
@@ -258,7 +264,7 @@ def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5)), or
     the rule's ``lam``-proportional noise coefficient."""
     _check(noise, R, c)
-    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float)).nu_abs
+    return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float), "nu_abs")
 
 
 @uses_x64

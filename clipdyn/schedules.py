@@ -341,16 +341,15 @@ def with_mu_table(schedule: MaxCCC, refine: int = 8) -> MaxCCC:
     return dataclasses.replace(schedule, log_mu=_log_mu_table(schedule, refine))
 
 
-def _fine_log_mu(schedule: MaxCCC, refine: int) -> Array:
+# The tables are built as one program per kind of law and rule and grid size, not one small
+# program per operation (run operation by operation, building a table compiled about a hundred
+# of them: 8 of the 11 s a nine-point table took).
+@functools.partial(jax.jit, static_argnames="refine")
+def _log_mu_table(schedule: MaxCCC, refine: int) -> Array:
+    """``log mu`` at the schedule's threshold on its grid refined ``refine`` times."""
     log_R = jnp.asarray(schedule.log_R, float)
     fine = jnp.exp(jnp.linspace(log_R[0], log_R[-1], (log_R.shape[-1] - 1) * refine + 1))
     return _mu_table(schedule.noise, fine, schedule.threshold(fine), schedule.rule)
-
-
-# One program per kind of law and rule and grid size, not one small program per operation
-# (run operation by operation, building a table compiled about a hundred of them: 8 of the 11 s
-# a nine-point table took).
-_log_mu_table = jax.jit(_fine_log_mu, static_argnames="refine")
 
 
 @functools.partial(jax.jit, static_argnames=("points", "refine"))
@@ -368,7 +367,7 @@ def _max_ccc_tables(noise, rule, x0, x1, points: int, refine: int):
     c_star = factors.optimal_threshold(noise, R, grid=41, iters=40, rule=rule)
     unit = factors.threshold_unit(noise, R)
     u = jnp.where(jnp.isinf(c_star), 1.0, c_star / (c_star + unit))
-    log_mu = _fine_log_mu(MaxCCC(1.0, noise, log_R, u, rule), refine) if refine else None
+    log_mu = _log_mu_table(MaxCCC(1.0, noise, log_R, u, rule), refine) if refine else None
     return log_R, u, log_mu
 
 
