@@ -213,12 +213,19 @@ def _evaluate(noise, rule, R: Array, c: Array, part: str = "all"):
     return jnp.vectorize(lambda r, cc: rule.ode_factors(noise, r, cc)[i])(R, c)
 
 
-def _check(noise, R, c=None) -> None:
+def _check(noise, R, c=None, rule=None) -> None:
     """The public functions' argument checks, on concrete values (tracers pass unchecked)."""
     validation.noise_law(noise)
+    validation.clip_rule(rule)
     validation.positive("R", R)
     if c is not None:
         validation.threshold("c", c)
+        try:
+            np.broadcast_shapes(np.shape(R), np.shape(c))
+        except ValueError:
+            raise ValueError(f"R of shape {np.shape(R)} and c of shape {np.shape(c)} do not broadcast "
+                             "against each other (numpy's rules: equal sizes or 1, axis by axis "
+                             "from the last)") from None
 
 
 @uses_x64
@@ -247,7 +254,7 @@ def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) ->
         theory/derivation.md, eqs. (2.4), (2.5), (3.1)-(3.4), (4.1), (4.3);
         theory/clip_rules.md.
     """
-    _check(noise, R, c)
+    _check(noise, R, c, rule)
     return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float))
 
 
@@ -255,7 +262,7 @@ def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) ->
 def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Descent reduction factor ``mu_c(R) = P(|w| <= c)`` (theory/derivation.md, eq. (2.4)), or
     the rule's descent factor (theory/clip_rules.md)."""
-    _check(noise, R, c)
+    _check(noise, R, c, rule)
     return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float), "mu")
 
 
@@ -263,7 +270,7 @@ def mu(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
 def nu_abs(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Array:
     """Absolute clipped second moment ``E[min(w^2, c^2)]`` (theory/derivation.md, eq. (2.5)), or
     the rule's ``lam``-proportional noise coefficient."""
-    _check(noise, R, c)
+    _check(noise, R, c, rule)
     return _evaluate(noise, rule, jnp.asarray(R, float), jnp.asarray(c, float), "nu_abs")
 
 
@@ -293,7 +300,7 @@ def max_stable_lr(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Arr
     ``2`` for unclipped SGD with finite-variance noise and one sample per step (``2B`` with
     ``B``); ``inf`` where ``nu = 0``.
     """
-    batch = 1 if rule is None else rule.batch
+    batch = 1 if validation.clip_rule(rule) is None else rule.batch
     return 2.0 * batch * csc(noise, R, c, rule)
 
 
@@ -380,7 +387,7 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
     References:
         theory/derivation.md, eq. (4.5); THEORY.md section 4.
     """
-    _check(noise, R)
+    _check(noise, R, rule=rule)
     grid = validation.integer("grid", grid, 3)
     iters = validation.integer("iters", iters, 1)
     return _optimal_threshold(noise, rule, jnp.asarray(R, float), grid, iters)

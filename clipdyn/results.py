@@ -198,15 +198,43 @@ def seed_statistics(risk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mean, se, n
 
 
-def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False) -> None:
+def _differing(old: dict, new: dict, values: bool = True) -> list[str]:
+    """The keys of ``new`` whose value in ``old`` differs, each with both values where they are
+    short (``values``: hashes are named only)."""
+    out = []
+    for key, value in new.items():
+        was = old.get(key)
+        if was == value:
+            continue
+        a, b = json.dumps(was, default=str), json.dumps(value, default=str)
+        name = key.replace("_", " ")
+        out.append(f"{name} ({a} there, {b} here)" if values and len(a) + len(b) <= 60 else name)
+    return out
+
+
+def _config_differences(old: dict, new: dict) -> str:
+    """What separates two sweeps' configurations: their entries and their content fingerprints."""
+    new = _finite_json(json.loads(json.dumps(new, default=_json_default)))  # as the sidecar holds it
+    diffs = _differing(old, {k: v for k, v in new.items() if k != "fingerprints"})
+    parts = {k: v for k, v in new.get("fingerprints", {}).items() if k != "sweep"}
+    diffs += _differing(old.get("fingerprints") or {}, parts, values=False)
+    return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
+
+
+def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False,
+                    config: dict | None = None) -> None:
     """Refuse to replace finished results of another computation without ``overwrite``.
 
     Results at ``path`` (see :func:`results_paths`) may be replaced when ``overwrite`` is set or
     when their sidecar records the same ``config["fingerprints"]["sweep"]`` (the same
     computation, recomputed). A results path that is a folder is always refused.
 
+    Args:
+        config: the new computation's configuration (the entries its fingerprint covers): the
+            refusal then names the entries that differ from the sidecar's.
+
     Raises:
-        ValueError: naming the file and ``--overwrite``.
+        ValueError: naming the file, what differs (given ``config``) and ``--overwrite``.
     """
     npz, sidecar = results_paths(path)
     for p in (npz, sidecar):
@@ -216,13 +244,15 @@ def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool =
     if overwrite or not (npz.exists() or sidecar.exists()):
         return
     try:
-        old = json.loads(sidecar.read_text())["config"]["fingerprints"]["sweep"]
+        old_config = json.loads(sidecar.read_text())["config"]
+        old = old_config["fingerprints"]["sweep"]
     except (OSError, ValueError, KeyError, TypeError):
-        old = None
+        old_config, old = None, None
     if old == fingerprint:
         return
-    what = ("the results of a different sweep" if old is not None else
-            "results this sweep cannot identify as its own (its sidecar records no sweep fingerprint)")
+    what = ("results this sweep cannot identify as its own (its sidecar records no sweep fingerprint)"
+            if old is None else "the results of a different sweep" if config is None else
+            f"the results of a different sweep ({_config_differences(old_config, config)})")
     raise ValueError(f"{str(npz)!r} already holds {what}; rerun with --overwrite (overwrite=True) to "
                      "replace them, or choose another --out")
 
@@ -274,11 +304,8 @@ class ChunkStore:
     def _differences(old: dict, new: dict) -> str:
         if "parts" not in old:
             return "it was written by another version of clipdyn"
-        diffs = [name for name, h in new.get("parts", {}).items() if old["parts"].get(name) != h]
-        for key, value in new.get("layout", {}).items():
-            was = old.get("layout", {}).get(key)
-            if was != value:
-                diffs.append(f"{key.replace('_', ' ')} ({was} there, {value} here)")
+        diffs = _differing(old["parts"], new.get("parts", {}), values=False)
+        diffs += _differing(old.get("layout", {}), new.get("layout", {}))
         return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
 
     def open(self, stamp: dict, overwrite: bool = False) -> int:
@@ -295,7 +322,11 @@ class ChunkStore:
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"{str(self.folder)!r} exists and is not a folder; it is where this "
                              "sweep keeps its finished chunks (move it away or choose another --out)")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:  # missing parent folders are created, as for the results file
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create {str(self.folder)!r}, where this sweep keeps its finished "
+                             f"chunks ({e.strerror}); choose another --out") from None
         for tmp in self.folder.glob("*.tmp"):  # left by a run killed while writing
             tmp.unlink(missing_ok=True)
         old = self.read_stamp()

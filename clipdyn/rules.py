@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from clipdyn import factors
+from clipdyn import factors, validation
 from clipdyn.noise import NoiseLaw, check_value
 from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.precision import uses_x64
@@ -347,6 +347,11 @@ def tabulate(rule: ClipRule, noise: NoiseLaw, c, *, R_min: float = 1e-8, R_max: 
     """
     from clipdyn.precision import x64
 
+    if not isinstance(rule, ClipRule):
+        shown = f" {rule!r}" if isinstance(rule, (str, int, float)) else ""
+        raise ValueError("tabulate: rule must be a clipdyn clipping rule (per_sample, batch_mean, "
+                         f"micro_batch or index_thresholds); got {type(rule).__name__}{shown}")
+    validation.noise_law(noise, "tabulate: noise")
     c = float(c)
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"tabulate: c={c} is not allowed; the threshold must be finite and > 0")

@@ -296,6 +296,7 @@ def max_ccc(
     """
     _check_eta(eta)
     validation.noise_law(noise)
+    validation.clip_rule(rule)
     validation.positive("R_min", R_min, owner="max-ccc")
     validation.positive("R_max", R_max, owner="max-ccc")
     if not R_min < R_max:
@@ -436,6 +437,7 @@ def heuristic(
     """
     _check_eta(eta)
     validation.noise_law(noise)
+    validation.clip_rule(rule)
     check_value("heuristic", "kappa", kappa, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
     if sigma2 is None:
         sigma2 = noise.second_moment

@@ -29,7 +29,7 @@ from clipdyn import problem as problems
 from clipdyn import validation
 
 __all__ = ["parse_noise", "parse_spectrum", "parse_clip", "parse_clip_list", "parse_list", "ClipSpec",
-           "parse_float", "parse_int", "MAX_LIST", "NEGATIVE_VALUE"]
+           "parse_float", "parse_int", "split_items", "MAX_LIST", "NEGATIVE_VALUE"]
 
 MAX_LIST = 1_000_000
 """The most values a LIST may hold (``START:STOP:NUM``): 8 MB of float64, far beyond any grid a
@@ -236,6 +236,17 @@ def parse_clip_list(spec: str, what: str = "--clip") -> list[ClipSpec]:
     return [ClipSpec("constant", value=float(c)) for c in values]
 
 
+def split_items(text: str, what: str) -> list[str]:
+    """The comma-separated items of a command-line list, stripped; an empty one is refused."""
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{what}: empty list")
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):  # '1,,2' or '1,': a typo, not a shorter list
+        raise ValueError(f"{what} {text!r}: an empty value between commas; a list is a,b,c")
+    return items
+
+
 def parse_list(text: str, what: str) -> np.ndarray:
     """``a,b,c`` or ``START:STOP:NUM`` into a float array.
 
@@ -254,9 +265,7 @@ def parse_list(text: str, what: str) -> np.ndarray:
             raise ValueError(f"{what} {text!r}: START and STOP must be finite numbers; to include "
                              "inf, list the values (e.g. 0.1,1,inf)")
         return np.linspace(a, b, int(n))
-    values = [v for v in text.split(",") if v.strip()]
-    if not values:
-        raise ValueError(f"{what}: empty list")
+    values = split_items(text, what)
     if len(values) > MAX_LIST:
         raise ValueError(f"{what}: {len(values)} values; a LIST holds at most {MAX_LIST}")
     return np.array([parse_float(v, what) for v in values])

@@ -293,6 +293,26 @@ def noise_law(value, name: str = "noise"):
     return value
 
 
+_RULE_MAKERS = "per_sample, batch_mean, micro_batch or index_thresholds from clipdyn.rules"
+
+
+def clip_rule(value, name: str = "rule"):
+    """``None`` (one sample per step, the paper's C-SGD) or a clipdyn clipping rule.
+
+    Duck-typed like :func:`noise_law` (``coefficients``, ``ode_factors``, ``batch``): this module
+    sits below :mod:`clipdyn.rules`. A rule's name as a string is refused with the makers' names.
+    """
+    if value is None:
+        return value
+    if isinstance(value, type) or not all(
+        _has_static(value, attr) for attr in ("coefficients", "ode_factors", "batch")
+    ):
+        shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
+        raise ValueError(f"{name} must be None or a clipdyn clipping rule ({_RULE_MAKERS}); "
+                         f"got {type(value).__name__}{shown}")
+    return value
+
+
 def rtol(value, name: str = "rtol"):
     """The ODE's relative tolerance, in ``RTOL_RANGE``.
 

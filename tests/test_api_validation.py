@@ -22,6 +22,7 @@ from clipdyn import factors, validation
 from clipdyn.ode import solve_ode
 from clipdyn.problem import identity_spectrum, make_problem, power_law_spectrum
 from clipdyn.schedules import PiecewiseConstant, TimeVarying, constant, heuristic, max_ccc
+from clipdyn.sweep import stack_schedules
 from clipdyn.tuning import bisect_max_lr, optimize_lr_schedule
 
 
@@ -173,6 +174,36 @@ def test_optimal_threshold_refuses_bad_R_and_static_arguments():
 def test_factor_functions_refuse_something_that_is_not_a_law(fn):
     with pytest.raises(ValueError, match="noise must be a clipdyn noise law .*got str 'gaussian'"):
         fn("gaussian", 0.5, 1.0)
+
+
+_RULE_TEXT = r"rule must be None or a clipdyn clipping rule \(per_sample, .*\); got str 'batch'"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: cd.reduction_factors(LAW, 0.5, 1.0, "batch"),
+    lambda: cd.mu(LAW, 0.5, 1.0, "batch"),
+    lambda: cd.nu_abs(LAW, 0.5, 1.0, "batch"),
+    lambda: cd.max_stable_lr(LAW, 0.5, 1.0, "batch"),
+    lambda: cd.optimal_threshold(LAW, 0.5, rule="batch"),
+    lambda: max_ccc(1.0, LAW, rule="batch"),
+    lambda: heuristic(1.0, 1.0, LAW, rule="batch"),
+    lambda: solve_ode(make_problem(np.ones(4), LAW), constant(1.0, 0.5), T=1.0, rule="batch"),
+], ids=["reduction_factors", "mu", "nu_abs", "max_stable_lr", "optimal_threshold", "max_ccc",
+        "heuristic", "solve_ode"])
+def test_a_rules_name_is_refused_where_a_rule_is_expected(call):
+    # Checked before anything is traced: JAX's own message ("Error interpreting argument ... as
+    # an abstract array") names neither the argument's meaning nor what is allowed.
+    with pytest.raises(ValueError, match=_RULE_TEXT):
+        call()
+
+
+@pytest.mark.parametrize("rules, text", [("batch", "got str 'batch'"), (5, "got int 5"),
+                                         ([None, "batch"], r"got 2 item\(s\) of type\(s\) \['NoneType', 'str'\]")])
+def test_simulations_refuse_rules_that_are_not_rules(rules, text):
+    from clipdyn.sweep import simulate_runs
+
+    with pytest.raises(ValueError, match=r"rules must be None, one clipdyn clipping rule .*; " + text):
+        simulate_runs(make_problem(np.ones(4), LAW), constant(1.0, 0.5), [0], 1.0, 3, rules=rules)
 
 
 def test_noise_law_check_looks_attributes_up_without_evaluating_them():
@@ -416,3 +447,34 @@ def test_import_leaves_x64_off_and_float64_results_in_a_fresh_process():
     assert dtype == "float64" and float(trace) == pytest.approx(179.0, abs=0.05)
     assert float(r1) == pytest.approx(0.9158, abs=5e-5) and float(r4) == pytest.approx(0.7048, abs=5e-5)
     assert out[3] == "False float32"
+
+
+@pytest.mark.parametrize("rule", ["batch", None])
+def test_tabulate_needs_a_rule(rule):
+    from clipdyn import rules
+
+    with pytest.raises(ValueError, match="tabulate: rule must be a clipdyn clipping rule .*; got "
+                                         + ("str 'batch'" if rule else "NoneType")):
+        rules.tabulate(rule, LAW, 1.0)
+
+
+@pytest.mark.parametrize("call, text", [
+    (lambda: cd.reduction_factors(LAW, np.ones(3), np.ones(2)),
+     r"R of shape \(3,\) and c of shape \(2,\) do not broadcast"),
+    (lambda: solve_ode(make_problem(np.ones(4), LAW), stack_schedules([constant(1.0, 0.5), constant(1.0, 1.0)]),
+                       T=1.0),
+     r"solve_ode takes one schedule, whose \(eta, c\) are scalars; got \(eta, c\) of shapes \[\(2,\), \(2,\)\]"),
+    (lambda: stack_schedules([constant(1.0, 0.5), 3]), r"schedules\[1\] must be a clipdyn schedule .*got int"),
+])
+def test_shapes_and_batches_are_named_in_the_message(call, text):
+    # JAX's own messages here ("Incompatible shapes for broadcasting", "Incompatible types for
+    # broadcasting: input type=float64[2]") name neither argument.
+    with pytest.raises(ValueError, match=text):
+        call()
+
+
+def test_simulate_runs_names_a_schedule_that_is_not_one():
+    from clipdyn.sweep import simulate_runs
+
+    with pytest.raises(ValueError, match=r"schedule must be a clipdyn schedule .*; got float"):
+        simulate_runs(make_problem(np.ones(4), LAW), 0.5, [0], 1.0, 3)

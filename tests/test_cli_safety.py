@@ -127,6 +127,17 @@ def test_unreadable_chunk_is_named_and_recomputed(tmp_path, capsys, interrupt_at
 
 # Item 2: the paths written are the paths reported; folders and other sweeps' results are safe.
 
+def test_out_where_no_folder_can_be_made_is_one_line(tmp_path, capsys):
+    # A plain file where a parent folder should be: nothing can be written there. Missing
+    # parent folders, on the other hand, are created (the second run).
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, "sweep", *SIM, "--out", tmp_path / "file" / "x")
+    one_line_error(code, err, "cannot create", "file/x.npz.partial", "Not a directory", "choose another --out")
+    code, _, err = run(capsys, "sweep", *SIM, "--json", "--out", tmp_path / "new" / "sub" / "x")
+    assert code == 0, err
+    assert (tmp_path / "new" / "sub" / "x.npz").is_file()
+
+
 def test_out_paths_are_kept_apart_and_reported(tmp_path, capsys):
     argv = ["sweep", *SIM, "--json"]
     for name in ("run.a", "run.b"):
@@ -142,7 +153,8 @@ def test_out_paths_are_kept_apart_and_reported(tmp_path, capsys):
     before = (tmp_path / "run.a.npz").read_bytes()
     other = [a if a != "0.5" else "0.25" for a in argv]  # another threshold
     code, _, err = run(capsys, *other, "--out", tmp_path / "run.a")
-    one_line_error(code, err, "run.a.npz", "different sweep", "--overwrite")
+    one_line_error(code, err, "run.a.npz", "different sweep", "--overwrite",
+                   'it differs in: clip ("0.5" there, "0.25" here)')
     assert (tmp_path / "run.a.npz").read_bytes() == before
     code, _, err = run(capsys, *other, "--out", tmp_path / "run.a", "--overwrite")
     assert code == 0, err

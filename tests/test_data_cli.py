@@ -94,7 +94,10 @@ def test_iris_raw_validate_end_to_end(capsys):
     (["validate", "--data", "sklearn:name=iris", "--features", "relu:d=-3", "--eta", "1", "--clip", "1", "--T", "1"],
      r"d=-3 is not allowed"),
     (["ode", "--data", "sklearn:name=iris", "--R0", "2", "--eta", "1", "--clip", "1", "--T", "1"],
-     r"--R0 is not allowed with --data"),
+     r"--R0=2 is not allowed with --data"),
+    # Given at all, even as the default's value: the dataset fixes the start, so 1 would be ignored.
+    (["ode", "--data", "sklearn:name=iris", "--R0", "1", "--eta", "1", "--clip", "1", "--T", "1"],
+     r"--R0=1 is not allowed with --data"),
     (["factors", "--data", "wikitext2:path=/nonexistent", "--R", "1", "--c", "1"],
      r"wikitext2: folder '/nonexistent' not found; download WikiText-2"),
 ])

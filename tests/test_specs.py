@@ -74,6 +74,14 @@ def test_list_range_with_an_infinite_end_is_refused_without_a_warning():
     np.testing.assert_array_equal(parse_list("0,1,inf", "--c"), [0.0, 1.0, math.inf])
 
 
+@pytest.mark.parametrize("text", ["1,,2", "1,", ",1", "1, ,2", ",", ""])
+def test_list_with_an_empty_value_is_refused(text):
+    # A missing value is a typo, not a shorter list: '1,,2' used to run as [1, 2].
+    with pytest.raises(ValueError, match="empty"):
+        parse_list(text, "--R")
+    np.testing.assert_array_equal(parse_list(" 1, 2 ", "--R"), [1.0, 2.0])
+
+
 def test_list_num_is_bounded_before_any_allocation():
     # 0.1:1:1e12 used to end in MemoryError; it is refused from the text alone.
     for num in ("1e12", "0", "2.5", "nan"):

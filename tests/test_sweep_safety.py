@@ -146,8 +146,11 @@ def test_finished_results_of_another_sweep_need_overwrite(tmp_path, runner_calls
     out = tmp_path / "sw.npz"
     first = _sweep(out=out)
     before = out.read_bytes(), out.with_suffix(".json").read_bytes()
-    with pytest.raises(ValueError, match="different sweep.*--overwrite"):
+    # The refusal names what differs: here only the schedules' content.
+    with pytest.raises(ValueError, match=r"different sweep \(it differs in: schedules\).*--overwrite"):
         _sweep(scheds=_scheds(eta=0.5), out=out)
+    with pytest.raises(ValueError, match=r"it differs in: T \(1.0 there, 2.0 here\), samples .*--overwrite"):
+        sw.run_sweep(_problem(), _scheds(), [0, 1], 2.0, 3, chunk_size=2, progress=False, out=out)
     assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
     # The same sweep again is recomputed (and gives the same numbers).
     runner_calls["n"] = 0
@@ -274,6 +277,20 @@ def test_memory_estimate_counts_results_and_engine():
 def test_bad_seeds_are_refused(seeds):
     with pytest.raises(ValueError, match="seed"):
         sw.run_sweep(_problem(), _scheds(), seeds, 1.0, 3, progress=False)
+
+
+@pytest.mark.parametrize("impl", [None, "threefry2x32", "rbg", "unsafe_rbg"])
+def test_seed_keys_are_jax_keys_of_each_seed(impl):
+    # Exact: the batched keys must be the very keys jax.random.key gives seed by seed (a run's
+    # numbers depend only on its seed), at the ends of the allowed range [0, 2^32 - 1] too.
+    import jax
+
+    seeds = [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1]
+    got = sw.seed_keys(seeds, impl)
+    want = [jax.random.key(s, impl=impl) for s in seeds]
+    assert got.shape == (len(seeds),) and got.dtype == want[0].dtype
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(jax.random.key_data(g), jax.random.key_data(w))
 
 
 @pytest.mark.parametrize("kw, name", [({"chunk_size": 1.5}, "chunk_size"), ({"dt": 0.0}, "dt"),

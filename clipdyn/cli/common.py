@@ -169,7 +169,7 @@ def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lis
     if schedule:
         p.add_argument("--eta", required=True, help="learning rate (> 0)")
         p.add_argument("--clip", required=True, help="C >= 0 | inf | max-ccc | heuristic:kappa=K[,sigma2=S]")
-    p.add_argument("--R0", default="1", help="initial risk (> 0), default 1 (not with --data)")
+    p.add_argument("--R0", default=None, help="initial risk (> 0), default 1 (not with --data)")
     p.add_argument("--T", required=True, help="horizon in ODE time t = steps / Tr K (> 0)")
     p.add_argument("--points", default="101", help="output times, evenly spaced in [0, T] (default 101)")
     add_rule_args(p, rule_lists)
@@ -217,8 +217,8 @@ def problem_from_args(args):
     if args.data is not None:
         if args.spectrum is not None or args.noise is not None:
             raise ValueError("--data replaces --spectrum and --noise; give one or the other")
-        if args.R0 != "1":
-            raise ValueError("--R0 is not allowed with --data: the start is theta_0 = 0, so R0 is "
+        if args.R0 is not None:  # given at all, even as 1: the dataset fixes the start
+            raise ValueError(f"--R0={args.R0} is not allowed with --data: the start is theta_0 = 0, so R0 is "
                              "the dataset's own risk at 0")
         from clipdyn.data import load_problem
 
@@ -230,7 +230,7 @@ def problem_from_args(args):
         raise ValueError("give --spectrum SPEC and --noise SPEC (or --data SPEC)")
     law = parse_noise(args.noise)
     lam = parse_spectrum(args.spectrum)
-    R0 = positive(args.R0, "--R0")
+    R0 = positive("1" if args.R0 is None else args.R0, "--R0")
     return make_problem(lam, law, R0=R0), None, T, points
 
 

@@ -158,12 +158,10 @@ def _n_clips(args) -> int:
 
 def _sweep_rules(args):
     """Every clipping rule x batch size x DP noise x pre-clip noise the options list."""
-    from clipdyn.specs import MAX_LIST, parse_rule
+    from clipdyn.specs import MAX_LIST, parse_rule, split_items
 
     batches = integer_list(args.batch, "--batch")
-    specs = [s.strip() for s in args.clip_rule.split(",") if s.strip()]
-    if not specs:
-        raise ValueError("--clip-rule: empty list")
+    specs = split_items(args.clip_rule, "--clip-rule")
     dps = [None] if args.dp_noise is None else non_negative_list(args.dp_noise, "--dp-noise").tolist()
     pres = ([None] if args.preclip_noise is None
             else non_negative_list(args.preclip_noise, "--preclip-noise").tolist())
@@ -225,7 +223,9 @@ def _sweep(args) -> None:
     config = {"spectrum": args.spectrum, "noise": args.noise, "data": args.data,
               "features": args.features, "eta": args.eta, "clip": args.clip,
               "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,
-              "preclip_noise": args.preclip_noise, "R0": args.R0, "configs": all_records}
+              "preclip_noise": args.preclip_noise,
+              "R0": "1" if args.R0 is None else args.R0,  # the default as before: same fingerprints
+              "configs": all_records}
     res = run_sweep(problem, stack_schedules(all_scheds), _seeds(args), T, points, method=args.method,
                     precision=args.precision, chunk_size=chunk, out=args.out, config=config,
                     progress=not args.json, engine=args.engine, prng_impl=args.prng_impl,
