@@ -348,9 +348,8 @@ def tabulate(rule: ClipRule, noise: NoiseLaw, c, *, R_min: float = 1e-8, R_max: 
     from clipdyn.precision import x64
 
     if not isinstance(rule, ClipRule):
-        shown = f" {rule!r}" if isinstance(rule, (str, int, float)) else ""
         raise ValueError("tabulate: rule must be a clipdyn clipping rule (per_sample, batch_mean, "
-                         f"micro_batch or index_thresholds); got {type(rule).__name__}{shown}")
+                         f"micro_batch or index_thresholds); {validation.got(rule)}")
     validation.noise_law(noise, "tabulate: noise")
     c = float(c)
     if not (math.isfinite(c) and c > 0):

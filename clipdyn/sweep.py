@@ -599,8 +599,7 @@ def _rule_list(rules, n_cfg: int) -> list:
     what = (f"rules must be None, one clipdyn clipping rule (clipdyn.rules.per_sample, batch_mean, "
             f"micro_batch, index_thresholds) or a sequence of {n_cfg} (one per configuration)")
     if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
-        shown = f" {rules!r}" if isinstance(rules, (str, int, float)) else ""
-        raise ValueError(f"{what}; got {type(rules).__name__}{shown}")
+        raise ValueError(f"{what}; {validation.got(rules)}")
     rule_list = list(rules)
     if len(rule_list) != n_cfg or not all(isinstance(r, clip_rules.ClipRule) for r in rule_list):
         raise ValueError(f"{what}; got {len(rule_list)} item(s) of type(s) "

@@ -284,12 +284,20 @@ def noise_law(value, name: str = "noise"):
 
     The attributes are looked up without evaluating them: ``second_moment`` is a property that
     computes (and compiled a small program at every CLI start-up, only to be checked for)."""
-    if isinstance(value, type) or not all(
-        _has_static(value, attr) for attr in ("gaussian_mixture", "second_moment", "sample")
-    ):
-        shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
-        raise ValueError(f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise); "
-                         f"got {type(value).__name__}{shown}")
+    return _duck_typed(value, ("gaussian_mixture", "second_moment", "sample"),
+                       f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise)")
+
+
+def got(value) -> str:
+    """How a refusal names what it was given: the type, and the value where it is short."""
+    shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
+    return f"got {type(value).__name__}{shown}"
+
+
+def _duck_typed(value, attrs: tuple[str, ...], must: str):
+    """``value`` if it has every attribute in ``attrs`` (looked up statically), else the refusal."""
+    if isinstance(value, type) or not all(_has_static(value, attr) for attr in attrs):
+        raise ValueError(f"{must}; {got(value)}")
     return value
 
 
@@ -304,13 +312,8 @@ def clip_rule(value, name: str = "rule"):
     """
     if value is None:
         return value
-    if isinstance(value, type) or not all(
-        _has_static(value, attr) for attr in ("coefficients", "ode_factors", "batch")
-    ):
-        shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
-        raise ValueError(f"{name} must be None or a clipdyn clipping rule ({_RULE_MAKERS}); "
-                         f"got {type(value).__name__}{shown}")
-    return value
+    return _duck_typed(value, ("coefficients", "ode_factors", "batch"),
+                       f"{name} must be None or a clipdyn clipping rule ({_RULE_MAKERS})")
 
 
 def rtol(value, name: str = "rtol"):
