@@ -93,6 +93,44 @@ def test_expected_clip_against_closed_form_and_quadrature():
         assert gi == pytest.approx(q, abs=1e-10)
 
 
+def ref_expected_clip_sinh(m, c, k):
+    """``2 e^{-b^2/2} int_0^inf clip_c(k u) phi(u) sinh(b u) du``, ``b = m/k``: the same
+    expectation with an integrand of one sign, so quadrature keeps relative accuracy for any
+    ``k`` (eq. (4)'s two tails cancel for ``k >> |m|, c``)."""
+    b, a = m / k, c / k
+    g = lambda u: (k * u if u < a else c) * math.exp(-0.5 * u * u - 0.5 * b * b + abs(b * u)) * (  # noqa: E731
+        -math.expm1(-2 * abs(b * u))) / (2 * math.sqrt(2 * math.pi)) * math.copysign(1.0, b)
+    kw = dict(epsabs=0, epsrel=2e-14, limit=500)
+    top = max(a, abs(b)) + 40.0
+    return 2 * (integrate.quad(g, 0, a, **kw)[0] + integrate.quad(g, a, top, **kw)[0])
+
+
+@pytest.mark.parametrize("k", [0.3, 2.0, 4.1, 10.0, 1e2, 1e4, 1e8])
+def test_expected_clip_relative_accuracy_at_every_k(k):
+    """float64. eq. (4) and, where ``|m|, c <= k/2``, eq. (4'') against the one-signed quadrature
+    (relative 2e-14), to 1e-13 relative: at ``k = 1e8`` eq. (4) alone lost every digit. The
+    ``m`` straddle the series' switch ``|m| = k/2`` where ``k`` allows."""
+    ms = np.array([-7.0, -1.0, -0.3, 0.01, 0.9, 2.5, 0.49 * k, 0.51 * k])
+    with jax.enable_x64(True):
+        for c in (0.5, 1.0, 3.0):
+            got = np.asarray(fs.expected_clip(jnp.asarray(ms), c, k))
+            want = np.array([ref_expected_clip_sinh(m, c, k) for m in ms])
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+
+
+def test_zero_at_huge_k_against_the_series_limit():
+    """float64. For ``k >> spread`` the zero is ``x* - mu_3 / (6 k^2) + O(k^-4)`` (eq. (8)); at
+    ``k = 1e4..1e8`` the correction is below 1e-7 and the zero must sit on it to 1e-13 (a few
+    ulps of ``x*``). Before eq. (4''), ``k = 1e8`` put the zero at -3.19 for ``x* = -1.75``."""
+    for pts in ([1.0, 1.0, 1.0, 5.0], [-3.0, 3.0, 3.0, -10.0]):
+        a = np.asarray(pts)
+        ks = np.array([1e4, 1e6, 1e8])
+        z = fs.zero_interval(fs.finite_sum(a, 1.0, ks))
+        mu3 = np.mean((a - a.mean()) ** 3)
+        np.testing.assert_allclose(z[:, 0], a.mean() - mu3 / (6 * ks**2), rtol=0, atol=1e-13)
+        np.testing.assert_array_equal(z[:, 0], z[:, 1])
+
+
 def test_h_against_monte_carlo():
     """float64. ``h(x)`` (eq. (3), exact) against a Monte Carlo mean of the clipped gradient with
     ``i`` and ``zeta`` sampled as SGD does: 400 000 samples, fixed seed, tolerance 5 standard

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import erfcx, logsumexp
+from jax.scipy.special import erf, erfc, erfcx, logsumexp
 from jax.typing import ArrayLike
 
 Array = jax.Array
@@ -55,6 +55,13 @@ __all__ = [
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SWITCH = 4.0  # below: direct formula (cancels at most ~s^2 = 16x); above: continued fraction
 _CF_TERMS = 40  # the continued fraction's error is below 1e-15 relative for s >= 4 (eq. (5))
+# Large k (c <= k / 2), where eq. (4)'s two tails cancel (theory/clipping_bias.md, eqs. (4'')
+# and (4''')): the Hermite series in b = m / k for |m| <= k / 2 (its n-th term is below
+# b^n (n-3)!! / n!, so 12 odd orders, up to b^25, leave < 1e-17 relative), and for |m| > k / 2
+# the clipped mass in closed form plus the unclipped stretch by 32-point Gauss-Legendre.
+_SERIES_MAX = 0.5
+_SERIES_ORDERS = 12
+_GL_Z, _GL_W = np.polynomial.legendre.leggauss(32)
 
 
 class FiniteSum(NamedTuple):
@@ -150,13 +157,57 @@ def _log_tail(s: Array) -> Array:
     return -0.5 * s * s - _LOG_SQRT_2PI + jnp.where(low, direct, frac)
 
 
+def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array]:
+    """``(E clip_c(m + k zeta), usable)`` for large ``k``: exact where ``usable`` (``c <= k / 2``),
+    a finite placeholder elsewhere. ``a = c / k``, ``b = m / k``.
+
+    For ``|b| <= 1/2`` the Hermite series (eq. (4''))
+    ``m erf(a / sqrt 2) - 2 k phi(a) sum_{n = 3, 5, ...} b^n He_{n-2}(a) / n!``; for ``|b| > 1/2``
+    ``c sign(m) [1 - Phi(a - |b|) - Phi(-a - |b|)] + (c^2 / k) int_{-1}^{1} z phi(a z - b) dz``
+    (eq. (4''')): the clipped mass, at least a third of ``c``, plus the small unclipped stretch.
+    Every term is formed without cancellation, where eq. (4) subtracts two tails of size about
+    ``k phi(b)`` whose difference is of size ``c`` or less.
+    """
+    k_safe = jnp.where(k > 0, k, 1.0)
+    a_all, b_all = c / k_safe, m / k_safe
+    usable = jnp.broadcast_to((k > 0) & (a_all <= _SERIES_MAX), jnp.shape(m))
+    near = usable & (jnp.abs(b_all) <= _SERIES_MAX)
+    a = jnp.where(usable, a_all, 0.0)
+    far_b = jnp.where(usable & ~near, b_all, 1.0)
+    b = jnp.where(near, b_all, 0.0)  # b^25 of a large b would overflow (and poison gradients)
+    he_prev, he = jnp.ones_like(a), a  # He_0(a), He_1(a)
+    total, power, fact = jnp.zeros_like(b), b, 1.0  # power = b^n, fact = n!
+    for j in range(_SERIES_ORDERS):
+        n = 2 * j + 3
+        power = power * b * b
+        fact *= (n - 1) * n
+        total = total + power * he / fact  # he = He_{n-2}(a)
+        # He_{n-1} and He_n from He_{k+1} = a He_k - k He_{k-1}
+        he_prev, he = he, a * he - (n - 2) * he_prev
+        he_prev, he = he, a * he - (n - 1) * he_prev
+    phi_a = jnp.exp(-0.5 * a * a - _LOG_SQRT_2PI)
+    series = jnp.where(near, m, 0.0) * erf(a / math.sqrt(2.0)) - 2.0 * k_safe * phi_a * total
+    # |b| > 1/2: P(Y > c) - P(Y < -c) = 1 - Phi(a - |b|) - Phi(-a - |b|) >= 1/3 (Phi by erfc)
+    abs_b = jnp.abs(far_b)
+    mass = 1.0 - 0.5 * erfc((abs_b - a) / math.sqrt(2.0)) - 0.5 * erfc((abs_b + a) / math.sqrt(2.0))
+    nodes = (1,) * jnp.ndim(far_b) + (_GL_Z.size,)  # explicit ranks (strict promotion)
+    z, w = jnp.asarray(_GL_Z, m.dtype).reshape(nodes), jnp.asarray(_GL_W, m.dtype).reshape(nodes)
+    zz = a[..., None] * z - far_b[..., None]
+    inner = jnp.sum(w * z * jnp.exp(-0.5 * zz * zz - _LOG_SQRT_2PI), axis=-1)
+    far = c * jnp.sign(far_b) * mass + c * a * inner
+    return jnp.where(near, series, far), usable
+
+
 @jax.jit
 def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Array:
     """``E clip_c(m + k zeta)``, ``zeta ~ N(0, 1)``, exactly, elementwise (eq. (4)).
 
     ``E clip_c(m + k zeta) = clip_c(m) + k [G(-|m + c| / k) - G(-|m - c| / k)]`` with
     ``G(u) = E(zeta + u)_+``; ``k = 0`` is plain clipping. Both corrections are non-negative and
-    small away from the clipping boundaries ``m = +-c``, so nothing cancels.
+    small away from the clipping boundaries ``m = +-c``, so nothing cancels there. For large
+    ``k`` (``c <= k / 2``) the two corrections are each about ``k phi(m / k)`` and their
+    difference is of size ``c`` or less: there eqs. (4'') and (4''') are used, which form the
+    result without cancellation (relative error ~1e-15 at every ``k``).
 
     Args:
         m: the unperturbed gradient(s), any shape.
@@ -179,7 +230,8 @@ def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Arr
     abs_down = jnp.where(down > 0, down, -down)
     corr = jnp.exp(_log_tail(abs_up / k_safe)) - jnp.exp(_log_tail(abs_down / k_safe))
     clipped = jnp.where(m > c, c, jnp.where(m < -c, -c, m))
-    return clipped + jnp.where(perturbed, k_safe * corr, 0.0)
+    series, usable = _large_k_clip(m, c, k)
+    return jnp.where(usable, series, clipped + jnp.where(perturbed, k_safe * corr, 0.0))
 
 
 def _residuals(problem: FiniteSum, x: ArrayLike) -> tuple[Array, Array, Array]:
@@ -224,6 +276,11 @@ def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
     """
     m, c, k = _residuals(problem, x)
     w = jnp.reshape(weight, weight.shape + (1,) * (m.ndim - 1)).astype(m.dtype)
+    # Large k: h is not small next to its terms (it is ~ c (x - x*) / k), only eq. (7)'s two
+    # tails are; the series (eq. (4'')) gives each term to ~1e-16 relative.
+    series, usable = _large_k_clip(m, c, k)
+    series_sign = jnp.sign(jnp.sum(w * series, axis=0)).astype(jnp.int32)
+    all_usable = jnp.all(usable | (w == 0), axis=0)
     n_net = jnp.sum(w * (m > c).astype(m.dtype) - w * (m < -c).astype(m.dtype), axis=0)  # exact
     lin = c * n_net + jnp.sum(w * jnp.where(jnp.abs(m) <= c, m, 0.0), axis=0)
     perturbed = k > 0
@@ -237,7 +294,7 @@ def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
     log_lin = jnp.log(jnp.where(lin != 0, jnp.abs(lin), 1.0))
     up = jnp.logaddexp(up, jnp.where(lin > 0, log_lin, -jnp.inf))
     down = jnp.logaddexp(down, jnp.where(lin < 0, log_lin, -jnp.inf))
-    return jnp.where(up > down, 1, jnp.where(up < down, -1, 0))
+    return jnp.where(all_usable, series_sign, jnp.where(up > down, 1, jnp.where(up < down, -1, 0)))
 
 
 _MAG = 0x7FFFFFFFFFFFFFFF
@@ -319,8 +376,10 @@ def zero_interval(problem: FiniteSum) -> np.ndarray:
     interval. For ``k > 0`` ``h`` is strictly increasing and the zero is a point (``lo == hi``):
     bisection on the sign of ``h`` to adjacent floats, where the sign is exact even if ``h``
     itself underflows (:func:`_sign_h`). The two bisections (for ``h < 0`` and ``h > 0``) end
-    apart by the band where rounding decides the sign, about ``1e-16 (k/c)^2`` (measured: below
-    1e-14 up to ``k = 10 c``, 5e-12 at ``k = 100 c``); the midpoint is returned. For ``k = 0`` ``h`` is piecewise linear and the zero set can be a whole
+    apart by the band where rounding decides the sign; the midpoint is returned. With eq. (4)
+    the band grows like ``1e-16 (k/c)^2`` (below 1e-14 up to ``k = 10 c``); where every
+    ``|x - a_i|`` and ``c`` are at most ``k / 2`` the sign comes from the series eq. (4''), which
+    does not cancel (the zero to ~1e-15 at ``k = 1e8``; tests/test_finite_sum.py). For ``k = 0`` ``h`` is piecewise linear and the zero set can be a whole
     interval (Example 2: ``a = (-3, 3)``, ``c = 1`` gives ``[-2, 2]``); it is then taken from the
     exact piecewise form (:func:`_exact_k0`), so a flat stretch ends exactly at its breakpoints
     ``a_i +- c`` and a point is one point.
