@@ -55,8 +55,17 @@ def _git_commit() -> str:
         return "unknown"
 
 
+# The code that runs is the code imported: a long run whose tree changes before it saves (a
+# commit, an edit) must still record the commit it started from.
+_COMMIT_AT_IMPORT = _git_commit()
+
+
 def provenance(precision: str | None = None) -> dict[str, Any]:
-    """Versions, backend, PRNG implementation and commit, for results sidecars."""
+    """Versions, backend, PRNG implementation and commit, for results sidecars.
+
+    ``git_commit`` is read when clipdyn was imported (the code that ran); if the tree has changed
+    since, the commit at saving is added as ``git_commit_at_save``.
+    """
     import jax
     import jaxlib
 
@@ -72,7 +81,8 @@ def provenance(precision: str | None = None) -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "precision": precision,
-        "git_commit": _git_commit(),
+        "git_commit": _COMMIT_AT_IMPORT,
+        **({"git_commit_at_save": now} if (now := _git_commit()) != _COMMIT_AT_IMPORT else {}),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

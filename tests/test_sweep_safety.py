@@ -349,3 +349,15 @@ def test_output_times_closer_than_one_step_are_refused():
         msg = str(err)
     typed = float(msg.split("= ")[-1].split(",")[0])
     assert typed >= least and np.all(np.diff(sw.checked_output_steps(typed, 101, trace)) > 0)
+
+
+def test_provenance_records_the_commit_the_code_was_imported_from(monkeypatch):
+    # A long run saves after the tree may have moved on: the commit that ran is the one read at
+    # import; a different one at saving is recorded beside it, never in its place.
+    monkeypatch.setattr(results, "_COMMIT_AT_IMPORT", "aaaa")
+    monkeypatch.setattr(results, "_git_commit", lambda: "aaaa")
+    assert results.provenance()["git_commit"] == "aaaa"
+    assert "git_commit_at_save" not in results.provenance()
+    monkeypatch.setattr(results, "_git_commit", lambda: "bbbb+dirty")
+    p = results.provenance()
+    assert p["git_commit"] == "aaaa" and p["git_commit_at_save"] == "bbbb+dirty"
