@@ -330,7 +330,10 @@ def threshold_unit(noise: NoiseLaw, R: ArrayLike) -> Array:
 def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int, rule=None) -> Array:
     R = jnp.asarray(R, float)
     log_grid = jnp.log(threshold_unit(noise, R)) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
-    vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc, rule))(log_grid)
+    if _heavy(rule):  # a few thresholds at a time (see _optimal_threshold)
+        vals = jax.lax.map(lambda lc: _log_ratio(noise, R, lc, rule), log_grid, batch_size=8)
+    else:
+        vals = jax.vmap(lambda lc: _log_ratio(noise, R, lc, rule))(log_grid)
     vals = jnp.where(jnp.isnan(vals), -jnp.inf, vals)
     i = jnp.argmax(vals)
     lo = log_grid[jnp.maximum(i - 1, 0)]
@@ -393,6 +396,16 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
     return _optimal_threshold(noise, rule, jnp.asarray(R, float), grid, iters)
 
 
+def _heavy(rule) -> bool:
+    """Whether a rule's factors have large intermediate arrays (group rules integrate over the
+    group's residuals): evaluated all at once over a grid of thresholds and a table of risks,
+    they asked for 175 GB (batch rule, 321 risks x 41 thresholds)."""
+    return rule is not None and not rule.plain
+
+
 @functools.partial(jax.jit, static_argnames=("grid", "iters"))
 def _optimal_threshold(noise, rule, R: Array, grid: int, iters: int) -> Array:
-    return jnp.vectorize(lambda r: _optimal_threshold_scalar(noise, r, grid, iters, rule))(R)
+    one = lambda r: _optimal_threshold_scalar(noise, r, grid, iters, rule)  # noqa: E731
+    if _heavy(rule):  # one risk at a time, its threshold grid a few at a time: bounded memory
+        return jax.lax.map(one, R.reshape(-1)).reshape(R.shape)
+    return jnp.vectorize(one)(R)
