@@ -214,6 +214,22 @@ def test_npz_source_and_targets(tmp_path):
     np.testing.assert_allclose(dpr.target, (yr - yr.mean()) / yr.std(), rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("col, factor", [(2, 1e160), (1, 1e-170), (None, 1e200), (None, 1e-300)])
+def test_standardisation_does_not_depend_on_a_columns_scale(col, factor):
+    # float64. Standardising is scale-free (real_data.md eq. (3.1)): a column (or all of X)
+    # times 1e160 or 1e-300 is the same problem, to rounding (1e-12 relative). Before, its
+    # squares overflowed or underflowed: a silently different problem (rank 4 of 5) or a
+    # wrong refusal. A regression target times 1e300 is the same target too.
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 5)), rng.normal(size=50)
+    Xs = X * factor if col is None else X * np.where(np.arange(5) == col, factor, 1.0)
+    want = load_problem(from_arrays(X, y), cache=False)
+    got = load_problem(from_arrays(Xs, y * 1e300), cache=False)
+    for a, b in [(got.problem.lam, want.problem.lam), (got.problem.R0, want.problem.R0),
+                 (got.target, want.target)]:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("arrays, match", [
     (None, r"npz: '.*missing\.npz' not found; it needs arrays X \(N x D, real\) and y \(N,\)"),
     ("garbage", r"is not a readable \.npz archive"),

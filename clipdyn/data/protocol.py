@@ -117,25 +117,30 @@ def decompose(X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"sing": sing, "vecs": vt.T, "coef": coef}
 
 
-def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(keep, mean, sd)``: the non-constant columns (``max > min``) and their mean and
-    population standard deviation over the rows, in float64 (two passes, by blocks)."""
+def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(keep, scale, mean, sd)``: the non-constant columns (``max > min``), their largest
+    magnitude, and the mean and population standard deviation of ``column / scale`` over the
+    rows, in float64 (two passes, by blocks). The standardised column is
+    ``(column / scale - mean) / sd``: dividing by the largest magnitude first keeps every sum
+    finite and normal whatever the column's scale (1e160 overflowed the squares, 1e-170
+    underflowed them), so standardisation does not depend on it."""
     keep = np.max(inputs, axis=0) > np.min(inputs, axis=0)
     n = inputs.shape[0]
+    scale = np.max(np.abs(inputs[:, keep]), axis=0).astype(np.float64)
     mean = np.zeros(int(keep.sum()))
     for lo in range(0, n, _CHUNK):
-        mean += np.sum(inputs[lo:lo + _CHUNK][:, keep], axis=0, dtype=np.float64)
+        mean += np.sum(inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale, axis=0)
     mean /= n
     ss = np.zeros_like(mean)
     for lo in range(0, n, _CHUNK):
-        ss += np.sum((inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) - mean) ** 2, axis=0)
-    return keep, mean, np.sqrt(ss / n)
+        ss += np.sum((inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale - mean) ** 2, axis=0)
+    return keep, scale, mean, np.sqrt(ss / n)
 
 
 def feature_matrix(dataset: Dataset, features: FeatureMap) -> tuple[np.ndarray, int]:
     """``(X, n_dropped)``: the ``(N, d)`` float64 feature matrix (eqs. (3.1)-(3.3)) and the number
     of constant input columns dropped."""
-    keep, mean, sd = standardisation(dataset.inputs)
+    keep, scale, mean, sd = standardisation(dataset.inputs)
     d_in = int(keep.sum())
     if d_in == 0:
         raise ValueError(f"{dataset.name}: every input column is constant; nothing to learn from")
@@ -148,7 +153,7 @@ def feature_matrix(dataset: Dataset, features: FeatureMap) -> tuple[np.ndarray, 
         W = rng.standard_normal((d_in, d)) / math.sqrt(d_in)
     X = np.empty((n, d))
     for lo in range(0, n, _CHUNK):
-        u = (dataset.inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) - mean) / sd
+        u = (dataset.inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale - mean) / sd
         X[lo:lo + _CHUNK] = u if features.kind == "raw" else np.maximum(u @ W, 0.0)
     return X, int(keep.size - d_in)
 
@@ -159,6 +164,7 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
     if dataset.labels is not None:
         return np.where(dataset.labels >= dataset.n_classes / 2, 1.0, -1.0)
     v = np.asarray(dataset.values, np.float64)
+    v = v / max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)  # as the inputs: scale-free
     sd = v.std()
     if not sd > 0:
         raise ValueError(f"{dataset.name}: the regression target is constant; nothing to learn")
