@@ -263,7 +263,8 @@ def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool =
     what = ("results this sweep cannot identify as its own (its sidecar records no sweep fingerprint)"
             if old is None else "the results of a different sweep" if config is None else
             f"the results of a different sweep ({_config_differences(old_config, config)})")
-    raise ValueError(f"{str(npz)!r} already holds {what}; rerun with --overwrite (overwrite=True) to "
+    held = npz if npz.exists() else sidecar  # name the file that is there
+    raise ValueError(f"{str(held)!r} already holds {what}; rerun with --overwrite (overwrite=True) to "
                      "replace them, or choose another --out")
 
 

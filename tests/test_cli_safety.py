@@ -262,3 +262,21 @@ def test_gap_is_over_the_times_where_everything_is_alive():
     rep = compare_to_ode(t, ode, math.nan, sim[:3], div[:3])
     assert rep["note"] is None
     assert rep["max_rel_gap"] == pytest.approx(np.max(np.abs(sim[:3].mean(0) - ode) / ode), rel=1e-12)
+
+
+def test_the_program_leaves_at_once_after_ctrl_c(monkeypatch):
+    # After Ctrl-C the console script exits through os._exit(130) (an interrupted computation
+    # still running on XLA's threads crashed the interpreter's teardown with SIGSEGV, 139);
+    # other statuses exit normally.
+    import os
+
+    import clipdyn.cli as cli
+
+    calls = []
+    monkeypatch.setattr(os, "_exit", lambda code: calls.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+    for code, via_os_exit in [(130, True), (2, False), (0, False)]:
+        calls.clear()
+        monkeypatch.setattr(cli, "main", lambda c=code: c)
+        with pytest.raises(SystemExit) as exc:
+            cli.run()
+        assert exc.value.code == code and bool(calls) == via_os_exit

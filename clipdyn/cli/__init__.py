@@ -49,5 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``clipdyn`` program: :func:`main`, then exit with its status.
+
+    After Ctrl-C the process leaves at once (``os._exit``, streams flushed): a JAX computation
+    interrupted in flight keeps running on XLA's threads, and tearing the runtime down under it
+    at interpreter exit crashed with SIGSEGV (status 139) instead of 130. Whatever must survive
+    an interruption (a sweep's finished chunks) is already on disk by then.
+    """
+    code = main()
+    if code == 130:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
