@@ -55,3 +55,20 @@ def test_schedule_optimisation_beats_best_constant():
     assert res.final_risk < best * (1 - 1e-3)
     etas_opt = np.asarray(res.schedule.etas)
     assert etas_opt[-1] < etas_opt[0]  # the optimum decays
+
+
+@pytest.mark.parametrize("clip", [math.inf, 0.5])
+def test_schedule_gradient_matches_finite_differences(clip):
+    # float64. The gradient Adam follows (forward mode through the adaptive solver) against
+    # central differences of log R(T) with step 1e-4: truncation ~1e-8 h^2-scaled, solver noise
+    # ~rtol / h = 1e-6 at rtol 1e-10, so 1e-5 absolute. With outputs only at [0, T] the solver
+    # stepped across the jumps and the derivative was wrong, of the wrong sign on one piece.
+    import jax
+
+    problem = make_problem(power_law_spectrum(100, 0.5), cd.Gaussian(0.5), R0=1.0)
+    _, loss = tuning._lr_schedule_loss(problem, 5.0, clip, 4, 4.0, 1e-10)
+    p = jnp.array([0.1, -0.3, 0.2, -0.5])
+    grad = np.asarray(jax.jacfwd(loss)(p))
+    h = 1e-4
+    fd = np.array([(float(loss(p.at[i].add(h))) - float(loss(p.at[i].add(-h)))) / (2 * h) for i in range(4)])
+    np.testing.assert_allclose(grad, fd, rtol=0, atol=1e-5)
