@@ -3,7 +3,8 @@
 A schedule is a pytree with ``__call__(t, R) -> (eta, c)``: the dimension-free learning rate and
 threshold at ODE time ``t = k / Tr K`` when the current risk is ``R``. Constants, functions of
 time and feedback rules of ``R`` all have this form, so both engines consume the same object and
-their curves are comparable. Array-valued parameters can be traced and vmapped (sweeps build
+their curves are comparable (all but :class:`TimeVarying`, whose static functions the simulators
+cannot batch). Array-valued parameters can be traced and vmapped (sweeps build
 batched schedules and ``vmap`` over them).
 
 Feedback rules use the compensated learning rate ``eta / mu_{c_t}(R_t)`` (THEORY.md section 4), so
@@ -82,8 +83,9 @@ def constant(eta: ArrayLike, clip: ArrayLike = math.inf) -> Constant:
 class TimeVarying:
     """``eta(t)`` and ``clip(t)`` given as JAX-traceable functions of time (or constants).
 
-    The functions are static: each new function compiles anew, so prefer the parametrised
-    schedules (:class:`StepDecay`, :class:`PiecewiseConstant`) inside sweeps.
+    The functions are static: each new function compiles anew. The ODE takes it; the simulators
+    do not (a sweep batches its schedules' array parameters, and this one has none): use the
+    parametrised schedules (:class:`StepDecay`, :class:`PiecewiseConstant`) there.
     """
 
     eta_fn: Callable | float = dataclasses.field(metadata=dict(static=True))

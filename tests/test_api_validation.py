@@ -478,3 +478,13 @@ def test_simulate_runs_names_a_schedule_that_is_not_one():
 
     with pytest.raises(ValueError, match=r"schedule must be a clipdyn schedule .*; got float"):
         simulate_runs(make_problem(np.ones(4), LAW), 0.5, [0], 1.0, 3)
+
+
+def test_simulations_refuse_a_time_varying_schedule_by_name():
+    # Its functions are static, so a sweep has nothing to batch over: a clear refusal naming the
+    # schedules that work, not an IndexError from an empty list of leaves.
+    from clipdyn.schedules import TimeVarying
+    from clipdyn.sweep import simulate_runs
+
+    with pytest.raises(ValueError, match=r"schedules of kind TimeVarying have no array parameters.*PiecewiseConstant"):
+        simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)
