@@ -145,7 +145,6 @@ class LRSchedule(NamedTuple):
     history: np.ndarray
 
 
-@uses_x64
 def _lr_schedule_loss(problem: Problem, T: float, clip: float, pieces: int, eta_max: float,
                       rtol: float):
     """``(schedule, loss)``: the piecewise-constant schedule of parameters ``p`` and ``log R(T)``.
@@ -170,6 +169,7 @@ def _lr_schedule_loss(problem: Problem, T: float, clip: float, pieces: int, eta_
     return schedule, loss
 
 
+@uses_x64
 def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, pieces: int = 8,
                          eta_init: float = 1.0, steps: int = 60, learning_rate: float = 0.1,
                          eta_max: float = 4.0, rtol: float = 1e-7) -> LRSchedule:

@@ -371,6 +371,16 @@ def test_entry_points_compute_in_float64_and_restore_32_bit_mode(x64_off):
     assert p.lam.dtype == jnp.float64 and p.trace.dtype == jnp.float64
 
 
+def test_schedule_optimiser_runs_in_float64_in_32_bit_mode(x64_off):
+    # optimize_lr_schedule is an entry point like the others: float64 inside whatever the
+    # caller's mode (its decorator once moved onto a helper and the optimiser ran in float32).
+    from clipdyn.tuning import optimize_lr_schedule
+
+    res = optimize_lr_schedule(make_problem(power_law_spectrum(10, 0.3), LAW), 1.0, pieces=2, steps=1)
+    assert jnp.asarray(res.schedule.etas).dtype == jnp.float64
+    assert not jax.config.jax_enable_x64
+
+
 def test_inside_a_callers_trace_the_callers_precision_applies(x64_off):
     # Switching precision in the middle of a 32-bit trace would mix float32 tracers with float64
     # constants; the documented rule is that the trace's precision applies. float32 agrees with
