@@ -300,8 +300,8 @@ def max_stable_lr(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) -> Arr
     ``2`` for unclipped SGD with finite-variance noise and one sample per step (``2B`` with
     ``B``); ``inf`` where ``nu = 0``.
     """
-    batch = 1 if validation.clip_rule(rule) is None else rule.batch
-    return 2.0 * batch * csc(noise, R, c, rule)
+    s = csc(noise, R, c, rule)  # checks the rule before its batch size is read
+    return 2.0 * (1 if rule is None else rule.batch) * s
 
 
 def _log_ratio(noise: NoiseLaw, R: Array, log_c: Array, rule=None) -> Array:

@@ -169,6 +169,7 @@ def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lis
     if schedule:
         p.add_argument("--eta", required=True, help="learning rate (> 0)")
         p.add_argument("--clip", required=True, help="C >= 0 | inf | max-ccc | heuristic:kappa=K[,sigma2=S]")
+    # No default here: --R0 given at all is refused with --data (r0_text gives the default).
     p.add_argument("--R0", default=None, help="initial risk (> 0), default 1 (not with --data)")
     p.add_argument("--T", required=True, help="horizon in ODE time t = steps / Tr K (> 0)")
     p.add_argument("--points", default="101", help="output times, evenly spaced in [0, T] (default 101)")
@@ -194,6 +195,11 @@ def rule_from_args(args):
     dp = None if args.dp_noise is None else non_negative(args.dp_noise, "--dp-noise")
     pre = None if args.preclip_noise is None else non_negative(args.preclip_noise, "--preclip-noise")
     return parse_rule(args.clip_rule, batch, dp, pre)
+
+
+def r0_text(args) -> str:
+    """``--R0`` as given, or its default ``"1"``."""
+    return "1" if args.R0 is None else args.R0
 
 
 def problem_from_args(args):
@@ -230,7 +236,7 @@ def problem_from_args(args):
         raise ValueError("give --spectrum SPEC and --noise SPEC (or --data SPEC)")
     law = parse_noise(args.noise)
     lam = parse_spectrum(args.spectrum)
-    R0 = positive("1" if args.R0 is None else args.R0, "--R0")
+    R0 = positive(r0_text(args), "--R0")
     return make_problem(lam, law, R0=R0), None, T, points
 
 

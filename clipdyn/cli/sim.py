@@ -24,7 +24,7 @@ import numpy as np
 
 from clipdyn.cli.common import (add_problem_args, build_problem, emit, format_table, int_at_least,
                                 integer_list, none_if_nan, non_negative_list, positive_list,
-                                problem_from_args)
+                                problem_from_args, r0_text)
 from clipdyn.results import seed_statistics
 
 __all__ = ["add_commands"]
@@ -224,7 +224,7 @@ def _sweep(args) -> None:
               "features": args.features, "eta": args.eta, "clip": args.clip,
               "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,
               "preclip_noise": args.preclip_noise,
-              "R0": "1" if args.R0 is None else args.R0,  # the default as before: same fingerprints
+              "R0": r0_text(args),  # the default's text, as before: same fingerprints
               "configs": all_records}
     res = run_sweep(problem, stack_schedules(all_scheds), _seeds(args), T, points, method=args.method,
                     precision=args.precision, chunk_size=chunk, out=args.out, config=config,

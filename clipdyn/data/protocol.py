@@ -124,9 +124,10 @@ def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``(column / scale - mean) / sd``: dividing by the largest magnitude first keeps every sum
     finite and normal whatever the column's scale (1e160 overflowed the squares, 1e-170
     underflowed them), so standardisation does not depend on it."""
-    keep = np.max(inputs, axis=0) > np.min(inputs, axis=0)
+    hi, lo = np.max(inputs, axis=0), np.min(inputs, axis=0)
+    keep = hi > lo
     n = inputs.shape[0]
-    scale = np.max(np.abs(inputs[:, keep]), axis=0).astype(np.float64)
+    scale = np.maximum(np.abs(hi), np.abs(lo))[keep].astype(np.float64)
     mean = np.zeros(int(keep.sum()))
     for lo in range(0, n, _CHUNK):
         mean += np.sum(inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale, axis=0)

@@ -276,8 +276,8 @@ def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
     """
     m, c, k = _residuals(problem, x)
     w = jnp.reshape(weight, weight.shape + (1,) * (m.ndim - 1)).astype(m.dtype)
-    # Large k: h is not small next to its terms (it is ~ c (x - x*) / k), only eq. (7)'s two
-    # tails are; the series (eq. (4'')) gives each term to ~1e-16 relative.
+    # Large k (c <= k / 2): h is not small next to its terms (it is ~ c (x - x*) / k), only
+    # eq. (7)'s two tails are; eqs. (4'') and (4''') give each term to ~1e-15 relative.
     series, usable = _large_k_clip(m, c, k)
     series_sign = jnp.sign(jnp.sum(w * series, axis=0)).astype(jnp.int32)
     all_usable = jnp.all(usable | (w == 0), axis=0)
@@ -377,9 +377,8 @@ def zero_interval(problem: FiniteSum) -> np.ndarray:
     bisection on the sign of ``h`` to adjacent floats, where the sign is exact even if ``h``
     itself underflows (:func:`_sign_h`). The two bisections (for ``h < 0`` and ``h > 0``) end
     apart by the band where rounding decides the sign; the midpoint is returned. With eq. (4)
-    the band grows like ``1e-16 (k/c)^2`` (below 1e-14 up to ``k = 10 c``); where every
-    ``|x - a_i|`` and ``c`` are at most ``k / 2`` the sign comes from the series eq. (4''), which
-    does not cancel (the zero to ~1e-15 at ``k = 1e8``; tests/test_finite_sum.py). For ``k = 0`` ``h`` is piecewise linear and the zero set can be a whole
+    the band grows like ``1e-16 (k/c)^2`` (below 1e-14 up to ``k = 10 c``); where
+    ``c <= k / 2`` the sign comes from eqs. (4'') and (4'''), which do not cancel (the zero to ~1e-15 at ``k = 1e8``; tests/test_finite_sum.py). For ``k = 0`` ``h`` is piecewise linear and the zero set can be a whole
     interval (Example 2: ``a = (-3, 3)``, ``c = 1`` gives ``[-2, 2]``); it is then taken from the
     exact piecewise form (:func:`_exact_k0`), so a flat stretch ends exactly at its breakpoints
     ``a_i +- c`` and a point is one point.
