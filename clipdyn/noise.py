@@ -36,8 +36,8 @@ from jax.typing import ArrayLike
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.pytrees import cast_floats, frozen_pytree  # cast_floats re-exported
-from clipdyn.validation import check_value  # re-exported: the laws' and schedules' parameter check
+from clipdyn.pytrees import cast_floats, frozen_pytree
+from clipdyn.validation import check_value
 
 Array = jax.Array
 
@@ -59,10 +59,7 @@ __all__ = [
     "cauchy",
     "MixtureRep",
     "NoiseLaw",
-    "check_value",
     "check_law",
-    "frozen_pytree",
-    "cast_floats",
 ]
 
 
@@ -112,7 +109,7 @@ class Gaussian(_Law):
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        validation.nonnegative("sigma", self.sigma, owner="gaussian")
+        validation.nonnegative("sigma", validation.single("sigma", self.sigma, owner="gaussian"), owner="gaussian")
 
     @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
@@ -206,6 +203,8 @@ class StudentT(_Law):
     n_nodes: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
+        validation.single("df", self.df, owner="student-t")
+        validation.single("scale", self.scale, owner="student-t")
         lo, hi = DF_RANGE
         if _is_concrete(self.df) and np.issubdtype(np.asarray(self.df).dtype, np.floating):
             # The bounds in df's own precision: df = 0.01 cast for a float32 simulation stays in.
@@ -276,7 +275,7 @@ class Rademacher(_Law):
     sigma: ArrayLike = 1.0
 
     def __post_init__(self):
-        validation.nonnegative("sigma", self.sigma, owner="rademacher")
+        validation.nonnegative("sigma", validation.single("sigma", self.sigma, owner="rademacher"), owner="rademacher")
 
     @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:

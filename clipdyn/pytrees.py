@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipdyn import validation
+
 __all__ = ["frozen_pytree", "cast_floats", "stack", "to_device", "content_hash"]
 
 
@@ -55,7 +57,8 @@ def frozen_pytree(cls):
         return list(zip(keys, children)), aux
 
     def unflatten(aux, children):
-        return cls(**dict(zip(data, children)), **dict(zip(meta, aux)))
+        with validation.rebuilding():  # JAX's placeholders (None, sentinels) pass the checks
+            return cls(**dict(zip(data, children)), **dict(zip(meta, aux)))
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     return cls

@@ -60,11 +60,13 @@ def _git_commit() -> str:
 _COMMIT_AT_IMPORT = _git_commit()
 
 
-def provenance(precision: str | None = None) -> dict[str, Any]:
+def provenance(precision: str | None = None, prng_impl: str | None = None) -> dict[str, Any]:
     """Versions, backend, PRNG implementation and commit, for results sidecars.
 
     ``git_commit`` is read when clipdyn was imported (the code that ran); if the tree has changed
-    since, the commit at saving is added as ``git_commit_at_save``.
+    since, the commit at saving is added as ``git_commit_at_save``. ``prng_impl`` is the
+    implementation the run used where the caller names it, else JAX's default (what a run that
+    names none draws with).
     """
     import jax
     import jaxlib
@@ -79,7 +81,7 @@ def provenance(precision: str | None = None) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-        "prng_impl": str(jax.config.jax_default_prng_impl),
+        "prng_impl": prng_impl or str(jax.config.jax_default_prng_impl),
         "precision": precision,
         "git_commit": _COMMIT_AT_IMPORT,
         **({"git_commit_at_save": now} if (now := _git_commit()) != _COMMIT_AT_IMPORT else {}),
@@ -167,14 +169,21 @@ def _finite_json(x):
 
 
 def save_results(path: str | Path, arrays: dict[str, Any], config: dict[str, Any],
-                 precision: str | None = None) -> Path:
+                 precision: str | None = None, prng_impl: str | None = None) -> Path:
     """Save ``arrays`` and ``config`` plus provenance to the paths :func:`results_paths` gives.
+
+    Args:
+        path: the results path (:func:`results_paths`).
+        arrays: the arrays, saved in ``NAME.npz``.
+        config: the configuration, saved in the ``NAME.json`` sidecar with the provenance.
+        precision: the precision the numbers were computed in, in words.
+        prng_impl: the PRNG implementation the run drew with (default: JAX's default).
 
     Returns:
         The ``.npz`` path.
     """
     path, sidecar = results_paths(path)
-    meta = {"config": config, "provenance": provenance(precision), "arrays": sorted(arrays)}
+    meta = {"config": config, "provenance": provenance(precision, prng_impl), "arrays": sorted(arrays)}
     meta = json.loads(json.dumps(meta, default=_json_default))
     atomic_savez(path, **arrays)
     atomic_write_bytes(sidecar, json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
@@ -186,7 +195,7 @@ def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
     path, meta_path = results_paths(path)
     if not path.is_file():
         raise ValueError(f"results file {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # closed even if unreadable
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return arrays, meta

@@ -27,7 +27,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import factors, validation
-from clipdyn.noise import NoiseLaw, check_value
+from clipdyn.noise import NoiseLaw
+from clipdyn.validation import check_value
 from clipdyn.pytrees import content_hash, frozen_pytree
 from clipdyn.precision import uses_x64
 

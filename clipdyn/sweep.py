@@ -388,6 +388,7 @@ def run_sweep(
         raise ValueError(f"problem must be a clipdyn Problem (from clipdyn.problem.make_problem); "
                          f"got {type(problem).__name__}")
     validation.schedule(schedules, "schedules")
+    validation.data_problem(data)
     if method not in sim.METHODS:
         raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(sim.METHODS)}")
     if str(precision) not in PRECISIONS:
@@ -546,7 +547,8 @@ def run_sweep(
         arrays.update({f"schedule_{k}": np.asarray(v) for k, v in _schedule_arrays(schedules).items()})
 
         def save():  # on the writer process only; the others return once it is saved
-            save_results(out, arrays, full_config, precision=f"float{precision}")
+            save_results(out, arrays, full_config, precision=f"float{precision}",
+                         prng_impl=full_config["prng_impl"])
             store.remove()
 
         distributed.on_writer(save)

@@ -25,6 +25,8 @@ least-squares problem can mean is excluded (rescale the data if it is).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 from pathlib import Path
@@ -39,8 +41,10 @@ __all__ = [
     "MAX_SEED",
     "RTOL_RANGE",
     "is_concrete",
+    "rebuilding",
     "check_real",
     "check_value",
+    "single",
     "positive",
     "nonnegative",
     "magnitude",
@@ -50,6 +54,7 @@ __all__ = [
     "seeds",
     "schedule",
     "noise_law",
+    "data_problem",
     "rtol",
     "real_vector",
     "load_npy_vector",
@@ -89,6 +94,37 @@ def is_concrete(x) -> bool:
     if isinstance(x, (list, tuple)):
         return all(is_concrete(v) for v in x)
     return not isinstance(x, jax.core.Tracer)
+
+
+# Set while JAX rebuilds a clipdyn pytree (clipdyn.pytrees.frozen_pytree's unflatten): JAX then
+# puts None and other placeholders into the fields, and those pass. A user's own None does not.
+_REBUILDING = contextvars.ContextVar("clipdyn_rebuilding", default=False)
+
+
+@contextlib.contextmanager
+def rebuilding():
+    """Within it, ``None`` fields pass the checks: JAX's placeholders while it rebuilds a pytree."""
+    token = _REBUILDING.set(True)
+    try:
+        yield
+    finally:
+        _REBUILDING.reset(token)
+
+
+def _refuse_none(owner: str, name: str, value) -> None:
+    if value is None and not _REBUILDING.get():
+        raise ValueError(f"{_prefix(owner)}{name}=None is not allowed; {name} must be a real number "
+                         "(int or float), not None")
+
+
+def single(name: str, value, *, owner: str = ""):
+    """One number, not an array: a scalar law's parameter. Batched laws are JAX's to make (by
+    ``vmap`` over a function that builds one, or by stacking laws), not the constructor's: an
+    array there used to be accepted and fail later with a shape error naming nothing."""
+    if is_concrete(value) and np.ndim(value) != 0 and not _REBUILDING.get():
+        raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be a "
+                         f"single number (one law), not an array of shape {np.shape(value)}")
+    return value
 
 
 def _prefix(owner: str) -> str:
@@ -134,6 +170,7 @@ def _kind(value) -> tuple[str, str]:
 
 def check_real(owner: str, name: str, value) -> None:
     """Refuse anything that is not a real number or an array of real numbers (when concrete)."""
+    _refuse_none(owner, name, value)
     if not is_concrete(value):
         return
     kind, what = _kind(value)
@@ -154,6 +191,7 @@ def check_value(owner: str, name: str, value, ok: Callable[[np.ndarray], Any], a
         ok: elementwise predicate on the value as a float64 array.
         allowed: what is allowed, completing "``name`` must be ...".
     """
+    _refuse_none(owner, name, value)
     if not is_concrete(value):
         return
     check_real(owner, name, value)
@@ -209,10 +247,12 @@ def integer(name: str, value, low: int, *, high: int | None = None, owner: str =
     Returns:
         The value as a Python ``int``.
     """
-    if not is_concrete(value):
-        raise ValueError(f"{_prefix(owner)}{name} must be a concrete integer, not a traced value")
     upper = "" if high is None else f" and <= {high}"
     allowed = f"an integer >= {low}{upper}"
+    if value is None:
+        raise ValueError(f"{_prefix(owner)}{name}=None is not allowed; {name} must be {allowed}")
+    if not is_concrete(value):
+        raise ValueError(f"{_prefix(owner)}{name} must be a concrete integer, not a traced value")
     kind, what = _kind(value)
     if kind not in _NUMERIC_KINDS or np.ndim(value) != 0:
         raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be "
@@ -288,6 +328,16 @@ def noise_law(value, name: str = "noise"):
                        f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise)")
 
 
+def data_problem(value, name: str = "data"):
+    """A dataset in eigen-coordinates (duck-typed :class:`clipdyn.data.DataProblem`: ``features``,
+    ``residuals``, ``e0``, ``fingerprint`` and ``problem``), or ``None``."""
+    if value is None:
+        return value
+    return _duck_typed(value, ("features", "residuals", "e0", "fingerprint", "problem"),
+                       f"{name} must be a dataset as clipdyn.data.load_problem returns it (a "
+                       "DataProblem), e.g. load_problem('sklearn:name=digits')")
+
+
 def got(value) -> str:
     """How a refusal names what it was given: the type, and the value where it is short."""
     shown = f" {value!r}" if isinstance(value, (str, int, float)) else ""
@@ -356,7 +406,8 @@ def load_npy_vector(path: str | Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{label} does not exist")
     try:
-        arr = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:  # closed even if unreadable (np.load leaks it then)
+            arr = np.load(f, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
         raise ValueError(f"{label} is not a readable .npy array ({err})") from None
     if not isinstance(arr, np.ndarray):

@@ -254,6 +254,16 @@ def test_traced_arguments_pass_unchecked_and_still_compute():
     (lambda: max_ccc(1.0, LAW, points=1), "points=1"),
     (lambda: heuristic(1.0, 1.0, "gaussian"), "noise must be a clipdyn noise law"),
     (lambda: cd.StudentT(3.0, 1.0, n_nodes=1.5), "n_nodes=1.5"),
+    # None constructed a law that failed at its first use with JAX's message, naming nothing.
+    (lambda: cd.Gaussian(None), "gaussian: sigma=None is not allowed; sigma must be a real number"),
+    (lambda: cd.StudentT(None, 1.0), "student-t: df=None is not allowed"),
+    (lambda: cd.StudentT(3.0, None), "student-t: scale=None is not allowed"),
+    (lambda: cd.Rademacher(None), "rademacher: sigma=None is not allowed"),
+    (lambda: constant(None, 1.0), "eta=None is not allowed"),
+    # An array made a batched law that reduction_factors then failed on with a reshape error.
+    (lambda: cd.Gaussian(np.array([1.0, 2.0])), r"sigma=\[1.0, 2.0\] is not allowed; sigma must be a "
+                                                r"single number \(one law\), not an array of shape \(2,\)"),
+    (lambda: cd.StudentT(np.array([3.0, 4.0])), "df=.* must be a single number"),
 ])
 def test_constructors_refuse_wrong_types_and_values(make, text):
     # Today strings convert through float() and fail later inside jit with an AttributeError.
@@ -381,6 +391,29 @@ def test_schedule_optimiser_runs_in_float64_in_32_bit_mode(x64_off):
     assert not jax.config.jax_enable_x64
 
 
+def test_jax_still_batches_and_rebuilds_laws():
+    # Batched laws and placeholders are JAX's to make: vmap with a law as in_axes, stacking, and
+    # tree.map to None all rebuild a law through its constructor and must pass.
+    from clipdyn.pytrees import stack
+
+    batched = stack([cd.Gaussian(1.0), cd.Gaussian(2.0)])
+    m2 = jax.vmap(lambda law: law.second_moment, in_axes=(jax.tree.map(lambda _: 0, batched),))(batched)
+    np.testing.assert_array_equal(np.asarray(m2), [1.0, 4.0])
+    assert jax.tree.map(lambda _: None, cd.StudentT(3.0, 1.0)).df is None
+
+
+def test_smoothness_trace_runs_in_float64_in_32_bit_mode(x64_off):
+    # make_problem's arrays are float64; without its own float64 context the trace's scan mixed
+    # them with float32 in JAX's default mode (a carry TypeError).
+    from clipdyn.sources.smoothness import least_squares_trace
+
+    p = make_problem(power_law_spectrum(10, 0.3), cd.Gaussian(0.5))
+    for method, c in (("sgd", 1.0), ("gd", math.inf)):
+        out = least_squares_trace(p, 1.0, c, 5, jax.random.key(0), method=method)
+        assert out.risk.dtype == jnp.float64 and np.all(np.isfinite(np.asarray(out.risk)))
+    assert not jax.config.jax_enable_x64
+
+
 def test_inside_a_callers_trace_the_callers_precision_applies(x64_off):
     # Switching precision in the middle of a 32-bit trace would mix float32 tracers with float64
     # constants; the documented rule is that the trace's precision applies. float32 agrees with
@@ -488,6 +521,15 @@ def test_simulate_runs_names_a_schedule_that_is_not_one():
 
     with pytest.raises(ValueError, match=r"schedule must be a clipdyn schedule .*; got float"):
         simulate_runs(make_problem(np.ones(4), LAW), 0.5, [0], 1.0, 3)
+
+
+def test_simulate_runs_names_data_that_is_not_a_dataset():
+    # A SPEC string where the loaded dataset belongs raised an AttributeError deep inside.
+    from clipdyn.sweep import simulate_runs
+
+    with pytest.raises(ValueError, match=r"data must be a dataset as clipdyn.data.load_problem returns "
+                                         r"it .*; got str 'digits'"):
+        simulate_runs(make_problem(np.ones(4), LAW), constant(1.0, 1.0), [0], 1.0, 3, data="digits")
 
 
 def test_simulations_refuse_a_time_varying_schedule_by_name():

@@ -357,7 +357,64 @@ def test_constant_target_and_inputs_refused():
         load_problem(from_arrays(np.ones((5, 2)), np.arange(5.0)))
 
 
+def test_constant_class_target_refused():
+    # Labels 0..3 of 8 classes all fall below n_classes / 2: the target is -1 everywhere. Before,
+    # this gave theta* ~ 1e-17 and R0 ~ 1e-33 (rounding) instead of an error.
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    with pytest.raises(ValueError, match="every class index is below n_classes/2 = 4, so the target "
+                                         "is constant -1"):
+        load_problem(from_arrays(X, np.arange(40) % 4, n_classes=8), cache=False)
+
+
+@pytest.mark.parametrize("bad, allowed", [("3", "not str"), (3.5, "an integer >= 2"),
+                                          (0, "an integer >= 2"), (True, "not bool")])
+def test_bad_class_count_named(bad, allowed):
+    with pytest.raises(ValueError, match=f"n_classes={bad!r}|n_classes={bad}") as err:
+        from_arrays(np.eye(4), np.array([0, 1, 0, 1]), n_classes=bad)
+    assert allowed in str(err.value)
+
+
+def test_theta_star_zero_refused_despite_rounding():
+    # A target orthogonal to the (centred) feature: theta* is 0 up to rounding.
+    x = np.array([1.0, -1.0, 1.0, -1.0, 2.0, -2.0])
+    y = np.array([1.0, 1.0, -1.0, -1.0, 0.5, 0.5])
+    with pytest.raises(ValueError, match="theta\\* is 0"):
+        load_problem(from_arrays(x[:, None], y), cache=False)
+
+
 # ---- the cache -------------------------------------------------------------------------------
+
+def test_dataset_is_a_frozen_copy_so_the_cache_cannot_go_stale():
+    # Editing the caller's arrays after from_arrays used to leave the digest (and so the cache's
+    # answer) naming the old bytes: a cache hit with another problem's spectrum.
+    X, y = tiny_arrays(integer_y=False)
+    ds = from_arrays(X, y)
+    first = load_problem(ds)
+    X[:, 0] *= 3.0
+    X[0, 1] = 100.0
+    assert load_problem(ds).cache_status == "hit"
+    np.testing.assert_array_equal(load_problem(ds).lam, first.lam)  # ds still holds the old data
+    edited = load_problem(from_arrays(X, y))
+    assert edited.fingerprint != first.fingerprint and edited.cache_status == "computed"
+    with pytest.raises(ValueError, match="read-only"):
+        ds.inputs[0, 0] = 1.0
+
+
+def test_class_count_enters_the_fingerprint():
+    # Labels 0..5 as 6 classes (ranks) and as 6 of 10: different targets (threshold 3 against 5),
+    # so different fingerprints; 6 given explicitly is the ranks' own count: the same problem.
+    rng = np.random.default_rng(1)
+    X, labels = rng.standard_normal((60, 4)), np.arange(60) % 6
+    own = load_problem(from_arrays(X, labels))
+    six = load_problem(from_arrays(X, labels, n_classes=6))
+    ten = load_problem(from_arrays(X, labels, n_classes=10))
+    assert own.fingerprint == six.fingerprint != ten.fingerprint
+    assert ten.cache_status == "computed"
+    np.testing.assert_array_equal(ten.target, np.where(labels >= 5, 1.0, -1.0))
+    u = (X - X.mean(0)) / X.std(0)
+    theta = np.linalg.lstsq(u, ten.target, rcond=None)[0]
+    np.testing.assert_allclose(ten.theta_star, theta, rtol=0, atol=1e-10 * np.linalg.norm(theta))
+
 
 def test_cache_hit_is_identical_and_corrupt_files_are_recomputed(tmp_path):
     X, y = tiny_arrays()

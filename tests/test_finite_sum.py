@@ -429,9 +429,46 @@ def test_functions_reject_bad_input():
         fs.zero_set(prob._replace(perturbation=np.array([0.0, 1.0])))
     for kwargs, bad in ((dict(step=0.0), "step=0.0"), (dict(step=math.nan), "step=nan"),
                         (dict(steps=0), "steps=0"), (dict(steps=10, record_every=3), "multiple"),
-                        (dict(seeds=[]), "seeds=[]"), (dict(seeds=[0.5]), "seeds=[0.5]"),
+                        (dict(seeds=[]), "seeds=[]"), (dict(seeds=[0.5]), "seeds[0]=0.5"),
                         (dict(x0=np.zeros(2)), "x0 of shape (2,)"), (dict(x0=math.inf), "x0")):
         args = dict(x0=0.0, step=0.1, steps=10, seeds=[0], record_every=1) | kwargs
         with pytest.raises(ValueError) as err:
             fs.clipped_sgd(prob, **args)
         assert bad in str(err.value)
+
+
+@pytest.mark.parametrize("call, bad", [
+    # expected_clip returned -1.0 for c = -1 and 0.5 for c = nan or k = -1; strings and booleans
+    # were accepted as thresholds; clipped_sgd took booleans, repeated and out-of-range seeds.
+    (lambda: fs.expected_clip(0.5, -1.0, 0.0), "clip=-1.0 is not allowed; clip must be finite and > 0"),
+    (lambda: fs.expected_clip(0.5, math.nan, 0.0), "clip=nan"),
+    (lambda: fs.expected_clip(0.5, 1.0, -1.0), "perturbation=-1.0 is not allowed"),
+    (lambda: fs.expected_clip("0.5", 1.0, 0.0), "m='0.5' is not allowed"),
+    (lambda: fs.finite_sum(ASYM, "1"), "clip c='1' is not allowed"),
+    (lambda: fs.finite_sum(ASYM, True), "clip c=True is not allowed"),
+    (lambda: fs.finite_sum(ASYM, [1.0, 2.0]), "clip c of shape (2,)"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, True, 10, [0]), "step=True"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, True, [0]), "steps=True"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, [0, 0]), "seed(s) [0] repeated"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, [-1]), "seeds[0]=-1"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, [2**40]), "seeds[0]=1099511627776"),
+    (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, 3), "e.g. range(8) for 8 seeds"),
+])
+def test_field_and_sgd_refuse_bad_values(call, bad):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert bad in str(err.value), str(err.value)
+
+
+def test_field_is_float64_for_python_numbers_in_32_bit_mode():
+    # expected_clip's documented exactness needs float64; in JAX's default mode Python numbers
+    # used to give float32 (1e-6 relative). Compared with the x64 suite's own value to 1e-15.
+    want = float(fs.expected_clip(0.3, 1.0, 0.7))
+    jax.config.update("jax_enable_x64", False)
+    try:
+        got = fs.expected_clip(0.3, 1.0, 0.7)
+        h = fs.clipped_gradient(fs.finite_sum(ASYM, 1.0, 0.7), 0.25)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert got.dtype == jnp.float64 and h.dtype == jnp.float64
+    assert abs(float(got) - want) <= 1e-15 * abs(want)

@@ -258,3 +258,44 @@ def test_projected_gradient_symmetry_shapes_and_range(digits, params):
     h, h0 = sym(params, digits.x_train[:200], digits.y_train[:200], jax.random.key(1))
     assert h.shape == (3,) and h0.shape == (3, 5)
     assert np.all((np.asarray(h) >= 0) & (np.asarray(h) <= 1)) and np.all(np.asarray(h0) >= 0)
+
+
+@pytest.mark.parametrize("call, match", [
+    # A negative threshold ran gradient ascent (validation loss 2.1 -> 5e4), a NaN one trained
+    # unclipped, a string learning rate was accepted.
+    (lambda: nw.gradient_rule("per-sample", 0.1, -1.0, batch=4), r"clip=-1.0 is not allowed; clip must be > 0"),
+    (lambda: nw.gradient_rule("batch", 0.1, float("nan"), batch=4), r"clip=nan is not allowed"),
+    (lambda: nw.gradient_rule("index", 0.1, jnp.array([1.0, -2.0]), batch=4), r"clip=\[1.0, -2.0\]"),
+    (lambda: nw.gradient_rule("none", "0.1", 1.0, batch=4), r"learning_rate='0.1' is not allowed"),
+    (lambda: nw.gradient_rule("none", float("inf"), 1.0, batch=4), r"learning_rate=inf is not allowed"),
+    (lambda: nw.index_thresholds(0.0, 4, 2.0), r"clip=0.0 is not allowed"),
+    (lambda: nw.init_mlp(0, (64, 10)), r"key=0 is not allowed; key must be a JAX PRNG key"),
+    (lambda: nw.init_mlp(jax.random.key(0), 64), r"sizes=64 is not allowed"),
+    (lambda: nw.apply_mlp(nw.init_mlp(jax.random.key(0), (64, 10)), jnp.zeros((3, 5))),
+     r"shape \(3, 5\) do not fit the network: their last axis must be its input width 64"),
+])
+def test_bad_rates_keys_and_shapes_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_unclipped_threshold_inf_is_allowed_and_equals_no_clipping(digits, params):
+    """float32: clipping at inf is the identity, so one step equals the unclipped rule's bit for bit."""
+    g = jax.grad(nw.loss_fn)(params, digits.x_train[:8], digits.y_train[:8])
+    outs = []
+    for name, clip in (("none", 1.0), ("batch", float("inf"))):
+        rule = nw.gradient_rule(name, 0.1, clip, batch=8)
+        outs.append(rule.tx.update(g, rule.tx.init(params), params)[0])
+    jax.tree.map(np.testing.assert_array_equal, *outs)
+
+
+def test_train_runs_eagerly_on_numpy_splits(digits, params):
+    """Without jax.jit, train indexed the split's NumPy arrays with the scan's traced indices
+    (TracerArrayConversionError). Eager and jitted runs are the same float32 program: equal to
+    float32 rounding (1e-5 relative; XLA may fuse the two differently)."""
+    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16)
+    split = nw.DigitsSplit(*(np.asarray(a) for a in digits))
+    batches = nw.shuffled_batches(jax.random.key(0), split.x_train.shape[0], 1, 16)
+    eager = nw.train(cfg, 0.05, 1.0, split, params, batches)
+    jitted = jax.jit(nw.train, static_argnums=0)(cfg, 0.05, 1.0, split, params, batches)
+    np.testing.assert_allclose(eager.val_loss, jitted.val_loss, rtol=1e-5)

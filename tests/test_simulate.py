@@ -284,7 +284,7 @@ def test_block_engine_agrees_with_step_engine(precision, rtol):
     np.testing.assert_allclose(a.risk, b.risk, rtol=rtol)  # nan where both diverged
 
 
-def test_other_prng_implementations_in_both_engines():
+def test_other_prng_implementations_in_both_engines(tmp_path):
     # rbg keys are drawn by jax.random itself (clipdyn.sim.threefry passes them through): a seed
     # still gives the same numbers, the engines agree as above (float64), the results record the
     # implementation, and its stream is not threefry's.
@@ -297,6 +297,11 @@ def test_other_prng_implementations_in_both_engines():
     b = sw.run_sweep(problem, scheds, [4], 3.0, 4, prng_impl="rbg", engine="block", **kw)
     np.testing.assert_allclose(a.risk, b.risk, rtol=1e-12)
     assert a.config["prng_impl"] == "rbg"
+    # The sidecar's provenance names the implementation the run drew with, not JAX's default
+    # (it said threefry2x32 beside config.prng_impl "rbg").
+    sw.run_sweep(problem, scheds, [4], 3.0, 4, prng_impl="rbg", out=tmp_path / "rbg", **kw)
+    meta = load_results(tmp_path / "rbg")[1]
+    assert meta["provenance"]["prng_impl"] == meta["config"]["prng_impl"] == "rbg"
     threefry = sw.run_sweep(problem, scheds, [4], 3.0, 4, **kw)
     assert not np.allclose(a.risk[..., 1:], threefry.risk[..., 1:], rtol=1e-3)
 

@@ -64,7 +64,8 @@ def _read(path: Path, fingerprint: str, shapes: dict[str, tuple]) -> dict[str, n
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Opened here, not by np.load: on a truncated file np.load raises before closing its own.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {name: z[name] for name in shapes}
             ok = (set(z.files) == set(shapes) | {"fingerprint", "checksum"}
                   and str(z["fingerprint"]) == fingerprint

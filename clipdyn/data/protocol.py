@@ -163,7 +163,13 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
     """``y`` (eq. (3.4)): ``+1`` if the class index is ``>= n_classes / 2`` else ``-1``; a
     regression target minus its mean, over its population standard deviation."""
     if dataset.labels is not None:
-        return np.where(dataset.labels >= dataset.n_classes / 2, 1.0, -1.0)
+        y = np.where(dataset.labels >= dataset.n_classes / 2, 1.0, -1.0)
+        if np.all(y == y[0]):
+            side = "at or above" if y[0] > 0 else "below"
+            raise ValueError(f"{dataset.name}: every class index is {side} n_classes/2 = "
+                             f"{dataset.n_classes / 2:g}, so the target is constant {y[0]:+g}; "
+                             "nothing to learn")
+        return y
     v = np.asarray(dataset.values, np.float64)
     v = v / max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)  # as the inputs: scale-free
     sd = v.std()
@@ -173,9 +179,19 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
 
 
 def fingerprint(dataset: Dataset, features: FeatureMap) -> str:
-    """sha256 over the protocol version, the source (without its location), the bytes read and
-    the feature map: the same data and features give the same fingerprint wherever they lie."""
-    text = "\n".join([PROTOCOL_VERSION, dataset.name, dataset.digest, features.describe()])
+    """sha256 over the protocol version, the source (without its location), the bytes read, the
+    class count where it is not the bytes' own and the feature map: the same data and features
+    give the same fingerprint wherever they lie.
+
+    The target depends on the class count (eq. (3.4)). Labels read with no class count are
+    mapped to their ranks, and a class count equal to the number of distinct labels gives the
+    same target (labels must then be ``0..n-1``), so only a larger one, with classes no label
+    uses, enters the text (and fingerprints made before it did stay valid).
+    """
+    parts = [PROTOCOL_VERSION, dataset.name, dataset.digest]
+    if dataset.labels is not None and dataset.n_classes != np.unique(dataset.labels).size:
+        parts.append(f"n_classes={dataset.n_classes}")
+    text = "\n".join(parts + [features.describe()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -304,7 +320,10 @@ def build_problem(dataset: Dataset, features: str | FeatureMap | None = None,
     rows = X @ vecs
     del X
     residuals = y - rows @ coef
-    if not np.any(coef != 0):
+    # theta* = 0 in exact arithmetic (a target orthogonal to the centred features, a constant
+    # one say) leaves only rounding: fitted values ~1e-16 of the target's size. 1e-10 is far above
+    # that and far below any target a feature explains.
+    if not np.linalg.norm(rows @ coef) > 1e-10 * np.linalg.norm(y):
         raise ValueError(f"{dataset.name} with features {fmap.describe()}: the least-squares "
                          "solution theta* is 0 (the target is orthogonal to every feature), so "
                          "the risk starts at 0 and there is nothing to learn")

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdyn import validation
+
 __all__ = ["Dataset", "parse_spec", "load_source", "load_sklearn", "load_cifar10", "load_wikitext2",
            "load_npz", "from_arrays", "SOURCES", "SKLEARN_NAMES", "subsample"]
 
@@ -186,6 +188,13 @@ def _class_indices(labels: np.ndarray, n_classes: int, where: str) -> np.ndarray
     return labels.astype(np.int64)
 
 
+def _frozen(a, dtype=None) -> np.ndarray:
+    """A read-only copy of ``a``."""
+    a = np.array(a, dtype)
+    a.flags.writeable = False
+    return a
+
+
 def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
                 n_classes: int | None = None, digest: str | None = None) -> Dataset:
     """A :class:`Dataset` from in-memory arrays (the Python form of ``npz:path=FILE``).
@@ -198,9 +207,15 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
         n_classes: for integer ``y`` that are already class indices, the number of classes
             (default: the number of distinct values, each mapped to its rank).
         digest: the digest of the bytes read (default: of ``X`` and ``y``).
+
+    Returns:
+        The :class:`Dataset`. It holds read-only copies of ``X`` and ``y``: its digest names
+        their bytes, so editing the caller's arrays afterwards cannot change it.
     """
     where = f"{name}: {origin}" if origin != name else name
-    X, y = np.asarray(X), np.asarray(y)
+    # Copied and frozen: the digest names these bytes, so an array the caller edits in place
+    # afterwards must not change the dataset behind its fingerprint (and the cache's answer).
+    X, y = _frozen(X), _frozen(y)
     if X.dtype.kind not in "iuf":
         raise ValueError(f"{where}: X must hold real numbers; got dtype {X.dtype}")
     if y.dtype.kind not in "iuf":
@@ -219,9 +234,11 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
             classes, idx = np.unique(y, return_inverse=True)
             if classes.size < 2:
                 raise ValueError(f"{where}: y has a single class ({classes[0]}); at least two are needed")
-            return Dataset(name, origin, X, idx.astype(np.int64), None, int(classes.size), digest)
-        return Dataset(name, origin, X, _class_indices(y, n_classes, where), None, int(n_classes), digest)
-    return Dataset(name, origin, X, None, y.astype(np.float64), None, digest)
+            return Dataset(name, origin, X, _frozen(idx, np.int64), None, int(classes.size), digest)
+        n_classes = validation.integer("n_classes", n_classes, 2, owner=where)
+        return Dataset(name, origin, X, _frozen(_class_indices(y, n_classes, where)), None, n_classes,
+                       digest)
+    return Dataset(name, origin, X, None, _frozen(y, np.float64), None, digest)
 
 
 # ---- the sources -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ and perturbation act on each coordinate separately (coordinate-wise clipping), s
 
 The field (:func:`expected_clip`, :func:`clipped_gradient`) is a pure function of a
 :class:`FiniteSum` pytree: jittable, vmappable (over ``x`` or the perturbation ``k``) and
-differentiable, in its inputs' dtype. :func:`zero_interval`, :func:`bias` and :func:`clipped_sgd`
+differentiable, in its inputs' dtype (float64 for Python numbers and :func:`finite_sum`'s
+arrays, whatever JAX's mode; a caller's own trace keeps the caller's precision). :func:`zero_interval`, :func:`bias` and :func:`clipped_sgd`
 validate their inputs, run one compiled program (vmapped over ``k`` for zero sets) in float64
 whatever the global JAX setting (inside ``jax.enable_x64``), and return NumPy arrays.
 
@@ -37,6 +38,9 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import erf, erfc, erfcx, logsumexp
 from jax.typing import ArrayLike
+
+from clipdyn import validation
+from clipdyn.precision import uses_x64
 
 Array = jax.Array
 
@@ -83,13 +87,12 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_scalar(name: str, value, ok, allowed: str) -> None:
-    if not _concrete(value):
-        return
-    arr = np.asarray(value, dtype=float)
-    if arr.size == 0 or not bool(np.all(ok(arr))):
-        shown = arr.tolist() if arr.size <= 8 else f"array of shape {arr.shape}"
-        raise ValueError(f"finite_sum: {name}={shown} is not allowed; {name} must be {allowed}")
+def _check_clip(owner: str, name: str, value) -> None:
+    validation.check_value(owner, name, value, lambda c: np.isfinite(c) & (c > 0), "finite and > 0")
+
+
+def _check_perturbation(owner: str, name: str, value) -> None:
+    validation.check_value(owner, name, value, lambda k: np.isfinite(k) & (k >= 0), "finite and >= 0")
 
 
 def finite_sum(points: ArrayLike, clip: ArrayLike, perturbation: ArrayLike = 0.0) -> FiniteSum:
@@ -116,10 +119,11 @@ def finite_sum(points: ArrayLike, clip: ArrayLike, perturbation: ArrayLike = 0.0
             raise ValueError(f"finite_sum: points containing {pts[bad][:4].tolist()} are not "
                              "allowed; points must be finite numbers")
         points = pts
-    _check_scalar("clip c", clip, lambda c: np.isfinite(c) & (c > 0) & (np.ndim(c) == 0),
-                  "a finite number > 0")
-    _check_scalar("perturbation k", perturbation, lambda k: np.isfinite(k) & (k >= 0),
-                  "finite and >= 0")
+    _check_clip("finite_sum", "clip c", clip)
+    if _concrete(clip) and np.ndim(clip) != 0:
+        raise ValueError(f"finite_sum: clip c of shape {np.shape(clip)} is not allowed; c must be a "
+                         "scalar")
+    _check_perturbation("finite_sum", "perturbation k", perturbation)
     if _concrete(perturbation) and np.ndim(perturbation) > 1:
         raise ValueError(f"finite_sum: perturbation k of shape {np.shape(perturbation)} is not "
                          "allowed; k must be a scalar or a vector")
@@ -198,7 +202,7 @@ def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array]:
     return jnp.where(near, series, far), usable
 
 
-@jax.jit
+@uses_x64
 def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Array:
     """``E clip_c(m + k zeta)``, ``zeta ~ N(0, 1)``, exactly, elementwise (eq. (4)).
 
@@ -215,8 +219,21 @@ def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Arr
         perturbation: ``k >= 0`` (scalar).
 
     Returns:
-        An array of ``m``'s shape and dtype (jittable, vmappable, differentiable in ``m``).
+        An array of ``m``'s shape and dtype (float64 for Python numbers, whatever JAX's mode;
+        jittable, vmappable, differentiable in ``m``).
+
+    Raises:
+        ValueError: for a concrete ``m`` that is not real, ``c`` not finite and ``> 0``, or ``k``
+            not finite and ``>= 0``.
     """
+    validation.check_real("expected_clip", "m", m)
+    _check_clip("expected_clip", "clip", clip)
+    _check_perturbation("expected_clip", "perturbation", perturbation)
+    return _expected_clip(m, clip, perturbation)
+
+
+@jax.jit
+def _expected_clip(m, clip, perturbation):
     m = jnp.asarray(m)
     c = jnp.asarray(clip, m.dtype)
     k = jnp.asarray(perturbation, m.dtype)
@@ -248,6 +265,7 @@ def _residuals(problem: FiniteSum, x: ArrayLike) -> tuple[Array, Array, Array]:
     return x[None, ...] - points, jnp.asarray(problem.clip, dtype), jnp.asarray(problem.perturbation, dtype)
 
 
+@uses_x64
 @jax.jit
 def clipped_gradient(problem: FiniteSum, x: ArrayLike) -> Array:
     """The expected clipped gradient ``h(x) = mean_i E clip_c(x - a_i + k zeta)`` (eq. (3)).
@@ -263,7 +281,7 @@ def clipped_gradient(problem: FiniteSum, x: ArrayLike) -> Array:
         ``h(x)``, of ``x``'s shape.
     """
     m, c, k = _residuals(problem, x)
-    return jnp.mean(expected_clip(m, c, k), axis=0)
+    return jnp.mean(_expected_clip(m, c, k), axis=0)
 
 
 def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
@@ -485,17 +503,13 @@ def clipped_sgd(problem: FiniteSum, x0: ArrayLike, step: float, steps: int,
     if np.ndim(problem.perturbation) != 0:
         raise ValueError(f"clipped_sgd: perturbation of shape {np.shape(problem.perturbation)} is "
                          "not allowed; run one scalar k at a time")
-    if not (isinstance(step, (int, float, np.floating, np.integer)) and math.isfinite(step) and step > 0):
-        raise ValueError(f"clipped_sgd: step={step!r} is not allowed; it must be finite and > 0")
-    for name, v in (("steps", steps), ("record_every", record_every)):
-        if not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise ValueError(f"clipped_sgd: {name}={v!r} is not allowed; it must be an integer >= 1")
+    validation.check_value("clipped_sgd", "step", step, lambda a: np.isfinite(a) & (a > 0) & (a.ndim == 0),
+                           "a finite number > 0")
+    steps = validation.integer("steps", steps, 1, owner="clipped_sgd")
+    record_every = validation.integer("record_every", record_every, 1, owner="clipped_sgd")
     if steps % record_every:
         raise ValueError(f"clipped_sgd: steps={steps} is not a multiple of record_every={record_every}")
-    seeds = np.asarray(list(seeds) if not np.isscalar(seeds) else [seeds])
-    if seeds.size == 0 or seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(f"clipped_sgd: seeds={seeds.tolist()} is not allowed; seeds must be a "
-                         "non-empty sequence of integers")
+    seeds = validation.seeds(seeds)
     shape = np.shape(problem.points)[1:]
     x0 = np.asarray(x0, dtype=float)
     if x0.shape == shape:

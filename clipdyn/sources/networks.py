@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clipdyn import validation
 from clipdyn.precision import MATMUL_PRECISION, matmul
 
 __all__ = [
@@ -84,18 +85,21 @@ class DigitsSplit(NamedTuple):
 
 
 def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    return validation.integer(name, value, low, owner="networks")
 
 
-def _check_positive(name, value, allow_zero=False, allow_inf=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0) and (allow_inf or math.isfinite(value))
-    if not ok:
-        allowed = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number {allowed}, got {value!r}")
-    return float(value)
+def _check_positive(name, value, allow_zero=False):
+    check = validation.nonnegative if allow_zero else validation.positive
+    return float(check(name, value, owner="networks"))
+
+
+def _check_rate(name, value, allowed_inf: bool):
+    """A learning rate or threshold: ``> 0`` (and ``inf``, unclipped, for a threshold), a scalar
+    or any array of them (grids); tracers pass (a vmapped grid was checked before tracing)."""
+    ok = (lambda a: a > 0) if allowed_inf else (lambda a: (a > 0) & np.isfinite(a))
+    validation.check_value("networks", name, value, ok,
+                           "> 0 (inf: unclipped)" if allowed_inf else "finite and > 0")
+    return value
 
 
 def load_digits_split(seed: int, label_noise: float = 0.0, *, noise_df: float = 1.5,
@@ -164,6 +168,12 @@ def init_mlp(key: jax.Array, sizes) -> tuple[dict[str, jax.Array], ...]:
     Returns:
         A tuple of ``{"w": (fan_in, fan_out), "b": (fan_out,)}`` dicts, one per layer.
     """
+    if not isinstance(key, (jax.Array, np.ndarray)):
+        raise ValueError(f"networks: key={key!r} is not allowed; key must be a JAX PRNG key, e.g. "
+                         "jax.random.key(0)")
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"networks: sizes={sizes!r} is not allowed; sizes must be a sequence of "
+                         "layer widths, e.g. (64, 64, 10)")
     sizes = tuple(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least the input and output widths, got {sizes!r}")
@@ -182,6 +192,10 @@ def _affine(h, layer):
 
 def apply_mlp(params, x: jax.Array) -> jax.Array:
     """The outputs for inputs ``x`` of shape ``(..., fan_in)``: tanh hidden layers, linear output."""
+    width = params[0]["w"].shape[0]
+    if np.shape(x)[-1:] != (width,):
+        raise ValueError(f"networks: inputs x of shape {np.shape(x)} do not fit the network: their "
+                         f"last axis must be its input width {width}")
     h = x
     for layer in params[:-1]:
         h = jnp.tanh(_affine(h, layer))
@@ -264,6 +278,7 @@ def index_thresholds(clip, batch: int, beta: float) -> jax.Array:
     Returns:
         float32 vector of shape ``(batch,)``.
     """
+    _check_rate("clip", clip, allowed_inf=True)
     batch = _check_int("batch", batch, 1)
     beta = _check_positive("beta", beta)
     k = jnp.arange(1, batch + 1, dtype=DTYPE)
@@ -333,9 +348,11 @@ def gradient_rule(name: str, learning_rate, clip, *, batch: int, momentum: float
     if name not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, got {name!r}")
     batch = _check_int("batch", batch, 1)
+    validation.check_value("networks", "momentum", momentum, lambda a: (a >= 0) & (a < 1), "in [0, 1)")
     momentum = float(momentum)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    _check_rate("learning_rate", learning_rate, allowed_inf=False)
+    if name != "none":
+        _check_rate("clip", clip, allowed_inf=True)
     lr = jnp.asarray(learning_rate, DTYPE)
     c = jnp.asarray(clip, DTYPE)
     sgd = optax.sgd(lr, momentum=momentum)
@@ -451,6 +468,9 @@ def train(config: TrainConfig, learning_rate, clip, data: DigitsSplit, params, b
     if batches.ndim != 3 or batches.shape[0] != epochs or batches.shape[2] != config.batch:
         raise ValueError(f"batches must have shape (epochs={epochs}, steps, batch={config.batch}), "
                          f"got {batches.shape}")
+    # Indexed by the scan's traced batch indices, the splits must be JAX arrays (a DigitsSplit
+    # holds NumPy arrays; under jit they arrive as arrays anyway).
+    data = jax.tree.map(jnp.asarray, data)
     rule = gradient_rule(config.rule, learning_rate, clip, batch=config.batch,
                          momentum=config.momentum, beta=config.beta, micro=config.micro)
     opt_state = rule.tx.init(params)

@@ -40,8 +40,9 @@ import optax
 import optax.tree_utils as otu
 from jax.typing import ArrayLike
 
-from clipdyn.noise import check_value
-from clipdyn.precision import matmul
+from clipdyn import validation
+from clipdyn.precision import matmul, uses_x64
+from clipdyn.validation import check_value
 from clipdyn.pytrees import frozen_pytree
 from clipdyn.problem import Problem
 from clipdyn.sim.core import label_noise
@@ -351,8 +352,7 @@ def run_gd(fn, x0: ArrayLike, rule: StepRule, eps: float, max_iter: int,
     if x0.ndim != 1 or x0.size == 0 or not jnp.issubdtype(x0.dtype, jnp.floating):
         raise ValueError(f"run_gd: x0 must be a non-empty 1-D float array; got {x0.dtype} of shape {x0.shape}")
     check_value("run_gd", "eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
-    if int(max_iter) != max_iter or not 1 <= max_iter < 2 ** 31:
-        raise ValueError(f"run_gd: max_iter={max_iter} is not allowed; it must be an integer in [1, 2^31)")
+    max_iter = validation.integer("max_iter", max_iter, 1, high=2**31 - 1, owner="run_gd")
     rule = jax.tree.map(lambda a: jnp.asarray(a, x0.dtype), rule)
     return _run_gd(fn, x0, rule, jnp.asarray(eps, x0.dtype), jnp.asarray(int(max_iter), jnp.int32),
                    bool(stop_on_increase))
@@ -472,7 +472,8 @@ def training_trace(loss_fn: Callable, make_tx: Callable, hparams, params, data, 
     Returns:
         A :class:`TrainingTrace`.
     """
-    if int(measure_every) != measure_every or measure_every < 1 or batches.shape[0] % measure_every:
+    measure_every = validation.integer("measure_every", measure_every, 1, owner="training_trace")
+    if batches.shape[0] % measure_every:
         raise ValueError(f"training_trace: measure_every={measure_every} is not allowed; it must be an "
                          f"integer >= 1 dividing the number of steps, {batches.shape[0]}")
 
@@ -566,6 +567,7 @@ def _ls_trace(lam, theta_star, noise, eta, c, key, steps, method):
     return LeastSquaresTrace(*out)
 
 
+@uses_x64  # make_problem's arrays are float64; in JAX's 32-bit mode the scan's carry was not
 def least_squares_trace(problem: Problem, eta: float, c: float, steps: int, key: Array,
                         method: str = "sgd") -> LeastSquaresTrace:
     """Zhang et al.'s estimator along (clipped) SGD on clipdyn's least-squares model.
@@ -599,8 +601,7 @@ def least_squares_trace(problem: Problem, eta: float, c: float, steps: int, key:
     check_value("least_squares_trace", "c", c, lambda a: ~np.isnan(a) & (a > 0), "> 0 (inf: unclipped)")
     if method == "gd" and math.isfinite(c):
         raise ValueError(f"least_squares_trace: c={c} is not allowed with method='gd'; it takes c=inf")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"least_squares_trace: steps={steps} is not allowed; it must be an integer >= 1")
+    steps = validation.integer("steps", steps, 1, owner="least_squares_trace")
     lam = problem.lam
     k_sign, k_run = jax.random.split(key)
     signs = jnp.where(jax.random.bernoulli(k_sign, 0.5, lam.shape), 1.0, -1.0).astype(lam.dtype)
