@@ -40,7 +40,9 @@ References:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ import jax
 import numpy as np
 
 __all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", "is_writer",
-           "global_devices", "barrier", "to_host", "broadcast_bytes", "on_writer",
+           "global_devices", "barrier", "to_host", "broadcast_bytes", "check_agreement", "on_writer",
            "add_cli_options", "cluster_from_args", "DEFAULT_TIMEOUTS"]
 
 #: JAX's defaults (seconds) for the connection, heartbeat and shutdown timeouts.
@@ -288,6 +290,52 @@ def broadcast_bytes(data: bytes | None) -> bytes:
         return b""
     buf = np.frombuffer(data, np.uint8) if is_writer() else np.zeros(n, np.uint8)
     return multihost_utils.broadcast_one_to_all(buf).tobytes()
+
+
+def _entry_text(value: Any) -> str:
+    """How :func:`check_agreement` shows an entry: its JSON where short, else its hash."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
+    """Refuse, on every process, to go on unless every process was given the same ``entries``.
+
+    Each process computes its share of a sweep from its own options and files, and the writer
+    saves every share under its own configuration: processes started with different options
+    (an edited launch script) or reading different files (an ``npz:`` or ``file:`` path whose
+    contents differ between hosts) would save one sweep's labels over another's numbers, and
+    a different number of seeds leaves them waiting on each other for ever. So before the
+    first collective of the computation, every process compares ``entries`` (its configuration
+    and content fingerprints) and its number of local devices (the global mesh needs the same
+    number on each) with the writer's, and all learn whether any differs.
+
+    Args:
+        entries: what must agree, by name (JSON-serialisable values).
+        what: how messages name the computation.
+
+    Raises:
+        ValueError: on every process if any process differs, naming the processes and, on a
+            differing process, the entries with both values.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = {k: _entry_text(v) for k, v in entries.items()}
+    mine["local devices"] = str(jax.local_device_count())
+    writer = json.loads(broadcast_bytes(json.dumps(mine, sort_keys=True).encode()).decode())
+    differs = [f"{k} ({writer.get(k)} on process 0, {v} here)" for k, v in mine.items()
+               if writer.get(k) != v]
+    flags = np.asarray(multihost_utils.process_allgather(np.asarray([int(bool(differs))], np.int32)))
+    bad = [int(i) for i in np.flatnonzero(flags.reshape(-1))]
+    if not bad:
+        return
+    detail = (f"this process (process {jax.process_index()}) differs in: {', '.join(differs)}"
+              if differs else "see their own messages")
+    raise ValueError(f"the processes were not given the same {what}: process(es) {bad} differ from "
+                     f"process 0; {detail}. Start every process with the same options, files and "
+                     "number of local devices")
 
 
 def on_writer(fn: Callable[..., Any], *args, **kwargs) -> None:

@@ -225,6 +225,9 @@ def _differing(old: dict, new: dict, values: bool = True) -> list[str]:
         was = old.get(key)
         if was == value:
             continue
+        if isinstance(was, dict) and isinstance(value, dict):  # the options as typed, say
+            out += _differing(was, value, values)
+            continue
         a, b = json.dumps(was, default=str), json.dumps(value, default=str)
         name = key.replace("_", " ")
         out.append(f"{name} ({a} there, {b} here)" if values and len(a) + len(b) <= 60 else name)
@@ -324,7 +327,11 @@ class ChunkStore:
     def _differences(old: dict, new: dict) -> str:
         if "parts" not in old:
             return "it was written by another version of clipdyn"
-        diffs = _differing(old["parts"], new.get("parts", {}), values=False)
+        diffs = []
+        if "config" in old:  # entries by value (stamps before this recorded only their hash)
+            fresh = json.loads(json.dumps(new.get("config", {}), default=_json_default))
+            diffs += _differing(old["config"], fresh)
+        diffs += _differing(old["parts"], new.get("parts", {}), values=False)
         diffs += _differing(old.get("layout", {}), new.get("layout", {}))
         return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
 

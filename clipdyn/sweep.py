@@ -237,14 +237,17 @@ def memory_estimate(d: int, n_seeds: int, n_configs: int, points: int, chunk: in
     * ``engine``: one seed's chunk at a time (seeds run one after another): the ``chunk x d_pad``
       states with their updates and the loop's double buffer (4 copies), the block of drawn
       samples (``block x rows x d_pad``, 3 copies), and for the block engine its Gram matrices;
-    * ``problem``: the padded spectrum, start and masks, and a dataset's rows.
+    * ``problem``: the padded spectrum, start and masks, and a dataset's rows, on the device,
+      and the float64 spectrum and start the problem keeps on the host (left out before, the
+      estimate was 25 % low at ``d = 2e7``: 0.82 GB against 1.09 GB measured above the
+      interpreter's own; with them 1.12 GB).
     """
     d_pad = d + (-d) % sim.PAD
     block = block_size(d_pad, n_rows)
     parts = {
         "results": 3.0 * n_seeds * n_configs * points * 8 + n_seeds * n_configs * 24.0 + n_seeds * 100.0,
         "engine": (4.0 * chunk * d_pad + 3.0 * block * n_rows * d_pad + 2.0 * chunk * points) * itemsize,
-        "problem": (4.0 + data_rows) * d_pad * itemsize,
+        "problem": (4.0 + data_rows) * d_pad * itemsize + 2.0 * 8.0 * d,
     }
     if engine == "block":
         m = engine_block(np.array([0, 2**30]), d_pad, n_rows) * n_rows
@@ -346,7 +349,10 @@ def run_sweep(
             sweep (same configuration, same contents of spectrum, noise law, data, schedules and
             rules, same chunk size); a chunk file that cannot be read is recomputed with a
             :class:`clipdyn.results.ChunkWarning`.
-        config: extra configuration recorded in the results (CLI arguments, say).
+        config: extra entries recorded in the results (the command line's options, labels for
+            the configurations): descriptions, so they are not part of the sweep's identity,
+            which is what it computes (its own entries and content fingerprints: ``eta 1`` and
+            ``eta 1.0`` are one sweep). They may not reuse the names of the sweep's own entries.
         divergence_factor: runs diverge once ``R > divergence_factor * R0``.
         dt: C-HSGD time step (default ``1 / Tr K``).
         prng_impl: JAX PRNG implementation (default: JAX's default, recorded in the results).
@@ -429,7 +435,7 @@ def run_sweep(
     big = max(need, key=need.get)
     validation.check_memory(
         sum(need.values()),
-        f"the runs ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
+        f"the sweep ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
         f"d = {int(problem.lam.shape[0])}, chunks of {chunk}; {big} {validation.bytes_text(need[big])})")
     seeds = validation.seeds(seeds)
     prob = sim.prepare(problem, dtype, data)
@@ -443,12 +449,6 @@ def run_sweep(
                    if engine == "block" else None)
     if data is not None and method != "sgd":
         raise ValueError("method 'hsgd' runs on Gaussian data only; use method 'sgd' with --data")
-    run = _sharded_runner(method, divergence_factor, dt, devices,
-                          engine if block_steps is None else f"block:{block_steps}")
-    steps_arr = to_device(steps)
-    plan = _chunk_plan(rule_list, chunk)
-    n_chunks = len(plan)
-
     full_config = {
         "method": method, "precision": str(precision), "T": float(T), "points": int(points),
         "seeds": seeds.tolist(), "n_configs": n_cfg, "chunk_size": chunk,
@@ -464,8 +464,12 @@ def run_sweep(
         "preclip_noise": [_param(r.preclip_noise) if r.use_preclip else None for r in rule_list],
         "data": None if data is None else getattr(data, "describe", lambda: "dataset")(),
         "data_fingerprint": None if data is None else getattr(data, "fingerprint", None),
-        **(config or {}),
     }
+    extra = dict(config or {})
+    clash = sorted(set(extra) & (set(full_config) | {"fingerprints"}))
+    if clash:
+        raise ValueError(f"config entries {clash} are not allowed: the sweep records entries of these "
+                         "names itself; give yours other names")
     # What the sweep computes, by content: a changed file is a different sweep.
     parts = {
         "spectrum": _sha256(problem.lam), "start": _sha256(problem.v0),
@@ -479,16 +483,26 @@ def run_sweep(
     # out of the results' identity and kept in the chunks' layout.
     identity = {k: v for k, v in full_config.items() if k not in ("chunk_size", "engine_requested")}
     full_config["fingerprints"]["sweep"] = _fingerprint(identity)
+    full_config.update(extra)
+    # Every process must compute the same sweep in the same chunks, or the writer would save
+    # one process's labels over another's numbers (checked before the first collective).
+    distributed.check_agreement({**identity, "chunk_size": chunk, "extra": extra})
+    run = _sharded_runner(method, divergence_factor, dt, devices,
+                          engine if block_steps is None else f"block:{block_steps}")
+    steps_arr = to_device(steps)
+    plan = _chunk_plan(rule_list, chunk)
+    n_chunks = len(plan)
     store = None
     if out is not None:
         out, _ = results_paths(validation.output_path(out, "out"))
         store = ChunkStore(Path(f"{out}.partial"))
         stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
-                 "parts": {"configuration": _fingerprint({k: v for k, v in identity.items()
-                                                          if k != "fingerprints"}), **parts}}
-        # On the writer process only (clipdyn.distributed); a refusal reaches every process.
+                 "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
+                 "parts": parts}
+        # On the writer process only (clipdyn.distributed); a refusal reaches every process. The
+        # caller's entries are not the identity, but they name best what differs (the options).
         distributed.on_writer(check_overwrite, out, full_config["fingerprints"]["sweep"], overwrite,
-                              identity)
+                              {**extra, **identity})
         distributed.on_writer(store.open, stamp, overwrite)
 
     n_points = len(steps)
@@ -537,6 +551,13 @@ def run_sweep(
             done += 1
     except KeyboardInterrupt:
         raise SweepInterrupted(done, n_chunks, None if store is None else store.folder) from None
+    except jax.errors.JaxRuntimeError as err:
+        if jax.process_count() == 1:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        kept = "" if store is None else f" from the finished chunks in {store.folder}"
+        raise RuntimeError(f"{first} (a process of the sweep stopped; {done} of {n_chunks} chunk(s) "
+                           f"finished). Rerun the same command on every process to resume{kept}") from err
     finally:
         if bar is not None:
             bar.close()

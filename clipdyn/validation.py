@@ -329,11 +329,11 @@ def noise_law(value, name: str = "noise"):
 
 
 def data_problem(value, name: str = "data"):
-    """A dataset in eigen-coordinates (duck-typed :class:`clipdyn.data.DataProblem`: ``features``,
-    ``residuals``, ``e0``, ``fingerprint`` and ``problem``), or ``None``."""
+    """A dataset in eigen-coordinates (duck-typed :class:`clipdyn.data.DataProblem`: the engines
+    read ``features``, ``residuals`` and ``e0``), or ``None``."""
     if value is None:
         return value
-    return _duck_typed(value, ("features", "residuals", "e0", "fingerprint", "problem"),
+    return _duck_typed(value, ("features", "residuals", "e0"),
                        f"{name} must be a dataset as clipdyn.data.load_problem returns it (a "
                        "DataProblem), e.g. load_problem('sklearn:name=digits')")
 

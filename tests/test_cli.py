@@ -192,6 +192,6 @@ def test_sweep_writes_results(tmp_path, capsys):
 
     arrays, meta = load_results(out_path)
     assert arrays["risk"].shape == (3, 6, 3)
-    assert meta["config"]["noise"] == "gaussian:sigma=0.5" and meta["provenance"]["git_commit"]
+    assert meta["config"]["options"]["noise"] == "gaussian:sigma=0.5" and meta["provenance"]["git_commit"]
     code, _, err = run(capsys, "sweep", *SIM[:-2], "--seeds", "0", "--out", str(out_path))
     assert code == 2 and "--seeds=0" in err

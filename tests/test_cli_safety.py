@@ -280,3 +280,73 @@ def test_the_program_leaves_at_once_after_ctrl_c(monkeypatch):
         with pytest.raises(SystemExit) as exc:
             cli.run()
         assert exc.value.code == code and bool(calls) == via_os_exit
+
+
+def test_same_sweep_typed_differently_is_the_same_and_real_changes_are_named(tmp_path, capsys,
+                                                                                 interrupt_at):
+    # The identity is by content: "--eta 1.0" after "--eta 1" (and "sigma=0.50") reran as the same
+    # sweep, where it used to be refused as a different one, even mid-way through its chunks.
+    argv = [str(a) for a in _sweep_argv("power-law:d=300,alpha=0.3", tmp_path / "sw", "--json")]
+    interrupt_at(3)
+    assert run_interrupted(capsys, *argv)[0] == 130
+    interrupt_at(None)
+    retyped = [a.replace("sigma=0.5", "sigma=0.50") for a in argv]
+    retyped[retyped.index("--eta") + 1] = "1.0"
+    code, out, err = run(capsys, *retyped)
+    assert code == 0, err
+    arrays, meta = results.load_results(tmp_path / "sw.npz")
+    assert meta["config"]["options"]["eta"] == "1.0"  # the options as typed this time
+    code, _, err = run(capsys, *argv)  # the finished file: the same sweep too
+    assert code == 0, err
+    # A real change mid-way through the chunks is named with both values (the partial folder
+    # used to say only "configuration").
+    interrupt_at(3)
+    changed = [a if a != "1" or argv[i - 1] != "--T" else "2" for i, a in enumerate(argv)]
+    out2 = str(tmp_path / "sw2")
+    for lst in (argv, changed):
+        lst[lst.index("--out") + 1] = out2
+    assert run_interrupted(capsys, *argv)[0] == 130
+    interrupt_at(None)
+    code, _, err = run(capsys, *changed)
+    one_line_error(code, err, "sw2.npz.partial", "T (1.0 there, 2.0 here)", "--overwrite")
+
+
+def test_data_sweep_records_the_datasets_risk_not_the_option_text(tmp_path, capsys):
+    # The command line's option texts used to overwrite the sweep's own entries: R0 "1" for
+    # every --data sweep, and "batch" as the option text instead of one value per configuration.
+    code, _, err = run(capsys, "sweep", "--data", "sklearn:name=wine", "--eta", "0.5", "--clip", "1",
+                       "--T", "0.5", "--points", "2", "--seeds", "1", "--batch", "1,2", "--json",
+                       "--out", tmp_path / "wine")
+    assert code == 0, err
+    from clipdyn.data import load_problem
+
+    meta = results.load_results(tmp_path / "wine")[1]
+    assert meta["config"]["R0"] == pytest.approx(load_problem("sklearn:name=wine").R0, rel=1e-12)
+    assert meta["config"]["batch"] == [1, 2] and meta["config"]["options"]["batch"] == "1,2"
+
+
+def test_run_sweep_refuses_config_entries_it_records_itself():
+    from clipdyn import Gaussian
+    from clipdyn.problem import make_problem
+    from clipdyn.schedules import constant
+
+    with pytest.raises(ValueError, match=r"config entries \['R0', 'T'\] are not allowed"):
+        sw.run_sweep(make_problem(power_law_spectrum(50, 0.3), Gaussian(0.5)),
+                     sw.stack_schedules([constant(1.0, 1.0)]), [0], 1.0, 2, progress=False,
+                     config={"R0": 1, "T": "x", "note": "fine"})
+
+
+def test_a_sweep_whose_results_cannot_fit_is_refused_before_building_it(capsys, monkeypatch):
+    # 1e6 configurations: refused from the counts alone (it took 40 s of building them before).
+    from clipdyn import validation
+
+    monkeypatch.setattr(validation, "available_memory", lambda: 10 * 2**30)
+    built = []
+    from clipdyn import schedules
+
+    monkeypatch.setattr(schedules, "constant", lambda *a: built.append(a))
+    code, _, err = run(capsys, "sweep", *PROBLEM, "--eta", "0.1:2:1000", "--clip", "0:1:1000",
+                       "--seeds", "100", "--T", "4", "--out", "never.npz")
+    one_line_error(code, err, "this sweep (100 seed(s) x 1,000,000 configuration(s) x 101 output times; "
+                   "its results alone) needs about 2", "10 GB available")
+    assert built == []

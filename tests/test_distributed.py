@@ -200,6 +200,33 @@ def test_two_processes_equal_one_and_resume_after_either_is_killed(tmp_path):
     print(f"\n2-process test: {elapsed:.1f} s wall for 1 + 3 x 2 processes")
 
 
+def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path):
+    # Each process computes its share from its own options and the writer saves every share
+    # under its own: different --T (or --clip) saved T=30 numbers labelled T=3, and different
+    # --seeds left both processes waiting on each other. Now every process stops with exit 2.
+    for _ in range(3):
+        port = _free_port()
+        logs = tmp_path / f"mix-{port}"
+        logs.mkdir()
+        cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                   "--heartbeat-timeout", str(HEARTBEAT), "--shutdown-timeout", str(SHUTDOWN),
+                   "--init-timeout", "60"]
+        at = SWEEP.index("--T") + 1
+        cmds = [[sys.executable, "-m", "clipdyn.cli", "sweep", *SWEEP[:at], T, *SWEEP[at + 1:],
+                 "--out", str(tmp_path / "mix.npz"), *cluster, "--process-id", str(i)]
+                for i, T in enumerate(["1", "2"])]
+        res = _launch(cmds, _env(2), logs, wait_for_all=True)
+        if res["codes"][0] != 0 and "Failed to add port" in res["err"][0]:
+            continue
+        break
+    detail = "\n".join(e[-3000:] for e in res["err"])
+    assert not res["timed_out"] and res["codes"] == [2, 2], detail
+    for err in res["err"]:
+        assert "clipdyn: error: the processes were not given the same sweep: process(es) [1] differ" in err
+    assert "differs in: T (1.0 on process 0, 2.0 here)" in res["err"][1], res["err"][1][-2000:]
+    assert not (tmp_path / "mix.npz").exists() and not (tmp_path / "mix.npz.partial").exists()
+
+
 # --- The command line checks its multi-process options before joining anything. -----------
 
 BASE = ["sweep", "--spectrum", "identity:d=8", "--noise", "gaussian:sigma=1", "--eta", "1",

@@ -156,9 +156,12 @@ def _n_clips(args) -> int:
     return len(parse_clip_list(args.clip, "--clip"))
 
 
-def _sweep_rules(args):
-    """Every clipping rule x batch size x DP noise x pre-clip noise the options list."""
+def _sweep_rules(args, points: int):
+    """Every clipping rule x batch size x DP noise x pre-clip noise the options list (after
+    checking that the whole sweep's results fit in memory, before any configuration is built)."""
+    from clipdyn import validation
     from clipdyn.specs import MAX_LIST, parse_rule, split_items
+    from clipdyn.sweep import memory_estimate
 
     batches = integer_list(args.batch, "--batch")
     specs = split_items(args.clip_rule, "--clip-rule")
@@ -175,6 +178,12 @@ def _sweep_rules(args):
         shown = " x ".join(f"{n} {k}" for k, n in sizes.items() if n > 1)
         raise ValueError(f"this sweep has {n_cfg:,} configurations ({shown}); at most {MAX_LIST:,} "
                          "are allowed in one sweep: split it into several --out files")
+    # The results alone (seeds x configurations x output times) are known now; building a
+    # million configurations first took 40 s before the same refusal.
+    n_seeds = len(_seeds(args))
+    need = memory_estimate(1, n_seeds, n_cfg, points, 1, 4)["results"]
+    validation.check_memory(need, f"this sweep ({n_seeds} seed(s) x {n_cfg:,} configuration(s) x "
+                                  f"{points} output times; its results alone)")
     out = []
     for spec in specs:
         for b in batches.tolist():
@@ -207,7 +216,7 @@ def _sweep(args) -> None:
     npz, sidecar = results_paths(output_path(args.out, "--out"))
     problem, data, T, points = problem_from_args(args)
     _check_horizon(problem, T, points)
-    rule_recs = _sweep_rules(args)
+    rule_recs = _sweep_rules(args, points)
     feedback = args.clip.strip().lower() == "max-ccc" or args.clip.strip().lower().startswith("heuristic")
     if feedback and len({static_signature(r) for r, _ in rule_recs}) > 1:
         raise ValueError("a max-ccc or heuristic sweep takes one --clip-rule and one --batch at a "
@@ -220,11 +229,12 @@ def _sweep(args) -> None:
             all_rules.append(rule)
             all_records.append({**rec, **rrec})
     chunk = None if args.chunk_size is None else parse_int(args.chunk_size, "--chunk-size", 1)
-    config = {"spectrum": args.spectrum, "noise": args.noise, "data": args.data,
-              "features": args.features, "eta": args.eta, "clip": args.clip,
-              "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,
-              "preclip_noise": args.preclip_noise,
-              "R0": r0_text(args),  # the default's text, as before: same fingerprints
+    # The options as typed: a description (run_sweep's own entries hold the values it computed
+    # with, and its identity is by content, so "--eta 1.0" reruns "--eta 1").
+    config = {"options": {"spectrum": args.spectrum, "noise": args.noise, "data": args.data,
+                          "features": args.features, "eta": args.eta, "clip": args.clip,
+                          "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,
+                          "preclip_noise": args.preclip_noise, "R0": r0_text(args)},
               "configs": all_records}
     res = run_sweep(problem, stack_schedules(all_scheds), _seeds(args), T, points, method=args.method,
                     precision=args.precision, chunk_size=chunk, out=args.out, config=config,
@@ -240,7 +250,8 @@ def _sweep(args) -> None:
     out = {"out": str(npz), "sidecar": str(sidecar), "configs": summary}
 
     def table():
-        keys = ["eta", "clip", "rule", "batch", "final_risk_mean", "final_risk_stderr", "n_diverged"]
+        keys = ["eta", "clip", "rule", "batch", "final_risk_mean", "final_risk_stderr", "n_diverged",
+                "first_divergence"]
         rows = [[r[k] if not isinstance(r[k], float) or math.isfinite(r[k]) else (
             "inf" if r[k] == math.inf else None) for k in keys] for r in summary]
         return format_table(keys, rows) + f"\n# results: {npz} (configuration: {sidecar})"
