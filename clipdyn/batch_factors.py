@@ -318,6 +318,14 @@ def _cos_functionals(rep, s2, n, split, A, terms):
 def _mixture_functionals(noise: NoiseLaw, R: Array, A: Array, n: int,
                          terms: int) -> GroupFunctionals:
     rep = noise.gaussian_mixture()
+    if jnp.result_type(R, A, rep.variances) != jnp.float64:
+        # Traced by a caller in float32 (the public functions run in float64): Talbot's formula
+        # amplifies rounding by about 1.5e4, so float32 gave NaN for half of a (R, c) grid and
+        # errors up to 19 % elsewhere. Refused while tracing, where the caller can act on it.
+        raise ValueError(
+            f"group clipping (n = {n}) under {type(noise).__name__} noise needs float64: its "
+            "Laplace inversion is not accurate in float32 (NaN or errors up to 19 %); call it "
+            "outside your own jit/vmap/grad, or trace in float64 (with jax.enable_x64(True))")
     s2 = 2.0 * R + rep.variances
     if rep.means is None:
         split = None

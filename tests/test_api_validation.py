@@ -402,6 +402,23 @@ def test_jax_still_batches_and_rebuilds_laws():
     assert jax.tree.map(lambda _: None, cd.StudentT(3.0, 1.0)).df is None
 
 
+def test_group_rule_factors_traced_in_float32_are_refused(x64_off):
+    # Inside a caller's float32 trace the Laplace inversion gave NaN mu at half of a grid (and
+    # nu off by up to 19 %). Refused while tracing; Gaussian noise (closed forms) still runs, and
+    # the same call outside the trace runs in float64.
+    from clipdyn import rules
+
+    rule = rules.batch_mean(4)
+    traced = jax.jit(lambda R, c: cd.reduction_factors(cd.StudentT(2.5, 1.0), R, c, rule))
+    with pytest.raises(ValueError, match=r"group clipping \(n = 4\) under StudentT noise needs float64"):
+        traced(jnp.float32(0.01), jnp.float32(0.1))
+    f = cd.reduction_factors(cd.StudentT(2.5, 1.0), 0.01, 0.1, rule)
+    assert f.mu.dtype == jnp.float64 and np.isfinite(float(f.mu))
+    g = jax.jit(lambda R, c: cd.reduction_factors(cd.Gaussian(1.0), R, c, rule))(jnp.float32(0.01),
+                                                                                jnp.float32(0.1))
+    assert g.mu.dtype == jnp.float32 and np.isfinite(float(g.mu))
+
+
 def test_smoothness_trace_runs_in_float64_in_32_bit_mode(x64_off):
     # make_problem's arrays are float64; without its own float64 context the trace's scan mixed
     # them with float32 in JAX's default mode (a carry TypeError).

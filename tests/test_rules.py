@@ -210,6 +210,19 @@ def test_per_sample_factors_reduce_to_paper_factors():
         assert float(cd.max_stable_lr(law, 0.3, math.inf, rules.per_sample(8))) == pytest.approx(16.0)
 
 
+@pytest.mark.parametrize("law", [cd.Gaussian(1.0), cd.StudentT(2.5, 1.0)], ids=["gaussian", "t2.5"])
+def test_ccc_at_zero_threshold_with_a_rule_is_the_limit(law):
+    # float64. c = 0 is a 0/0 limit, evaluated just above 0. The per-sample rule's CCC does not
+    # depend on B, so at c = 0 it is the single-sample limit (exact there); it was 5e-8 off when
+    # evaluated at 1e-7 threshold units. 1e-11 allows the 5e-13 measured at 1e-12 units.
+    with jax.enable_x64(True):
+        exact = float(cd.reduction_factors(law, 0.5, 0.0).ccc)
+        got = float(cd.reduction_factors(law, 0.5, 0.0, rules.per_sample(4)).ccc)
+    assert got == pytest.approx(exact, rel=1e-11)
+    if isinstance(law, cd.Gaussian):
+        assert exact == pytest.approx(2 / math.pi, rel=1e-15)
+
+
 def test_factor_table_interpolates_to_stated_accuracy():
     # float64. The table (8 points per decade, cubic Hermite with autodiff slopes) against the exact
     # factors between grid points, for the batch rule under Gaussian noise (closed form, so the
