@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import ipaddress
@@ -306,9 +307,10 @@ def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
     (an edited launch script) or reading different files (an ``npz:`` or ``file:`` path whose
     contents differ between hosts) would save one sweep's labels over another's numbers, and
     a different number of seeds leaves them waiting on each other for ever. So before the
-    first collective of the computation, every process compares ``entries`` (its configuration
-    and content fingerprints) and its number of local devices (the global mesh needs the same
-    number on each) with the writer's, and all learn whether any differs.
+    first collective of the computation, every process checks that all processes have the same
+    number of local devices (the global mesh needs it; read from the global device list) and
+    compares ``entries`` (its configuration and content fingerprints) with the writer's, and all
+    learn whether any differs.
 
     Args:
         entries: what must agree, by name (JSON-serialisable values).
@@ -322,8 +324,14 @@ def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
         return
     from jax.experimental import multihost_utils
 
+    # Every process sees the global device list, so this needs no exchange (the exchange itself
+    # fails on unequal counts, with "cannot reshape array of size 3 into shape (2,1)").
+    counts = collections.Counter(d.process_index for d in jax.devices())
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"process {i}: {n}" for i, n in sorted(counts.items()))
+        raise ValueError(f"the processes have different numbers of local devices ({shown}); a {what} "
+                         "shards over them evenly, so give every process the same number")
     mine = {k: _entry_text(v) for k, v in entries.items()}
-    mine["local devices"] = str(jax.local_device_count())
     writer = json.loads(broadcast_bytes(json.dumps(mine, sort_keys=True).encode()).decode())
     differs = [f"{k} ({writer.get(k)} on process 0, {v} here)" for k, v in mine.items()
                if writer.get(k) != v]

@@ -68,7 +68,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _launch(cmds: list[list[str]], env: dict, logs: Path, wait_for_all: bool) -> dict:
+def _launch(cmds: list[list[str]], env: dict | list[dict], logs: Path, wait_for_all: bool) -> dict:
     """Start every command in its own session, poll them, and always clean up.
 
     Returns the exit codes, the time each exit was seen (seconds after the start), whether the
@@ -85,7 +85,8 @@ def _launch(cmds: list[list[str]], env: dict, logs: Path, wait_for_all: bool) ->
         for i, cmd in enumerate(cmds):
             out, err = open(logs / f"out{i}", "wb"), open(logs / f"err{i}", "wb")
             files += [out, err]
-            procs.append(subprocess.Popen(cmd, env=env, cwd=logs, stdout=out, stderr=err,
+            procs.append(subprocess.Popen(cmd, env=env[i] if isinstance(env, list) else env, cwd=logs,
+                                          stdout=out, stderr=err,
                                           stdin=subprocess.DEVNULL, start_new_session=True))
         while True:
             for i, p in enumerate(procs):
@@ -200,10 +201,14 @@ def test_two_processes_equal_one_and_resume_after_either_is_killed(tmp_path):
     print(f"\n2-process test: {elapsed:.1f} s wall for 1 + 3 x 2 processes")
 
 
-def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path):
+@pytest.mark.parametrize("differ", ["T", "devices"])
+def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path, differ):
     # Each process computes its share from its own options and the writer saves every share
     # under its own: different --T (or --clip) saved T=30 numbers labelled T=3, and different
-    # --seeds left both processes waiting on each other. Now every process stops with exit 2.
+    # --seeds left both processes waiting on each other; different local device counts failed
+    # with "cannot reshape array of size 3 into shape (2,1)". Now every process stops with exit 2.
+    Ts = ["1", "2"] if differ == "T" else ["1", "1"]
+    envs = [_env(2), _env(2)] if differ == "T" else [_env(1), _env(2)]
     for _ in range(3):
         port = _free_port()
         logs = tmp_path / f"mix-{port}"
@@ -214,16 +219,21 @@ def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path):
         at = SWEEP.index("--T") + 1
         cmds = [[sys.executable, "-m", "clipdyn.cli", "sweep", *SWEEP[:at], T, *SWEEP[at + 1:],
                  "--out", str(tmp_path / "mix.npz"), *cluster, "--process-id", str(i)]
-                for i, T in enumerate(["1", "2"])]
-        res = _launch(cmds, _env(2), logs, wait_for_all=True)
+                for i, T in enumerate(Ts)]
+        res = _launch(cmds, envs, logs, wait_for_all=True)
         if res["codes"][0] != 0 and "Failed to add port" in res["err"][0]:
             continue
         break
     detail = "\n".join(e[-3000:] for e in res["err"])
     assert not res["timed_out"] and res["codes"] == [2, 2], detail
-    for err in res["err"]:
-        assert "clipdyn: error: the processes were not given the same sweep: process(es) [1] differ" in err
-    assert "differs in: T (1.0 on process 0, 2.0 here)" in res["err"][1], res["err"][1][-2000:]
+    if differ == "T":
+        for err in res["err"]:
+            assert "clipdyn: error: the processes were not given the same sweep: process(es) [1] differ" in err
+        assert "differs in: T (1.0 on process 0, 2.0 here)" in res["err"][1], res["err"][1][-2000:]
+    else:
+        for err in res["err"]:
+            assert ("clipdyn: error: the processes have different numbers of local devices (process 0: "
+                    "1, process 1: 2)") in err, err[-2000:]
     assert not (tmp_path / "mix.npz").exists() and not (tmp_path / "mix.npz.partial").exists()
 
 
