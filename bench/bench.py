@@ -32,11 +32,11 @@ import numpy as np
 
 import clipdyn as cd
 from clipdyn import sim as sm
-from clipdyn.rules import clip_scale, default_rule, per_sample, stack_rules
-from clipdyn.ode import solve_ode
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.schedules import Constant, constant
-from clipdyn.sweep import run_sweep, seed_keys, stack_schedules
+from clipdyn.theory.rules import clip_scale, default_rule, per_sample, stack_rules
+from clipdyn.theory.ode import solve_ode
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant, constant
+from clipdyn.runs.sweep import run_sweep, seed_keys, stack_schedules
 
 ROOT = Path(__file__).resolve().parents[1]
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -225,7 +225,7 @@ def feedback_cost(d, n_eta, T):
     """A Student-t max-CCC sweep against the same sweep at constant thresholds (``n_eta``
     learning rates, one seed, ``T`` in ODE time), wall-clock after compilation; the schedule's
     one-off table build is timed on its own."""
-    from clipdyn import schedules
+    from clipdyn.theory import schedules
 
     law = cd.StudentT(3.0, 1.0)
     problem = make_problem(power_law_spectrum(d, 0.3), law)

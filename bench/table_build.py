@@ -10,7 +10,7 @@ commits by running this file alternately from a checkout of each.
 import time
 
 import clipdyn as cd
-from clipdyn.schedules import max_ccc
+from clipdyn.theory.schedules import max_ccc
 
 if __name__ == "__main__":
     t0 = time.perf_counter()

@@ -12,8 +12,9 @@ and messages as the command line (:mod:`clipdyn.validation`).
 
 __version__ = "0.1.0"
 
-from clipdyn import factors, noise, precision, validation
-from clipdyn.factors import (
+from clipdyn import precision, validation
+from clipdyn.theory import factors, noise
+from clipdyn.theory.factors import (
     Factors,
     ccc,
     csc,
@@ -24,4 +25,4 @@ from clipdyn.factors import (
     optimal_threshold,
     reduction_factors,
 )
-from clipdyn.noise import Empirical, Gaussian, GaussianMixture, Rademacher, StudentT, cauchy
+from clipdyn.theory.noise import Empirical, Gaussian, GaussianMixture, Rademacher, StudentT, cauchy

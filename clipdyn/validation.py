@@ -300,7 +300,7 @@ def seeds(value, name: str = "seeds") -> np.ndarray:
 
 
 def schedule(value, name: str = "schedule"):
-    """A clipdyn schedule: a callable ``(t, R) -> (eta, c)`` (see :mod:`clipdyn.schedules`)."""
+    """A clipdyn schedule: a callable ``(t, R) -> (eta, c)`` (see :mod:`clipdyn.theory.schedules`)."""
     if not callable(value) or isinstance(value, type):
         raise ValueError(
             f"{name} must be a clipdyn schedule (callable (t, R) -> (eta, c)); got {type(value).__name__}"
@@ -325,7 +325,7 @@ def noise_law(value, name: str = "noise"):
     The attributes are looked up without evaluating them: ``second_moment`` is a property that
     computes (and compiled a small program at every CLI start-up, only to be checked for)."""
     return _duck_typed(value, ("gaussian_mixture", "second_moment", "sample"),
-                       f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.noise)")
+                       f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.theory.noise)")
 
 
 def data_problem(value, name: str = "data"):
@@ -351,14 +351,14 @@ def _duck_typed(value, attrs: tuple[str, ...], must: str):
     return value
 
 
-_RULE_MAKERS = "per_sample, batch_mean, micro_batch or index_thresholds from clipdyn.rules"
+_RULE_MAKERS = "per_sample, batch_mean, micro_batch or index_thresholds from clipdyn.theory.rules"
 
 
 def clip_rule(value, name: str = "rule"):
     """``None`` (one sample per step, the paper's C-SGD) or a clipdyn clipping rule.
 
     Duck-typed like :func:`noise_law` (``coefficients``, ``ode_factors``, ``batch``): this module
-    sits below :mod:`clipdyn.rules`. A rule's name as a string is refused with the makers' names.
+    sits below :mod:`clipdyn.theory.rules`. A rule's name as a string is refused with the makers' names.
     """
     if value is None:
         return value
@@ -460,7 +460,7 @@ def bytes_text(n: float) -> str:
     return f"{n:.3g} PB"  # pragma: no cover
 
 
-_bytes = bytes_text  # the name clipdyn.sweep used first
+_bytes = bytes_text  # the name clipdyn.runs.sweep used first
 
 
 def check_memory(n_bytes: float, what: str) -> None:

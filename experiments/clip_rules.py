@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
-from clipdyn import rules, tuning
-from clipdyn.results import save_results
-from clipdyn.schedules import Constant
-from clipdyn.sweep import run_sweep
+from clipdyn.theory import rules, tuning
+from clipdyn.runs.results import save_results
+from clipdyn.theory.schedules import Constant
+from clipdyn.runs.sweep import run_sweep
 
 import common
 
@@ -40,7 +40,7 @@ def make_rules(size):
 
 def ode_rules(rule, law, c, n_eta):
     """The rule for every (threshold, learning rate) of the ODE grid. Under non-Gaussian noise
-    each threshold gets a table of the rule's factors (clipdyn.rules.tabulate, about 3e-5
+    each threshold gets a table of the rule's factors (clipdyn.theory.rules.tabulate, about 3e-5
     relative at 6 points per decade): exactly, the group rules need a Laplace inversion and the
     per-sample and index rules a 2048-node mixture (per threshold of the batch) at every stage
     of every step, which made this study take 14 minutes instead of 5 (measured)."""

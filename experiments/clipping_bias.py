@@ -17,7 +17,7 @@ import math
 import jax
 import numpy as np
 
-from clipdyn.results import save_results
+from clipdyn.runs.results import save_results
 from clipdyn.sources import finite_sum as fs
 
 import common

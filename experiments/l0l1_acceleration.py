@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipdyn.problem import power_law_spectrum
-from clipdyn.results import save_results
+from clipdyn.theory.problem import power_law_spectrum
+from clipdyn.runs.results import save_results
 from clipdyn.sources import smoothness as sm
 
 import common

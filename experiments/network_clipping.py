@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipdyn.results import save_results
+from clipdyn.runs.results import save_results
 from clipdyn.sources import networks as nw
 
 import common

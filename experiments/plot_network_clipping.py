@@ -8,7 +8,7 @@ from common import plot_main  # first: it selects the Agg backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import seed_statistics  # noqa: E402
+from clipdyn.runs.results import seed_statistics  # noqa: E402
 
 STYLE = {"none": ("k", "-"), "batch": ("C0", "-"), "per-sample": ("C3", "-"), "index": ("C1", "--"),
          "micro-clip": ("C2", "-"), "accum-clip": ("C4", ":")}

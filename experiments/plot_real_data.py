@@ -16,7 +16,7 @@ from common import plot_main  # first: it selects the Agg backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipdyn.results import seed_statistics  # noqa: E402
+from clipdyn.runs.results import seed_statistics  # noqa: E402
 
 
 def spread(runs):

@@ -28,7 +28,7 @@ import optax
 import optax.tree_utils as otu
 
 import clipdyn as cd
-from clipdyn.results import save_results
+from clipdyn.runs.results import save_results
 from clipdyn.sources import networks as nw
 from clipdyn.sources import smoothness as sm
 

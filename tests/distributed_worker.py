@@ -6,7 +6,7 @@ Usage::
 
 Runs ``clipdyn sweep SWEEP OPTIONS`` (the command line, multi-process options included) and
 saves to ``REPORT.npz`` what ``run_sweep`` returned in *this* process and how many times it
-gathered computed results (:func:`clipdyn.distributed.to_host`; chunks loaded from a checkpoint
+gathered computed results (:func:`clipdyn.runs.distributed.to_host`; chunks loaded from a checkpoint
 are not gathered). With ``DIE_AT = K > 0`` the process kills itself with SIGKILL when it is about
 to make its ``K``-th gather, as a crashed host would: no Python cleanup, no goodbye to the other
 processes.
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit("usage: distributed_worker.py REPORT.npz DIE_AT -- SWEEP OPTIONS...")
     die_at = int(die_at)
 
-    from clipdyn import distributed, sweep
+    from clipdyn.runs import distributed, sweep
     from clipdyn.cli import main as cli_main
 
     gathers = {"n": 0}

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import factors, validation
-from clipdyn.ode import solve_ode
-from clipdyn.problem import identity_spectrum, make_problem, power_law_spectrum
-from clipdyn.schedules import PiecewiseConstant, TimeVarying, constant, heuristic, max_ccc
-from clipdyn.sweep import stack_schedules
-from clipdyn.tuning import bisect_max_lr, optimize_lr_schedule
+from clipdyn import validation
+from clipdyn.theory import factors
+from clipdyn.theory.ode import solve_ode
+from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
+from clipdyn.theory.schedules import PiecewiseConstant, TimeVarying, constant, heuristic, max_ccc
+from clipdyn.runs.sweep import stack_schedules
+from clipdyn.theory.tuning import bisect_max_lr, optimize_lr_schedule
 
 
 # --- item 11: zero scale is the noiseless law, for every law ---------------------------------
@@ -71,7 +72,7 @@ def test_zero_scale_cauchy_never_gains_from_clipping():
 def test_noiseless_factors_match_the_closed_form():
     # Gaussian(0) at R = 0.5: w ~ N(0, 1), so mu = erf(c / sqrt 2) and nu_abs is THEORY.md
     # section 3's closed form with s2 = 1 (independent reference: math.erf, float64).
-    from clipdyn.specs import parse_noise
+    from clipdyn.cli.specs import parse_noise
 
     c = z = math.sqrt(2.0)
     mu = math.erf(z / math.sqrt(2))
@@ -200,7 +201,7 @@ def test_a_rules_name_is_refused_where_a_rule_is_expected(call):
 @pytest.mark.parametrize("rules, text", [("batch", "got str 'batch'"), (5, "got int 5"),
                                          ([None, "batch"], r"got 2 item\(s\) of type\(s\) \['NoneType', 'str'\]")])
 def test_simulations_refuse_rules_that_are_not_rules(rules, text):
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.runs.sweep import simulate_runs
 
     with pytest.raises(ValueError, match=r"rules must be None, one clipdyn clipping rule .*; " + text):
         simulate_runs(make_problem(np.ones(4), LAW), constant(1.0, 0.5), [0], 1.0, 3, rules=rules)
@@ -384,7 +385,7 @@ def test_entry_points_compute_in_float64_and_restore_32_bit_mode(x64_off):
 def test_schedule_optimiser_runs_in_float64_in_32_bit_mode(x64_off):
     # optimize_lr_schedule is an entry point like the others: float64 inside whatever the
     # caller's mode (its decorator once moved onto a helper and the optimiser ran in float32).
-    from clipdyn.tuning import optimize_lr_schedule
+    from clipdyn.theory.tuning import optimize_lr_schedule
 
     res = optimize_lr_schedule(make_problem(power_law_spectrum(10, 0.3), LAW), 1.0, pieces=2, steps=1)
     assert jnp.asarray(res.schedule.etas).dtype == jnp.float64
@@ -406,7 +407,7 @@ def test_group_rule_factors_traced_in_float32_are_refused(x64_off):
     # Inside a caller's float32 trace the Laplace inversion gave NaN mu at half of a grid (and
     # nu off by up to 19 %). Refused while tracing; Gaussian noise (closed forms) still runs, and
     # the same call outside the trace runs in float64.
-    from clipdyn import rules
+    from clipdyn.theory import rules
 
     rule = rules.batch_mean(4)
     traced = jax.jit(lambda R, c: cd.reduction_factors(cd.StudentT(2.5, 1.0), R, c, rule))
@@ -485,9 +486,9 @@ def test_import_leaves_x64_off_and_float64_results_in_a_fresh_process():
         import math
         import jax, clipdyn as cd
         print(jax.config.jax_enable_x64)
-        from clipdyn.problem import make_problem, power_law_spectrum
-        from clipdyn.schedules import constant
-        from clipdyn.ode import solve_ode
+        from clipdyn.theory.problem import make_problem, power_law_spectrum
+        from clipdyn.theory.schedules import constant
+        from clipdyn.theory.ode import solve_ode
         f = cd.reduction_factors(cd.Gaussian(1.0), 0.5, math.sqrt(2.0))
         print(f.mu.dtype, float(f.mu), float(f.nu_abs), float(f.ccc), float(f.csc))
         p = make_problem(power_law_spectrum(1000, 0.3), cd.Gaussian(0.5), R0=1.0)
@@ -511,7 +512,7 @@ def test_import_leaves_x64_off_and_float64_results_in_a_fresh_process():
 
 @pytest.mark.parametrize("rule", ["batch", None])
 def test_tabulate_needs_a_rule(rule):
-    from clipdyn import rules
+    from clipdyn.theory import rules
 
     with pytest.raises(ValueError, match="tabulate: rule must be a clipdyn clipping rule .*; got "
                                          + ("str 'batch'" if rule else "NoneType")):
@@ -534,7 +535,7 @@ def test_shapes_and_batches_are_named_in_the_message(call, text):
 
 
 def test_simulate_runs_names_a_schedule_that_is_not_one():
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.runs.sweep import simulate_runs
 
     with pytest.raises(ValueError, match=r"schedule must be a clipdyn schedule .*; got float"):
         simulate_runs(make_problem(np.ones(4), LAW), 0.5, [0], 1.0, 3)
@@ -542,7 +543,7 @@ def test_simulate_runs_names_a_schedule_that_is_not_one():
 
 def test_simulate_runs_names_data_that_is_not_a_dataset():
     # A SPEC string where the loaded dataset belongs raised an AttributeError deep inside.
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.runs.sweep import simulate_runs
 
     with pytest.raises(ValueError, match=r"data must be a dataset as clipdyn.data.load_problem returns "
                                          r"it .*; got str 'digits'"):
@@ -552,8 +553,8 @@ def test_simulate_runs_names_data_that_is_not_a_dataset():
 def test_simulations_refuse_a_time_varying_schedule_by_name():
     # Its functions are static, so a sweep has nothing to batch over: a clear refusal naming the
     # schedules that work, not an IndexError from an empty list of leaves.
-    from clipdyn.schedules import TimeVarying
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.theory.schedules import TimeVarying
+    from clipdyn.runs.sweep import simulate_runs
 
     with pytest.raises(ValueError, match=r"schedules of kind TimeVarying have no array parameters.*PiecewiseConstant"):
         simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)

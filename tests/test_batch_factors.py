@@ -1,5 +1,5 @@
 """Group factors (batch and micro-batch clipping) and pre-clip factors against independent
-references (clipdyn.batch_factors; theory/clip_rules.md, eqs. (5), (6), (9), (13)-(19)).
+references (clipdyn.theory.batch_factors; theory/clip_rules.md, eqs. (5), (6), (9), (13)-(19)).
 
 Precision: every test runs under ``jax.enable_x64(True)``; the Talbot formula amplifies rounding
 by ``e^(2N/5) = 1.5e4``, so only float64 reaches the tolerances below.
@@ -34,8 +34,8 @@ import pytest
 from scipy import integrate, special, stats
 
 import clipdyn as cd
-from clipdyn import batch_factors as bf
-from clipdyn import factors
+from clipdyn.theory import batch_factors as bf
+from clipdyn.theory import factors
 
 REL = 1e-8
 EMPIRICAL = [0.3, -1.2, 2.5, 0.0, 0.3]
@@ -547,7 +547,7 @@ def test_group_rule_optimal_threshold_is_ccc_argmax_one_risk_at_a_time():
     # table of 321 risks asked for 175 GB). Same answer as one risk per call (to rounding: the
     # two programs differ in shape), and a maximum:
     # CCC at c* beats c* e^{+-0.01} (CCC is smooth, flat at its maximum to ~1e-5 there).
-    from clipdyn import rules
+    from clipdyn.theory import rules
 
     law, rule = cd.StudentT(3.0, 1.0), rules.batch_mean(4)
     Rs = np.array([0.05, 2.0])

@@ -16,7 +16,7 @@ import pytest
 from scipy import integrate, stats
 
 import clipdyn as cd
-from clipdyn import batch_factors
+from clipdyn.theory import batch_factors
 
 N = 400_000
 

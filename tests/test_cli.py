@@ -188,7 +188,7 @@ def test_sweep_writes_results(tmp_path, capsys):
     summary = json.loads(out)["configs"]
     assert [(c["eta"], c["clip"]) for c in summary] == [(0.5, 0.1), (1.0, 0.1), (0.5, 0.55),
                                                          (1.0, 0.55), (0.5, 1.0), (1.0, 1.0)]
-    from clipdyn.results import load_results
+    from clipdyn.runs.results import load_results
 
     arrays, meta = load_results(out_path)
     assert arrays["risk"].shape == (3, 6, 3)

@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pytest
 
-from clipdyn import results
-from clipdyn import sweep as sw
+from clipdyn.runs import results
+from clipdyn.runs import sweep as sw
 from clipdyn.cli import main
-from clipdyn.problem import power_law_spectrum
+from clipdyn.theory.problem import power_law_spectrum
 
 PROBLEM = ["--spectrum", "power-law:d=300,alpha=0.3", "--noise", "gaussian:sigma=0.5"]
 SIM = [*PROBLEM, "--eta", "1", "--clip", "0.5", "--T", "1", "--points", "3", "--seeds", "2"]
@@ -327,8 +327,8 @@ def test_data_sweep_records_the_datasets_risk_not_the_option_text(tmp_path, caps
 
 def test_run_sweep_refuses_config_entries_it_records_itself():
     from clipdyn import Gaussian
-    from clipdyn.problem import make_problem
-    from clipdyn.schedules import constant
+    from clipdyn.theory.problem import make_problem
+    from clipdyn.theory.schedules import constant
 
     with pytest.raises(ValueError, match=r"config entries \['R0', 'T'\] are not allowed"):
         sw.run_sweep(make_problem(power_law_spectrum(50, 0.3), Gaussian(0.5)),
@@ -342,7 +342,7 @@ def test_a_sweep_whose_results_cannot_fit_is_refused_before_building_it(capsys, 
 
     monkeypatch.setattr(validation, "available_memory", lambda: 10 * 2**30)
     built = []
-    from clipdyn import schedules
+    from clipdyn.theory import schedules
 
     monkeypatch.setattr(schedules, "constant", lambda *a: built.append(a))
     code, _, err = run(capsys, "sweep", *PROBLEM, "--eta", "0.1:2:1000", "--clip", "0:1:1000",

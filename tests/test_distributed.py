@@ -1,4 +1,4 @@
-"""Multi-process sweeps (``clipdyn.distributed``, ``clipdyn sweep --coordinator ...``).
+"""Multi-process sweeps (``clipdyn.runs.distributed``, ``clipdyn sweep --coordinator ...``).
 
 The main test runs real ``jax.distributed`` processes on the loopback address: a sweep is run
 by 1 process with 4 forced CPU devices (the reference), then by 2 processes with 2 devices each,
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdyn import distributed
+from clipdyn.runs import distributed
 from clipdyn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

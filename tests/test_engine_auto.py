@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import results, rules
-from clipdyn import sweep as sw
+from clipdyn.runs import results
+from clipdyn.theory import rules
+from clipdyn.runs import sweep as sw
 from clipdyn.cli import main
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.schedules import Constant
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant
 from clipdyn.sim.runner import AUTO_MIN_CONFIGS, choose_engine
 
 # Gaussian noise: which engine runs does not depend on the law, and a Student-t sampler roughly

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clipdyn.results import load_results
+from clipdyn.runs.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clipping_helps",

@@ -15,7 +15,7 @@ import pytest
 from scipy import integrate, special, stats
 
 import clipdyn as cd
-from clipdyn import factors
+from clipdyn.theory import factors
 
 import reference as ref
 

@@ -2,7 +2,7 @@
 tables against the exact factors, between every pair of grid points.
 
 Precision: float64 (the schedules are called under the library's x64 context, and the exact
-reference is ``clipdyn.factors.mu`` in float64). The bound tested is the interpolation error,
+reference is ``clipdyn.theory.factors.mu`` in float64). The bound tested is the interpolation error,
 1e-5 relative in ``mu`` (hence in the learning rate) wherever ``mu >= 1e-6``, far above float64
 rounding; the tables were measured at 1.9e-6 (max-CCC, Student-t, linear on the 8-times refined
 grid) and 5.6e-8 (heuristic, cubic Hermite, Rademacher), the worst cases.
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import factors, rules
+from clipdyn.theory import factors, rules
 from clipdyn.precision import x64
-from clipdyn.schedules import MaxCCC, heuristic, max_ccc, with_mu_table
+from clipdyn.theory.schedules import MaxCCC, heuristic, max_ccc, with_mu_table
 
 BOUND = 1e-5
 LAWS = {"gaussian": cd.Gaussian(0.5), "student-t df 3": cd.StudentT(3.0, 1.0),

@@ -15,10 +15,10 @@ from scipy.integrate import solve_ivp
 from scipy.special import erf, erfc
 
 import clipdyn as cd
-from clipdyn import factors
-from clipdyn.ode import ODESolverError, solve_ode
-from clipdyn.problem import identity_spectrum, make_problem, power_law_spectrum
-from clipdyn.schedules import Constant, StepDecay, TimeVarying, constant, heuristic, max_ccc
+from clipdyn.theory import factors
+from clipdyn.theory.ode import ODESolverError, solve_ode
+from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant, StepDecay, TimeVarying, constant, heuristic, max_ccc
 
 TOL = 1e-7
 

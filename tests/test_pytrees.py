@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-import clipdyn.sweep as sw
-from clipdyn import batch_factors, rules
+import clipdyn.runs.sweep as sw
+from clipdyn.theory import batch_factors, rules
 from clipdyn.precision import x64
 from clipdyn.pytrees import cast_floats, content_hash, frozen_pytree, stack, to_device
-from clipdyn.schedules import Constant
+from clipdyn.theory.schedules import Constant
 
 
 def test_host_values_reach_the_device_as_jnp_asarray_would_without_compiling(caplog):

@@ -14,10 +14,11 @@ import optax
 import pytest
 
 import clipdyn as cd
-from clipdyn import rules, sim
-from clipdyn import sweep as sw
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.schedules import Constant, constant
+from clipdyn import sim
+from clipdyn.theory import rules
+from clipdyn.runs import sweep as sw
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant, constant
 
 import reference as ref
 

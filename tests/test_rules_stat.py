@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import rules
-from clipdyn import sweep as sw
-from clipdyn.ode import solve_ode
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.results import seed_statistics
-from clipdyn.schedules import constant
+from clipdyn.theory import rules
+from clipdyn.runs import sweep as sw
+from clipdyn.theory.ode import solve_ode
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.runs.results import seed_statistics
+from clipdyn.theory.schedules import constant
 
 
 def _check(rule, noise, eta=1.0, c=0.5, seeds=8, T=2.0, points=3, d=1000):

@@ -17,8 +17,8 @@ import optax
 import pytest
 
 import clipdyn as cd
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.results import load_results
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.runs.results import load_results
 from clipdyn.sources import smoothness as sm
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import specs
-from clipdyn.specs import ClipSpec, parse_clip, parse_list, parse_noise, parse_spectrum
+from clipdyn.cli import specs
+from clipdyn.cli.specs import ClipSpec, parse_clip, parse_list, parse_noise, parse_spectrum
 
 
 def parse_clip_list(text):

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import results
-from clipdyn import sweep as sw
-from clipdyn.problem import make_problem, power_law_spectrum
-from clipdyn.schedules import Constant
+from clipdyn.runs import results
+from clipdyn.runs import sweep as sw
+from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant
 
 LAM = power_law_spectrum(100, 0.5)
 CLIPS = (0.1, 0.3, 1.0, 3.0, math.inf)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn import tuning
-from clipdyn.problem import identity_spectrum, make_problem, power_law_spectrum
-from clipdyn.schedules import Constant
+from clipdyn.theory import tuning
+from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
+from clipdyn.theory.schedules import Constant
 
 
 def test_bisection_on_known_thresholds():
@@ -34,7 +34,7 @@ def test_ode_final_risks_batch_matches_single_solves():
     prob = make_problem(power_law_spectrum(100, 0.5), cd.StudentT(3.0, 1.0))
     etas, clips = np.array([0.3, 1.0]), np.array([0.5, math.inf])
     risk, status = tuning.ode_final_risks(prob, Constant(jnp.asarray(etas), jnp.asarray(clips)), 5.0)
-    from clipdyn.ode import solve_ode
+    from clipdyn.theory.ode import solve_ode
 
     for i in range(2):
         single = solve_ode(prob, Constant(float(etas[i]), float(clips[i])), 5.0, 2, rtol=1e-8, atol=1e-11)

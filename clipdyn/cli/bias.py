@@ -19,7 +19,7 @@ __all__ = ["add_command"]
 def cmd_bias(args) -> None:
     from clipdyn.cli.common import emit, format_table, non_negative_list, positive
     from clipdyn.sources import finite_sum as fs
-    from clipdyn.specs import parse_list
+    from clipdyn.cli.specs import parse_list
 
     points = parse_list(args.points, "--points")
     if not np.all(np.isfinite(points)):

@@ -24,7 +24,7 @@ class CLIError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
-        from clipdyn.specs import NEGATIVE_VALUE
+        from clipdyn.cli.specs import NEGATIVE_VALUE
 
         super().__init__(*args, **kwargs)
         # "--c -inf" and "--R -1e-3" are values to check, not unknown options.
@@ -88,7 +88,7 @@ def risk_series(risk) -> list:
 
 def positive(text: str, what: str) -> float:
     """A finite value > 0, or a one-line ValueError naming the bad value."""
-    from clipdyn.specs import parse_float
+    from clipdyn.cli.specs import parse_float
 
     x = parse_float(text, what)
     if not (math.isfinite(x) and x > 0):
@@ -98,7 +98,7 @@ def positive(text: str, what: str) -> float:
 
 def non_negative(text: str, what: str) -> float:
     """A finite value >= 0, or a one-line ValueError naming the bad value."""
-    from clipdyn.specs import parse_float
+    from clipdyn.cli.specs import parse_float
 
     x = parse_float(text, what)
     if not (math.isfinite(x) and x >= 0):
@@ -110,7 +110,7 @@ def positive_list(text: str, what: str, bounded: bool = True) -> np.ndarray:
     """A LIST of finite values > 0 (within the library's magnitude bounds when ``bounded``: risks,
     say), or a one-line ValueError naming the bad values (clipdyn.validation's rule)."""
     from clipdyn import validation
-    from clipdyn.specs import parse_list
+    from clipdyn.cli.specs import parse_list
 
     return validation.positive(what, parse_list(text, what), bounded=bounded)
 
@@ -119,7 +119,7 @@ def integer_list(text: str, what: str, least: int = 1) -> np.ndarray:
     """A LIST of integers ``>= least`` (batch sizes, say), or a one-line ValueError quoting what
     was typed."""
     from clipdyn import validation
-    from clipdyn.specs import parse_list
+    from clipdyn.cli.specs import parse_list
 
     values = parse_list(text, what).tolist()
     try:  # clipdyn.validation's integer rule, with the message quoting the whole LIST as typed
@@ -130,7 +130,7 @@ def integer_list(text: str, what: str, least: int = 1) -> np.ndarray:
 
 def non_negative_list(text: str, what: str) -> np.ndarray:
     """A LIST of finite values >= 0, or a one-line ValueError naming the bad values."""
-    from clipdyn.specs import parse_list
+    from clipdyn.cli.specs import parse_list
 
     x = parse_list(text, what)
     if not np.all(np.isfinite(x) & (x >= 0)):
@@ -140,7 +140,7 @@ def non_negative_list(text: str, what: str) -> np.ndarray:
 
 def threshold_list(text: str, what: str) -> np.ndarray:
     """A LIST of thresholds >= 0 (``inf``: unclipped), or a one-line ValueError."""
-    from clipdyn.specs import parse_list
+    from clipdyn.cli.specs import parse_list
 
     from clipdyn import validation
 
@@ -153,7 +153,7 @@ def threshold_list(text: str, what: str) -> np.ndarray:
 
 def int_at_least(text: str, what: str, low: int) -> int:
     """An integer option ``>= low``, or a one-line ValueError naming the bad value."""
-    from clipdyn.specs import parse_int
+    from clipdyn.cli.specs import parse_int
 
     return parse_int(text, what, low)
 
@@ -189,7 +189,7 @@ def add_rule_args(p: argparse.ArgumentParser, lists: bool = False) -> None:
 
 def rule_from_args(args):
     """The one clipping rule the options describe."""
-    from clipdyn.specs import parse_rule
+    from clipdyn.cli.specs import parse_rule
 
     batch = int_at_least(args.batch, "--batch", 1)
     dp = None if args.dp_noise is None else non_negative(args.dp_noise, "--dp-noise")
@@ -207,15 +207,15 @@ def problem_from_args(args):
 
     ``data`` is the :class:`clipdyn.data.DataProblem` of ``--data`` (``None`` for Gaussian data).
     """
-    from clipdyn.problem import make_problem
-    from clipdyn.specs import parse_noise, parse_spectrum
+    from clipdyn.theory.problem import make_problem
+    from clipdyn.cli.specs import parse_noise, parse_spectrum
 
     T = positive(args.T, "--T")
     points = int_at_least(args.points, "--points", 2)
     # run-safety (issue 12, item 7): every output time is a row of the output and a time the ODE
     # solver must stop at; more than MAX_LIST of them is no table anyone reads (--points 1e9
     # used to run for minutes and then fill memory).
-    from clipdyn.specs import MAX_LIST
+    from clipdyn.cli.specs import MAX_LIST
 
     if points > MAX_LIST:
         raise ValueError(f"--points={args.points} is not allowed; it must be an integer in "
@@ -242,7 +242,7 @@ def problem_from_args(args):
 
 def build_problem(args):
     """The problem, dataset, schedule, rule, ``T`` and ``points`` that the options describe."""
-    from clipdyn.specs import make_schedule, parse_clip
+    from clipdyn.cli.specs import make_schedule, parse_clip
 
     problem, data, T, points = problem_from_args(args)
     eta = positive(args.eta, "--eta")

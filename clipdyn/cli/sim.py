@@ -25,7 +25,7 @@ import numpy as np
 from clipdyn.cli.common import (add_problem_args, build_problem, emit, format_table, int_at_least,
                                 integer_list, none_if_nan, non_negative_list, positive_list,
                                 problem_from_args, r0_text)
-from clipdyn.results import seed_statistics
+from clipdyn.runs.results import seed_statistics
 
 __all__ = ["add_commands"]
 
@@ -59,7 +59,7 @@ def _seeds(args) -> range:
 
 def _check_horizon(problem, T, points) -> None:
     """Refuse, naming ``--T`` and ``--points``, horizons the engines cannot count or resolve."""
-    from clipdyn.sweep import checked_output_steps
+    from clipdyn.runs.sweep import checked_output_steps
 
     trace = float(np.sum(np.asarray(problem.lam, np.float64)))
     checked_output_steps(T, points, trace, names=("--T", "--points"))
@@ -90,7 +90,7 @@ def _guarded(cmd):
 def _simulate(args):
     """The problem the arguments describe and its seeds' runs: ``(problem, schedule, rule, T,
     points, result)`` (shared by ``simulate`` and ``validate``)."""
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.runs.sweep import simulate_runs
 
     problem, data, schedule, rule, T, points = build_problem(args)
     _check_horizon(problem, T, points)
@@ -126,8 +126,8 @@ def cmd_simulate(args) -> None:
 def _sweep_schedules(args, law, rule=None):
     """The schedules of ``clipdyn sweep``: every threshold x every learning rate (feedback
     schedules use the factors of ``rule``)."""
-    from clipdyn import schedules as sch
-    from clipdyn.specs import parse_clip_list
+    from clipdyn.theory import schedules as sch
+    from clipdyn.cli.specs import parse_clip_list
 
     etas = positive_list(args.eta, "--eta", bounded=False)
     clips = parse_clip_list(args.clip, "--clip")
@@ -151,7 +151,7 @@ def _sweep_schedules(args, law, rule=None):
 
 def _n_clips(args) -> int:
     """How many thresholds ``--clip`` lists (without building their schedules)."""
-    from clipdyn.specs import parse_clip_list
+    from clipdyn.cli.specs import parse_clip_list
 
     return len(parse_clip_list(args.clip, "--clip"))
 
@@ -160,8 +160,8 @@ def _sweep_rules(args, points: int):
     """Every clipping rule x batch size x DP noise x pre-clip noise the options list (after
     checking that the whole sweep's results fit in memory, before any configuration is built)."""
     from clipdyn import validation
-    from clipdyn.specs import MAX_LIST, parse_rule, split_items
-    from clipdyn.sweep import memory_estimate
+    from clipdyn.cli.specs import MAX_LIST, parse_rule, split_items
+    from clipdyn.runs.sweep import memory_estimate
 
     batches = integer_list(args.batch, "--batch")
     specs = split_items(args.clip_rule, "--clip-rule")
@@ -196,7 +196,7 @@ def _sweep_rules(args, points: int):
 
 
 def cmd_sweep(args) -> None:
-    from clipdyn import distributed
+    from clipdyn.runs import distributed
 
     # Join a multi-process run (--coordinator ... or --distributed) before any other JAX call.
     with distributed.session(distributed.cluster_from_args(args)):
@@ -204,13 +204,13 @@ def cmd_sweep(args) -> None:
 
 
 def _sweep(args) -> None:
-    from clipdyn import distributed
-    from clipdyn.sweep import run_sweep, stack_schedules
+    from clipdyn.runs import distributed
+    from clipdyn.runs.sweep import run_sweep, stack_schedules
 
-    from clipdyn.rules import static_signature
+    from clipdyn.theory.rules import static_signature
 
-    from clipdyn.results import results_paths
-    from clipdyn.specs import parse_int
+    from clipdyn.runs.results import results_paths
+    from clipdyn.cli.specs import parse_int
     from clipdyn.validation import output_path
 
     npz, sidecar = results_paths(output_path(args.out, "--out"))
@@ -261,7 +261,7 @@ def _sweep(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from clipdyn.ode import solve_ode
+    from clipdyn.theory.ode import solve_ode
 
     problem, schedule, rule, T, points, res = _simulate(args)
     ode = solve_ode(problem, schedule, T, points, times=res.t, rule=rule)  # at the simulation's step times
@@ -373,7 +373,7 @@ def add_commands(sub) -> None:
                    help="auto (default): block for C-SGD sweeps of 8+ configurations per device, "
                         "else step (the one that ran is recorded in the results); step: "
                         "bit-identical runs; block: C-SGD by matrix products, equal up to rounding")
-    from clipdyn.distributed import add_cli_options
+    from clipdyn.runs.distributed import add_cli_options
 
     add_cli_options(p)
     p.set_defaults(func=_guarded(cmd_sweep))

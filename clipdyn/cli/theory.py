@@ -13,8 +13,8 @@ __all__ = ["add_commands"]
 def cmd_factors(args) -> None:
     import jax
 
-    from clipdyn import factors
-    from clipdyn.specs import parse_noise
+    from clipdyn.theory import factors
+    from clipdyn.cli.specs import parse_noise
 
     if args.data is not None:
         if args.noise is not None:
@@ -42,11 +42,11 @@ def cmd_factors(args) -> None:
 
 
 def cmd_ode(args) -> None:
-    from clipdyn.ode import solve_ode
+    from clipdyn.theory.ode import solve_ode
 
     problem, _, schedule, rule, T, points = build_problem(args)
     from clipdyn import validation
-    from clipdyn.specs import parse_float
+    from clipdyn.cli.specs import parse_float
 
     rtol = validation.rtol(parse_float(args.rtol, "--rtol"), "--rtol")
     res = solve_ode(problem, schedule, T, points, rtol=rtol, rule=rule)

@@ -4,9 +4,9 @@ share (THEORY.md section 7; theory/real_data.md).
 Typical use::
 
     from clipdyn.data import load_problem
-    from clipdyn.ode import solve_ode
-    from clipdyn.schedules import constant
-    from clipdyn.sweep import simulate_runs
+    from clipdyn.theory.ode import solve_ode
+    from clipdyn.theory.schedules import constant
+    from clipdyn.runs.sweep import simulate_runs
 
     dp = load_problem("sklearn:name=digits", "relu:d=1000,seed=0")
     ode = solve_ode(dp.problem, constant(0.5, 1.0), T=5.0)

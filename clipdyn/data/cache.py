@@ -6,7 +6,7 @@ of ``K``, and ``U^T theta*``) exactly as computed, with the fingerprint and a sh
 the arrays. A hit returns bit-identical arrays; a file that cannot be read, names another
 fingerprint, has other arrays, shapes or dtypes, or fails its checksum is recomputed and
 overwritten, never trusted. Files are written atomically
-(:func:`clipdyn.results.atomic_savez`), so concurrent runs never see half a file.
+(:func:`clipdyn.runs.results.atomic_savez`), so concurrent runs never see half a file.
 
 The folder is ``$CLIPDYN_CACHE`` if set (``off`` disables the cache), else ``~/.cache/clipdyn``.
 A folder that cannot be written only costs the recomputation next time (a warning says so).
@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from clipdyn.results import atomic_savez
+from clipdyn.runs.results import atomic_savez
 
 __all__ = ["ENV", "cache_dir", "cache_path", "cached"]
 

@@ -36,8 +36,8 @@ import numpy as np
 from clipdyn import validation
 from clipdyn.data import cache as svd_cache
 from clipdyn.data.sources import Dataset, int_param, parse_spec, take_keys
-from clipdyn.noise import Empirical
-from clipdyn.problem import Problem, make_problem
+from clipdyn.theory.noise import Empirical
+from clipdyn.theory.problem import Problem, make_problem
 
 __all__ = ["PROTOCOL_VERSION", "FeatureMap", "parse_features", "DataProblem", "standardisation",
            "feature_matrix", "protocol_target", "fingerprint", "build_problem", "rank_cutoff",

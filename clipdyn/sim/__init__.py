@@ -7,7 +7,7 @@ on Gaussian data or on a dataset's rows.
 * :mod:`clipdyn.sim.block`: C-SGD by blocks of matrix products;
 * :mod:`clipdyn.sim.runner`: seeds x configurations as one jitted program.
 
-Sweeps over many configurations, chunking, resuming and sharding live in :mod:`clipdyn.sweep`.
+Sweeps over many configurations, chunking, resuming and sharding live in :mod:`clipdyn.runs.sweep`.
 """
 
 from clipdyn.sim.core import (PAD, RunState, Sample, SimProblem, batch_invariant_sum, draw_block,

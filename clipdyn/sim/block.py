@@ -37,14 +37,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clipdyn import rules as clip_rules
+from clipdyn.theory import rules as clip_rules
 from clipdyn.precision import matmul
 from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block
 
 __all__ = ["block_sgd", "reads_risk", "RISK_FREE_SCHEDULES"]
 
 RISK_FREE_SCHEDULES = ("Constant", "TimeVarying", "StepDecay", "PiecewiseConstant")
-"""Schedules of :mod:`clipdyn.schedules` whose ``(eta, c)`` do not depend on the risk."""
+"""Schedules of :mod:`clipdyn.theory.schedules` whose ``(eta, c)`` do not depend on the risk."""
 
 _MARGIN = 0.999  # the bound must stay below this fraction of the threshold (rounding headroom)
 
@@ -59,7 +59,7 @@ def reads_risk(schedules) -> bool:
     flag = getattr(cls, "reads_risk", None)
     if flag is not None:
         return bool(flag)
-    return not (cls.__module__ == "clipdyn.schedules" and cls.__name__ in RISK_FREE_SCHEDULES)
+    return not (cls.__module__ == "clipdyn.theory.schedules" and cls.__name__ in RISK_FREE_SCHEDULES)
 
 
 def _block_rows(prob: SimProblem, rules, stream_key, k0, block):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipdyn.precision import uses_x64
-from clipdyn.problem import Problem
+from clipdyn.theory.problem import Problem
 from clipdyn.pytrees import to_device
 from clipdyn.sim import threefry
 

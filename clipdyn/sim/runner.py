@@ -140,7 +140,7 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
     Args:
         prob: the prepared problem (:func:`clipdyn.sim.prepare`).
         schedules: a schedule pytree whose array leaves have a leading axis of size ``C``.
-        rules: a :class:`clipdyn.rules.ClipRule` whose array leaves have a leading axis ``C``.
+        rules: a :class:`clipdyn.theory.rules.ClipRule` whose array leaves have a leading axis ``C``.
         keys: ``S`` PRNG keys (one per seed).
         steps: increasing output steps, ``(P,)``, starting at 0.
         method: ``"sgd"`` or ``"hsgd"``.
@@ -148,7 +148,7 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
             ``"block"`` (C-SGD only: blocks of steps by matrix products, see
             :mod:`clipdyn.sim.block`; much faster for wide sweeps, equal to ``"step"`` up to
             rounding), or ``"block:STEPS"`` for blocks of ``STEPS`` steps (default: the
-            longest that fits, see :func:`engine_block`; :func:`clipdyn.sweep.run_sweep` picks
+            longest that fits, see :func:`engine_block`; :func:`clipdyn.runs.sweep.run_sweep` picks
             them from its output steps).
 
     Returns:

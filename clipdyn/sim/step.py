@@ -3,7 +3,7 @@
 * C-SGD (theory/derivation.md, eq. (1.3); theory/clip_rules.md, eq. (1)), ``B`` fresh samples
   per step, ODE time ``t = k / Tr K``: ``e <- e - (eta / Tr K) G`` with ``G`` the rule's
   combination of the clipped per-sample gradients ``(<x_b, e> - eps_b) x_b`` (``c = inf`` is
-  plain SGD). The rule object (:class:`clipdyn.rules.ClipRule`) turns the residuals and the Gram
+  plain SGD). The rule object (:class:`clipdyn.theory.rules.ClipRule`) turns the residuals and the Gram
   matrix of the step's rows into coefficients; the engine only forms rows and sums.
 * C-HSGD (eq. (2.8)): ``de_i = -eta mu lam_i e_i dt + eta sqrt(nu lam_i / Tr K + iso_d / d +
   iso_1) dB_i`` with the rule's factors, discretised by the exact Ornstein-Uhlenbeck step with
@@ -26,7 +26,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from clipdyn import rules as clip_rules
+from clipdyn.theory import rules as clip_rules
 from clipdyn.precision import uses_x64
 from clipdyn.sim.core import (RunState, Sample, SimProblem, batch_invariant_sum, divergence_bound,
                               data_rows, guarded, init_run, row_gram, rows_of,
@@ -92,7 +92,7 @@ def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, rule=None):
         prob: the prepared problem (:func:`clipdyn.sim.prepare`).
         schedule: ``(t, R) -> (eta, c)``.
         divergence_factor: a run diverges once ``R > divergence_factor * R0``.
-        rule: a :class:`clipdyn.rules.ClipRule` (default: one sample, per-sample clipping).
+        rule: a :class:`clipdyn.theory.rules.ClipRule` (default: one sample, per-sample clipping).
 
     Returns:
         ``(init_fn, step_fn)``: ``init_fn(init_key) -> RunState`` and

@@ -44,7 +44,7 @@ from clipdyn import validation
 from clipdyn.precision import matmul, uses_x64
 from clipdyn.validation import check_value
 from clipdyn.pytrees import frozen_pytree
-from clipdyn.problem import Problem
+from clipdyn.theory.problem import Problem
 from clipdyn.sim.core import label_noise
 
 Array = jax.Array
@@ -581,7 +581,7 @@ def least_squares_trace(problem: Problem, eta: float, c: float, steps: int, key:
     correlation with ``||grad R||`` although ``L1 = 0`` (eq. (13)).
 
     Args:
-        problem: the model (:func:`clipdyn.problem.make_problem`); ``theta_0 = 0`` and
+        problem: the model (:func:`clipdyn.theory.problem.make_problem`); ``theta_0 = 0`` and
             ``theta*_i = s_i sqrt(2 v_i(0))`` with random signs ``s_i`` (theory/derivation.md,
             eq. (1.4)). Computed in ``problem.lam``'s dtype.
         eta: learning rate, ``> 0``: SGD steps by ``(eta / Tr K) clip_{c sqrt(Tr K)}(g)``

@@ -27,10 +27,10 @@ import numpy as np
 import optax
 
 from clipdyn import validation
-from clipdyn.ode import check_problem, merge_modes, ode_risk
+from clipdyn.theory.ode import check_problem, merge_modes, ode_risk
 from clipdyn.precision import uses_x64
-from clipdyn.problem import Problem
-from clipdyn.schedules import PiecewiseConstant
+from clipdyn.theory.problem import Problem
+from clipdyn.theory.schedules import PiecewiseConstant
 
 Array = jax.Array
 
@@ -79,9 +79,9 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     """``R(t)`` at ``points`` times in ``[0, T]`` for a batch of schedules, by one vmapped ODE solve.
 
     Args:
-        rules: ``None`` (the paper's C-SGD), one :class:`clipdyn.rules.ClipRule` for every
+        rules: ``None`` (the paper's C-SGD), one :class:`clipdyn.theory.rules.ClipRule` for every
             schedule, or a batched rule (leading axis ``C``, see
-            :func:`clipdyn.rules.stack_rules`).
+            :func:`clipdyn.theory.rules.stack_rules`).
 
     Returns:
         ``(risk (C, points), status (C,))``; diverged runs have ``nan`` risk and status 1.

@@ -8,7 +8,7 @@ With the residual ``w = N(0, 2R) - eps`` and a threshold ``c`` (THEORY.md sectio
 * ``CCC = mu^2 / nu`` (eq. (4.3)) and ``CSC = mu / nu`` (eq. (4.1)).
 
 Every noise law is a mixture of Gaussians ``eps ~ N(m_j, s_j^2)`` (see
-:meth:`clipdyn.noise.Gaussian.gaussian_mixture`), so ``w`` given the component is Gaussian,
+:meth:`clipdyn.theory.noise.Gaussian.gaussian_mixture`), so ``w`` given the component is Gaussian,
 ``N(-m_j, 2R + s_j^2)``, and the factors are weighted sums of closed forms (eqs. (3.1)-(3.4)).
 All functions here are jittable, vmappable and differentiable in ``R`` and ``c``; they broadcast
 ``R`` against ``c``. ``c = inf`` is unclipped SGD (``mu = 1``, ``nu_abs = 2R + sigma^2``).
@@ -30,7 +30,7 @@ from jax.scipy.special import erf, erfc, gammainc
 from jax.typing import ArrayLike
 
 from clipdyn import validation
-from clipdyn.noise import NoiseLaw
+from clipdyn.theory.noise import NoiseLaw
 from clipdyn.precision import uses_x64
 
 Array = jax.Array
@@ -238,11 +238,11 @@ def reduction_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, rule=None) ->
     caller's ``jit``/``vmap``/``grad``, in that trace's precision (see :mod:`clipdyn.precision`).
 
     Args:
-        noise: a noise law from :mod:`clipdyn.noise`.
+        noise: a noise law from :mod:`clipdyn.theory.noise`.
         R: risk (excess, without the noise term), finite and within ``[1e-100, 1e100]``.
         c: dimension-free clipping threshold: ``0``, ``inf`` (unclipped SGD) or within
             ``[1e-100, 1e100]``.
-        rule: a :class:`clipdyn.rules.ClipRule` (default: one sample per step, the paper's
+        rule: a :class:`clipdyn.theory.rules.ClipRule` (default: one sample per step, the paper's
             C-SGD). With a rule, ``nu_abs`` is the rule's noise coefficient and ``nu`` is it
             relative to unclipped SGD with the same batch size.
 
@@ -383,7 +383,7 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
         R: risk, finite and within ``[1e-100, 1e100]`` (any shape).
         grid: points of the initial scan (static), an integer ``>= 3``.
         iters: golden-section iterations (static), an integer ``>= 1``.
-        rule: a :class:`clipdyn.rules.ClipRule` (default: the paper's one-sample C-SGD); the
+        rule: a :class:`clipdyn.theory.rules.ClipRule` (default: the paper's one-sample C-SGD); the
             criterion is then the rule's CCC (theory/clip_rules.md).
 
     Returns:

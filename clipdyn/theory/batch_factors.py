@@ -52,8 +52,9 @@ import numpy as np
 from jax.scipy.special import fresnel, gammainc, gammaincc, gammaln
 from jax.typing import ArrayLike
 
-from clipdyn import factors, validation
-from clipdyn.noise import Gaussian, NoiseLaw
+from clipdyn import validation
+from clipdyn.theory import factors
+from clipdyn.theory.noise import Gaussian, NoiseLaw
 from clipdyn.precision import uses_x64
 
 Array = jax.Array
@@ -426,7 +427,7 @@ def group_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, n: int, *,
     """Descent factor ``mu_n`` and clipped second moment ``nu_n`` of one clipped group mean.
 
     ``n = 1`` is per-sample clipping (today's ``mu`` and ``nu_abs``, computed by
-    :mod:`clipdyn.factors`); ``n = B`` is clipping the batch mean; a micro-batch of size ``b``
+    :mod:`clipdyn.theory.factors`); ``n = B`` is clipping the batch mean; a micro-batch of size ``b``
     has ``n = b``. The ODE divides ``nu_n`` by the number of groups per step.
 
     Args:

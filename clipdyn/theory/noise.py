@@ -12,7 +12,7 @@ Every law offers:
 * ``scale``: a typical magnitude of ``eps``, used only to place search grids;
 * ``gaussian_mixture()``: the law written as a (possibly infinite, here discretised) mixture
   of Gaussians ``eps ~ N(m_j, s_j^2)`` with weights ``p_j``. The reduction factors of
-  :mod:`clipdyn.factors` are averages of closed-form Gaussian quantities over this mixture.
+  :mod:`clipdyn.theory.factors` are averages of closed-form Gaussian quantities over this mixture.
 
 Student-t noise is the one law that needs quadrature; it is a Gaussian scale mixture,
 ``eps | tau ~ N(0, scale^2 / tau)`` with ``tau ~ Gamma(df/2, rate=df/2)``, and the average over

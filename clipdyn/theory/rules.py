@@ -45,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from clipdyn import factors, validation
-from clipdyn.noise import NoiseLaw
+from clipdyn import validation
+from clipdyn.theory import factors
+from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
 from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.precision import uses_x64
@@ -90,7 +91,7 @@ class ClipRule:
     """A clipping rule with batch size ``batch`` (see the module doc).
 
     Build it with :func:`per_sample`, :func:`batch_mean`, :func:`micro_batch` or
-    :func:`index_thresholds` (or :func:`clipdyn.specs.parse_rule`).
+    :func:`index_thresholds` (or :func:`clipdyn.cli.specs.parse_rule`).
 
     Attributes:
         kind: ``"per-sample"``, ``"batch"``, ``"micro"`` or ``"index"`` (static).
@@ -223,10 +224,10 @@ class ClipRule:
         """``(mu, nu, iso_d, iso_1)`` of the rule at risk ``R`` and threshold ``c`` (scalars).
 
         Per-sample: ``mu_1``, ``nu_abs / B``; batch and micro: the group factors of
-        :func:`clipdyn.batch_factors.group_factors` (``nu`` divided by the number of groups);
+        :func:`clipdyn.theory.batch_factors.group_factors` (``nu`` divided by the number of groups);
         index: the average over positions of the per-sample factors at ``c k^(1/beta)`` (``nu``
         summed and divided by ``B^2``); pre-clip noise replaces the per-sample factors by
-        :func:`clipdyn.batch_factors.preclip_factors` and adds their isotropic part; DP noise
+        :func:`clipdyn.theory.batch_factors.preclip_factors` and adds their isotropic part; DP noise
         adds ``S^2 c^2 / B^2`` to every mode (theory/clip_rules.md, eqs. (5)-(9)). ``c = inf``
         gives unclipped SGD with batch ``B``; the DP term then has no finite scale and is 0.
         """
@@ -240,7 +241,7 @@ class ClipRule:
         if self.kind in ("per-sample", "index"):
             c = jnp.asarray(c, float)
             if self.use_preclip:
-                from clipdyn import batch_factors
+                from clipdyn.theory import batch_factors
 
                 K = jnp.asarray(self.preclip_noise, float)
 
@@ -259,7 +260,7 @@ class ClipRule:
                 nu_ = nu_ if B == 1 else nu_ / B
                 iso_d = iso / B
         else:
-            from clipdyn import batch_factors
+            from clipdyn.theory import batch_factors
 
             mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size)
             nu_ = nu_g / (B // self.size)
@@ -403,7 +404,7 @@ def per_sample(batch: int = 1, *, dp_noise=None, preclip_noise=None) -> ClipRule
         preclip_noise: pre-clip noise ``K`` (``None``: off).
 
     Example:
-        >>> from clipdyn import rules
+        >>> from clipdyn.theory import rules
         >>> rules.per_sample(8, dp_noise=0.5).n_rows
         9
     """

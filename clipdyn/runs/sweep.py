@@ -6,7 +6,7 @@ random numbers), so threshold comparisons are not drowned in seed noise.
 
 * The configuration axis is split into fixed-size chunks (one compilation for all of them; the
   last chunk is padded) and each chunk is sharded over all devices with ``jax.shard_map``: in a
-  multi-process run (:mod:`clipdyn.distributed`) the devices of every process, with process 0
+  multi-process run (:mod:`clipdyn.runs.distributed`) the devices of every process, with process 0
   alone writing checkpoints and results.
 * Each finished chunk is written atomically to ``OUT.npz.partial/``; a rerun of the same sweep
   loads the finished chunks instead of recomputing them, so an interruption (Ctrl-C raises
@@ -15,7 +15,7 @@ random numbers), so threshold comparisons are not drowned in seed noise.
   law, dataset, schedules and rules, with the configuration, is stamped on the folder and recorded
   in the results (``config["fingerprints"]``). Chunks of another sweep, and finished results of
   another sweep, are never mixed in or replaced without ``overwrite``; a chunk file that cannot be
-  read is recomputed. The merged result is written with :func:`clipdyn.results.save_results`.
+  read is recomputed. The merged result is written with :func:`clipdyn.runs.results.save_results`.
 * Sizes are checked before anything runs: the horizon against the engines' int32 step counters
   (:data:`MAX_STEPS`), the output times against the step, and the memory the sweep needs
   (:func:`memory_estimate`) against what the machine has available.
@@ -40,14 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from clipdyn import distributed
-from clipdyn import rules as clip_rules
+from clipdyn.runs import distributed
+from clipdyn.theory import rules as clip_rules
 from clipdyn import sim
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.problem import Problem
+from clipdyn.theory.problem import Problem
 from clipdyn.pytrees import cast_floats, content_hash, stack, to_device  # content_hash re-exported
-from clipdyn.results import ChunkStore, check_overwrite, results_paths, save_results
+from clipdyn.runs.results import ChunkStore, check_overwrite, results_paths, save_results
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
 
 __all__ = ["SweepResult", "SweepInterrupted", "stack_schedules", "run_sweep", "simulate_runs",
@@ -344,11 +344,11 @@ def run_sweep(
         chunk_size: configurations per chunk (default and at most: all of them; rounded up to
             the device count).
         out: results path: ``OUT`` if it ends in ``.npz``, else ``OUT.npz``; the JSON sidecar
-            replaces ``.npz`` by ``.json`` (:func:`clipdyn.results.results_paths`). With ``out``,
+            replaces ``.npz`` by ``.json`` (:func:`clipdyn.runs.results.results_paths`). With ``out``,
             finished chunks are kept in ``OUT.npz.partial/`` and reused by a rerun of the same
             sweep (same configuration, same contents of spectrum, noise law, data, schedules and
             rules, same chunk size); a chunk file that cannot be read is recomputed with a
-            :class:`clipdyn.results.ChunkWarning`.
+            :class:`clipdyn.runs.results.ChunkWarning`.
         config: extra entries recorded in the results (the command line's options, labels for
             the configurations): descriptions, so they are not part of the sweep's identity,
             which is what it computes (its own entries and content fingerprints: ``eta 1`` and
@@ -358,7 +358,7 @@ def run_sweep(
         prng_impl: JAX PRNG implementation (default: JAX's default, recorded in the results).
         devices: devices to shard over (default: all devices, every process's in a multi-process
             run; such a run equals one process with the same number of devices, see
-            :mod:`clipdyn.distributed`).
+            :mod:`clipdyn.runs.distributed`).
         progress: report progress on stderr: a bar over seeds x chunks when stderr is a
             terminal or the sweep is long, and for a long sweep an up-front line with its size
             and estimated time (timed on a few steps; numbers are the same with and without).
@@ -369,7 +369,7 @@ def run_sweep(
             (configurations per device, output steps); ``"auto"`` picks one
             (:func:`clipdyn.sim.runner.choose_engine`). The results' config records ``"engine"`` (the
             one that ran) and ``"engine_requested"``.
-        rules: the clipping rule of every configuration: one :class:`clipdyn.rules.ClipRule`
+        rules: the clipping rule of every configuration: one :class:`clipdyn.theory.rules.ClipRule`
             for all, or a sequence of ``C`` rules (default: one sample, per-sample clipping).
             Rules with different batch sizes or kinds run as separate programs (their samples
             still agree on the rows they share: common random numbers across ``B``).
@@ -391,7 +391,7 @@ def run_sweep(
         SweepInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), once the finished chunks are saved.
     """
     if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a clipdyn Problem (from clipdyn.problem.make_problem); "
+        raise ValueError(f"problem must be a clipdyn Problem (from clipdyn.theory.problem.make_problem); "
                          f"got {type(problem).__name__}")
     validation.schedule(schedules, "schedules")
     validation.data_problem(data)
@@ -409,7 +409,7 @@ def run_sweep(
         seeds = validation.seeds(seeds)
     n_seeds = len(seeds)
     dtype = PRECISIONS[str(precision)]
-    # Every process's devices: in a multi-process run (clipdyn.distributed) the mesh is global.
+    # Every process's devices: in a multi-process run (clipdyn.runs.distributed) the mesh is global.
     devices = list(devices) if devices is not None else distributed.global_devices()
     n_dev = len(devices)
     leaves = jax.tree.leaves(schedules)
@@ -499,7 +499,7 @@ def run_sweep(
         stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
                  "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
                  "parts": parts}
-        # On the writer process only (clipdyn.distributed); a refusal reaches every process. The
+        # On the writer process only (clipdyn.runs.distributed); a refusal reaches every process. The
         # caller's entries are not the identity, but they name best what differs (the options).
         distributed.on_writer(check_overwrite, out, full_config["fingerprints"]["sweep"], overwrite,
                               {**extra, **identity})
@@ -626,7 +626,7 @@ def _rule_list(rules, n_cfg: int) -> list:
         return [clip_rules.default_rule()] * n_cfg
     if isinstance(rules, clip_rules.ClipRule):
         return [rules] * n_cfg
-    what = (f"rules must be None, one clipdyn clipping rule (clipdyn.rules.per_sample, batch_mean, "
+    what = (f"rules must be None, one clipdyn clipping rule (clipdyn.theory.rules.per_sample, batch_mean, "
             f"micro_batch, index_thresholds) or a sequence of {n_cfg} (one per configuration)")
     if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
         raise ValueError(f"{what}; {validation.got(rules)}")

@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipdyn import factors, validation
+from clipdyn import validation
+from clipdyn.theory import factors
 from clipdyn.precision import uses_x64
-from clipdyn.problem import Problem
+from clipdyn.theory.problem import Problem
 
 Array = jax.Array
 
@@ -245,9 +246,9 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
 
 
 def check_problem(problem, name: str = "problem") -> Problem:
-    """Raise ``ValueError`` unless ``problem`` is a :class:`clipdyn.problem.Problem`."""
+    """Raise ``ValueError`` unless ``problem`` is a :class:`clipdyn.theory.problem.Problem`."""
     if not isinstance(problem, Problem):
-        raise ValueError(f"{name} must be a clipdyn Problem (from clipdyn.problem.make_problem); "
+        raise ValueError(f"{name} must be a clipdyn Problem (from clipdyn.theory.problem.make_problem); "
                          f"got {type(problem).__name__}")
     return problem
 
@@ -270,8 +271,8 @@ def solve_ode(
     """Solve the ODE for ``R(t)`` on ``points`` evenly spaced times in ``[0, T]``.
 
     Args:
-        problem: spectrum, start and noise (:func:`clipdyn.problem.make_problem`).
-        schedule: a schedule from :mod:`clipdyn.schedules` (``Constant(eta, inf)`` is SGD).
+        problem: spectrum, start and noise (:func:`clipdyn.theory.problem.make_problem`).
+        schedule: a schedule from :mod:`clipdyn.theory.schedules` (``Constant(eta, inf)`` is SGD).
         T: horizon, ``> 0``.
         points: number of output times (including 0 and ``T``), ``>= 2``.
         rtol, atol: error tolerances. ``R`` is controlled relatively (``rtol``); each mode
@@ -282,7 +283,7 @@ def solve_ode(
         return_modes: also return ``v_i(t)`` at the output times (``points x d`` floats).
         times: explicit output times instead (increasing, starting at 0; ``T`` and ``points``
             are then ignored), e.g. a simulation's step times.
-        rule: a :class:`clipdyn.rules.ClipRule` (default: one sample per step, per-sample
+        rule: a :class:`clipdyn.theory.rules.ClipRule` (default: one sample per step, per-sample
             clipping: the paper's C-SGD). Modes with ``lam = 0`` do not enter the risk and are
             not integrated: with isotropic (DP or pre-clip) noise their returned energies stay
             at ``v_i(0)``.

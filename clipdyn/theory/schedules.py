@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from clipdyn import factors, validation
-from clipdyn.noise import NoiseLaw
+from clipdyn import validation
+from clipdyn.theory import factors
+from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
 from clipdyn.pytrees import content_hash, frozen_pytree
 from clipdyn.precision import uses_x64
@@ -285,7 +286,7 @@ def max_ccc(
         noise: the noise law.
         R_min, R_max: tabulated range of ``R`` in units of ``scale^2`` (clamped outside).
         points: grid points (0.07 decades apart by default; ``c*`` varies slowly in ``log R``).
-        rule: a :class:`clipdyn.rules.ClipRule`: its CCC picks the threshold and its ``mu``
+        rule: a :class:`clipdyn.theory.rules.ClipRule`: its CCC picks the threshold and its ``mu``
             compensates the learning rate (default: the paper's one-sample C-SGD).
         refine: the ``mu`` table has ``refine`` points per threshold grid interval (an integer
             ``>= 1``; ``0`` keeps no table and evaluates ``mu`` exactly at every call). The
@@ -361,7 +362,7 @@ def _max_ccc_tables(noise, rule, x0, x1, points: int, refine: int):
     """The max-CCC tables ``(log_R, u, log_mu)`` on ``points`` nodes from ``log R = x0`` to
     ``x1`` (``log_mu`` ``None`` for ``refine = 0``), as one program.
 
-    The threshold search is coarser than :func:`clipdyn.factors.optimal_threshold`'s defaults
+    The threshold search is coarser than :func:`clipdyn.theory.factors.optimal_threshold`'s defaults
     (41 points over 8 decades, 40 golden-section steps: ``log c*`` to about 1e-9): the table is
     read through linear interpolation, whose error is far larger, and CCC is flat at its
     maximum. Student-t factors cost a 2048-node mixture each, so this halves the build time.

@@ -22,7 +22,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import validation
-from clipdyn.noise import NoiseLaw
+from clipdyn.theory.noise import NoiseLaw
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import frozen_pytree, to_device
 
@@ -140,7 +140,7 @@ def make_problem(
     Args:
         lam: the spectrum (see :func:`identity_spectrum`, :func:`power_law_spectrum`,
             :func:`load_spectrum`).
-        noise: a noise law from :mod:`clipdyn.noise`.
+        noise: a noise law from :mod:`clipdyn.theory.noise`.
         R0: initial risk, finite and within ``[1e-100, 1e100]``, used for the default start
             ``v_i(0) = R0 / Tr K``.
         v0: explicit initial mode energies (then ``R0`` is ignored); real, finite, ``>= 0``, with

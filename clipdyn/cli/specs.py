@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdyn import noise as noise_laws
-from clipdyn import problem as problems
+from clipdyn.theory import noise as noise_laws
+from clipdyn.theory import problem as problems
 from clipdyn import validation
 
 __all__ = ["parse_noise", "parse_spectrum", "parse_clip", "parse_clip_list", "parse_list", "ClipSpec",
@@ -274,7 +274,7 @@ def parse_list(text: str, what: str) -> np.ndarray:
 def make_schedule(clip: ClipSpec, eta: float, noise: noise_laws.NoiseLaw, rule=None):
     """The schedule a :class:`ClipSpec` names, with learning rate ``eta``; feedback schedules use
     the factors of the clipping ``rule`` (default: the paper's one-sample C-SGD)."""
-    from clipdyn import schedules  # local: schedules imports factors, which is heavier
+    from clipdyn.theory import schedules  # local: schedules imports factors, which is heavier
 
     if clip.kind == "constant":
         return schedules.constant(eta, clip.value)
@@ -290,8 +290,8 @@ RULE_NAMES = ("per-sample", "batch", "micro:size=b", "index:beta=P")
 def parse_rule(spec: str, batch: int = 1, dp_noise: float | None = None,
                preclip_noise: float | None = None):
     """A clipping rule from its SPEC (``per-sample``, ``batch``, ``micro:size=b``,
-    ``index:beta=P``) and the batch size and options (see :mod:`clipdyn.rules`)."""
-    from clipdyn import rules
+    ``index:beta=P``) and the batch size and options (see :mod:`clipdyn.theory.rules`)."""
+    from clipdyn.theory import rules
 
     name, params = _split(spec, "clip rule")
     if name == "per-sample":
