@@ -98,22 +98,17 @@ class _Law:
         return jnp.where(jnp.isfinite(m), self.second_moment - m * m, jnp.inf)
 
 
-@frozen_pytree
-class Gaussian(_Law):
-    """Gaussian noise ``N(0, sigma^2)``.
-
-    Args:
-        sigma: standard deviation: ``0`` (noiseless) or within ``[1e-100, 1e100]``.
-    """
-
-    sigma: ArrayLike = 1.0
+class _ScaledSymmetric(_Law):
+    """``sigma Z`` for a standard symmetric ``Z`` (``E Z = 0``, ``E Z^2 = 1``) drawn by the
+    subclass's ``_standard(key, shape, dtype)``: the Gaussian and Rademacher laws."""
 
     def __post_init__(self):
-        validation.nonnegative("sigma", validation.single("sigma", self.sigma, owner="gaussian"), owner="gaussian")
+        validation.nonnegative("sigma", validation.single("sigma", self.sigma, owner=self._owner),
+                               owner=self._owner)
 
     @uses_x64
     def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
-        return jnp.asarray(self.sigma, dtype) * jax.random.normal(key, shape, dtype)
+        return jnp.asarray(self.sigma, dtype) * self._standard(key, shape, dtype)
 
     @property
     @uses_x64
@@ -129,6 +124,19 @@ class Gaussian(_Law):
     @uses_x64
     def scale(self) -> Array:
         return jnp.asarray(self.sigma, float)
+
+
+@frozen_pytree
+class Gaussian(_ScaledSymmetric):
+    """Gaussian noise ``N(0, sigma^2)``.
+
+    Args:
+        sigma: standard deviation: ``0`` (noiseless) or within ``[1e-100, 1e100]``.
+    """
+
+    sigma: ArrayLike = 1.0
+    _owner = "gaussian"
+    _standard = staticmethod(jax.random.normal)
 
     @uses_x64
     def gaussian_mixture(self) -> MixtureRep:
@@ -265,7 +273,7 @@ def cauchy(scale: ArrayLike = 1.0) -> StudentT:
 
 
 @frozen_pytree
-class Rademacher(_Law):
+class Rademacher(_ScaledSymmetric):
     """Symmetric two-point noise ``+-sigma`` with probability 1/2 each.
 
     Args:
@@ -273,28 +281,8 @@ class Rademacher(_Law):
     """
 
     sigma: ArrayLike = 1.0
-
-    def __post_init__(self):
-        validation.nonnegative("sigma", validation.single("sigma", self.sigma, owner="rademacher"), owner="rademacher")
-
-    @uses_x64
-    def sample(self, key: Array, shape=(), dtype=jnp.float32) -> Array:
-        return jnp.asarray(self.sigma, dtype) * jax.random.rademacher(key, shape, dtype)
-
-    @property
-    @uses_x64
-    def mean(self) -> Array:
-        return jnp.zeros_like(jnp.asarray(self.sigma, float))
-
-    @property
-    @uses_x64
-    def second_moment(self) -> Array:
-        return jnp.square(jnp.asarray(self.sigma, float))
-
-    @property
-    @uses_x64
-    def scale(self) -> Array:
-        return jnp.asarray(self.sigma, float)
+    _owner = "rademacher"
+    _standard = staticmethod(jax.random.rademacher)
 
     @uses_x64
     def gaussian_mixture(self) -> MixtureRep:

@@ -222,8 +222,25 @@ def _mu_table(noise: NoiseLaw, R: Array, c: Array, rule) -> Array:
     return jax.lax.map(one, jnp.stack([R, c], axis=-1), batch_size=8)
 
 
+class _Feedback:
+    """A schedule whose threshold follows the risk, ``c(R)``, at the learning rate
+    ``eta / mu(R, c(R))`` (the descent kept at ``eta``): ``mu`` exact (``log_mu`` is ``None``) or
+    from the table built once per schedule (``_log_mu_table``)."""
+
+    reads_risk = True  # the engines must follow R within a block (clipdyn.sim.block)
+
+    @uses_x64
+    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
+        c = self.threshold(R)
+        if self.log_mu is None:
+            m = factors.mu(self.noise, R, c, self.rule).astype(R.dtype)
+        else:
+            m = jnp.exp(self._log_mu_table(R))
+        return _like(self.eta, R) / m, c
+
+
 @frozen_pytree
-class MaxCCC:
+class MaxCCC(_Feedback):
     """The max-CCC schedule: ``c_t = argmax_c CCC_c(R_t)``, ``eta_t = eta / mu_{c_t}(R_t)``.
 
     The optimal threshold is tabulated once (:func:`max_ccc`) on a log grid of ``R`` as
@@ -253,8 +270,6 @@ class MaxCCC:
     rule: object = None
     log_mu: Array | None = None
 
-    reads_risk = True  # the engines must follow R within a block (clipdyn.sim.block)
-
     @uses_x64
     def threshold(self, R: Array) -> Array:
         R = jnp.asarray(R)
@@ -263,15 +278,9 @@ class MaxCCC:
         unit = factors.threshold_unit(self.noise, R)
         return jnp.where(u >= 1.0 - 1e-9, jnp.inf, unit * u / jnp.maximum(1.0 - u, 1e-9))
 
-    @uses_x64
-    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
-        c = self.threshold(R)
-        if self.log_mu is None:
-            m = factors.mu(self.noise, R, c, self.rule).astype(R.dtype)
-        else:
-            x = _like(self.log_R, R)
-            m = jnp.exp(_interp_uniform(jnp.log(R), x[..., 0], x[..., -1], _like(self.log_mu, R)))
-        return _like(self.eta, R) / m, c
+    def _log_mu_table(self, R: Array) -> Array:
+        x = _like(self.log_R, R)
+        return _interp_uniform(jnp.log(R), x[..., 0], x[..., -1], _like(self.log_mu, R))
 
 
 @uses_x64
@@ -377,7 +386,7 @@ def _max_ccc_tables(noise, rule, x0, x1, points: int, refine: int):
 
 
 @frozen_pytree
-class Heuristic:
+class Heuristic(_Feedback):
     """The one-parameter schedule ``c_t = kappa sqrt(2 R_t + sigma^2)``, ``eta_t = eta / mu``.
 
     ``sigma^2`` defaults to the law's ``E[eps^2]``; for laws without one (Cauchy, Student-t with
@@ -400,22 +409,14 @@ class Heuristic:
     log_mu: Array | None = None
     d_log_mu: Array | None = None
 
-    reads_risk = True  # the engines must follow R within a block (clipdyn.sim.block)
-
     @uses_x64
     def threshold(self, R: Array) -> Array:
         return _like(self.kappa, R) * jnp.sqrt(2.0 * R + _like(self.sigma2, R))
 
-    @uses_x64
-    def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
-        c = self.threshold(R)
-        if self.log_mu is None:
-            m = factors.mu(self.noise, R, c, self.rule).astype(R.dtype)
-        else:
-            x = _like(self.log_R, R)
-            m = jnp.exp(_hermite_uniform(jnp.log(R), x[..., 0], x[..., -1],
-                                         _like(self.log_mu, R), _like(self.d_log_mu, R)))
-        return _like(self.eta, R) / m, c
+    def _log_mu_table(self, R: Array) -> Array:
+        x = _like(self.log_R, R)
+        return _hermite_uniform(jnp.log(R), x[..., 0], x[..., -1], _like(self.log_mu, R),
+                                _like(self.d_log_mu, R))
 
 
 @uses_x64
