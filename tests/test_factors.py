@@ -217,6 +217,40 @@ def test_heavy_student_t_derivative_in_R():
     np.testing.assert_allclose(gR, (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h), rtol=1e-7)
 
 
+@pytest.mark.parametrize("law", [cd.Gaussian(0.0), cd.Rademacher(0.0), cd.Rademacher(1e-90),
+                                 cd.GaussianMixture([0.5, 0.5], [-1.0, 2.0], [0.1, 0.0])],
+                         ids=["gaussian-0", "rademacher-0", "rademacher-1e-90", "mixture"])
+def test_derivative_in_R_stays_finite_at_tiny_risk(law):
+    # A clipped noiseless run's risk falls below 1e-154, where s2 = 2R squared underflows: the
+    # R-derivatives were nan there (0 times an infinite dz/ds2) and the ODE stopped with "step
+    # size underflow". Nothing within 40 sd of a component is clipped, so (float64, exact): the
+    # derivatives are those of p = 1, e = m^2 + 2R + v (d nu / dR = 2 per such component, with
+    # its weight), and 0 for components the window misses.
+    c = 1.0
+    both = lambda r: jnp.stack([factors.mu(law, r, c), factors.nu_abs(law, r, c)])  # noqa: E731
+    rep = law.gaussian_mixture()
+    m = np.zeros(1) if rep.means is None else np.asarray(rep.means)
+    inside = np.abs(m) < c
+    for R in (1e-150, 1e-200, 1e-300):
+        g = np.asarray(jax.jacfwd(both)(R))
+        assert np.all(np.isfinite(g)), (R, g)
+        if np.asarray(rep.variances).max() == 0:
+            np.testing.assert_allclose(g, [0.0, 2.0 * np.sum(np.asarray(rep.weights)[inside])], atol=1e-15)
+
+
+def test_clipped_noiseless_ode_runs_to_tiny_risks():
+    # It stopped at t = 1071 (R ~ 1e-155) with "step size underflow"; the risk keeps decaying
+    # (float64 ODE; the exact solution is positive and decreasing, and R(1100) is about 5e-159).
+    from clipdyn.theory.ode import solve_ode
+    from clipdyn.theory.problem import make_problem, power_law_spectrum
+    from clipdyn.theory.schedules import constant
+
+    sol = solve_ode(make_problem(power_law_spectrum(20, 0.5), cd.Gaussian(0.0)), constant(1.0, 1.0),
+                    1100.0, 3)
+    risk = np.asarray(sol.risk)
+    assert not bool(sol.diverged) and np.all(np.diff(risk) < 0) and 0 < risk[-1] < 1e-150
+
+
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # 1e-12 asked, 1e-9 checked
 @pytest.mark.parametrize("df, scale, R, c", [pytest.param(0.1, 0.1, 1.0, 0.2, marks=pytest.mark.slow),
                                              (0.01, 0.1, 1.0, 0.2),

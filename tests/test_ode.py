@@ -206,6 +206,31 @@ def test_divergence_is_reported_with_time():
     assert not bool(clipped.diverged) and float(clipped.risk[-1]) < 1.0
 
 
+def test_divergence_time_is_where_the_risk_crosses_the_bound():
+    # diverged_at was the start of the solver step that crossed 1e6 R0, early by up to a step
+    # (6.8e-4 relative). Against Radau at rtol 1e-11 with an event on R = 1e6 R0 (float64): the
+    # crossing is interpolated as exponential growth within one step, measured 1e-10 relative
+    # here; 1e-7 leaves room for the step's local error.
+    lam = power_law_spectrum(20, 0.5)
+    prob = make_problem(lam, cd.Gaussian(0.5))
+    res = solve_ode(prob, constant(3.0, math.inf), 20.0, 3)
+    coef = _gauss_coef(3.0, math.inf, 0.5, float(np.sum(lam)))
+    R0 = float(prob.R0)
+
+    def f(t, v):
+        a, b, _, _ = coef(t, lam @ v)
+        return lam * (-2 * a * v + b)
+
+    def crossed(t, v):
+        return lam @ v - 1e6 * R0
+
+    crossed.terminal = True
+    ref = solve_ivp(f, (0, 20.0), np.asarray(prob.v0), method="Radau", rtol=1e-11, atol=1e-15,
+                    events=crossed)
+    assert bool(res.diverged) and ref.t_events[0].size == 1
+    assert float(res.diverged_at) == pytest.approx(float(ref.t_events[0][0]), rel=1e-7)
+
+
 def test_solver_failure_raises_clear_error():
     prob = make_problem(power_law_spectrum(100, 1.0), cd.Gaussian(0.5))
     with pytest.raises(ODESolverError, match="step limit"):

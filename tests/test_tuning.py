@@ -72,3 +72,23 @@ def test_schedule_gradient_matches_finite_differences(clip):
     h = 1e-4
     fd = np.array([(float(loss(p.at[i].add(h))) - float(loss(p.at[i].add(-h)))) / (2 * h) for i in range(4)])
     np.testing.assert_allclose(grad, fd, rtol=0, atol=1e-5)
+
+
+def test_one_piece_schedule_is_a_constant_rate():
+    # pieces=1 passed the argument check and then failed inside the trace: a PiecewiseConstant
+    # with no boundaries was refused as "not finite". One piece is a constant learning rate, so
+    # the optimiser must land on the best constant rate of the same problem (float64 ODE; the
+    # grid of 401 rates brackets it to 0.5 % in eta, whose effect on R(T) is second order).
+    from clipdyn.theory.schedules import PiecewiseConstant
+
+    one = PiecewiseConstant([], [0.7])
+    assert float(one(jnp.asarray(3.0), jnp.asarray(1.0))[0]) == 0.7
+    prob = make_problem(identity_spectrum(10), cd.Gaussian(0.5), R0=1.0)
+    res = tuning.optimize_lr_schedule(prob, 1.0, pieces=1, steps=60)
+    grid = np.linspace(0.2, 1.8, 401)
+    from clipdyn.runs.sweep import stack_schedules
+
+    scheds = stack_schedules([Constant(float(e), math.inf) for e in grid])
+    finals = np.asarray(tuning.ode_final_risks(prob, scheds, 1.0)[0])[:, -1]
+    assert np.asarray(res.schedule.boundaries).size == 0
+    assert res.final_risk <= finals.min() * (1 + 1e-4)

@@ -74,9 +74,15 @@ def _centred(s2: Array, c: Array) -> tuple[Array, Array]:
     The truncated second moment is ``s2 * P(chi^2_3 <= c^2/s2)``, the regularised incomplete
     gamma function, which has no cancellation for small or large ``c / sqrt(s2)``.
     """
-    half_z2 = 0.5 * c * c / s2
-    p = erf(jnp.sqrt(half_z2))
-    e = s2 * gammainc(1.5, half_z2) + c * c * erfc(jnp.sqrt(half_z2))
+    # Beyond z = c / sd = 40, P(|w| > c) = erfc(z / sqrt 2) < 1e-349: nothing is clipped, to
+    # rounding, so p = 1 and e = s2. Taken as that limit: computed, the terms' R-derivatives
+    # (e^(-z^2/2) = 0 times dz/ds2 = -z / (2 s2) = inf once s2 < 1e-154) were nan, and a clipped
+    # noiseless ODE stopped when its risk fell that low.
+    z = c / jnp.sqrt(s2)
+    far = z > 40.0
+    z = jnp.where(far, 1.0, z)
+    p = jnp.where(far, 1.0, erf(z / _SQRT2))
+    e = jnp.where(far, s2, s2 * gammainc(1.5, 0.5 * z * z) + c * c * erfc(z / _SQRT2))
     return p, e
 
 
@@ -96,6 +102,13 @@ def _shifted(m: Array, s2: Array, c: Array) -> tuple[Array, Array]:
     is ``O(c^3)``), and a 20-point Gauss-Legendre rule on the window is exact to rounding instead.
     """
     s = jnp.sqrt(jnp.maximum(s2, jnp.finfo(jnp.result_type(s2)).tiny))
+    # A component 40 sd inside the window, or outside it, is taken at its limit (p = 1 and
+    # e = m^2 + s2, or p = 0 and e = c^2; the tails left out are below 1e-349), with a placeholder
+    # sd in the formulas: their R-derivatives were nan there (0 times an infinite da/ds2), as in
+    # :func:`_centred`.
+    inside = ((-c - m) / s < -40.0) & ((c - m) / s > 40.0)
+    outside = ((-c - m) / s > 40.0) | ((c - m) / s < -40.0)
+    s = jnp.where(inside | outside, 1.0, s)
     a = (-c - m) / s
     b = (c - m) / s
     q = _Phi(a) + _Phi(-b)  # P(|w| > c), a sum of two tails
@@ -111,7 +124,10 @@ def _shifted(m: Array, s2: Array, c: Array) -> tuple[Array, Array]:
     narrow = c < 0.5 * s
     p = jnp.where(narrow, p_gl, p)
     e_in = jnp.where(narrow, e_gl, e_in)
-    return p, e_in + c * c * q
+    e = e_in + c * c * q
+    p = jnp.where(inside, 1.0, jnp.where(outside, 0.0, p))
+    e = jnp.where(inside, m * m + s2, jnp.where(outside, c * c, e))
+    return p, e
 
 
 def _factors_scalar(noise: NoiseLaw, R: Array, c: Array) -> tuple[Array, Array, Array]:

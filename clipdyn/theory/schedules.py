@@ -139,7 +139,8 @@ class PiecewiseConstant:
 
     def __post_init__(self):
         b, e = self.boundaries, self.etas
-        check_value("piecewise", "boundaries", b, lambda a: np.isfinite(a), "finite")
+        if not (validation.is_concrete(b) and np.size(b) == 0):  # none: one piece, a constant rate
+            check_value("piecewise", "boundaries", b, lambda a: np.isfinite(a), "finite")
         _check_eta(e)
         _check_clip(self.clip)
         if validation.is_concrete(b) and validation.is_concrete(e):
