@@ -115,9 +115,9 @@ def _launch(cmds: list[list[str]], env: dict | list[dict], logs: Path, wait_for_
     return {"codes": codes, "seen": seen, "timed_out": timed_out, "out": texts, "err": errs}
 
 
-def _cluster_run(tmp: Path, tag: str, die_at: tuple[int, int]) -> dict:
-    """Two processes x 2 CPU devices on 127.0.0.1; ``die_at[i] = K > 0`` kills process ``i`` at
-    its ``K``-th gather. Retries with a fresh port if the coordinator could not bind its own."""
+def _on_free_port(tmp: Path, tag: str, commands, env, wait_for_all: bool) -> dict:
+    """Launch ``commands(cluster_options, logs)`` (two processes on 127.0.0.1), retrying with a
+    fresh port if the coordinator could not bind the one we probed."""
     for _ in range(3):
         port = _free_port()
         logs = tmp / f"{tag}-{port}"
@@ -125,15 +125,23 @@ def _cluster_run(tmp: Path, tag: str, die_at: tuple[int, int]) -> dict:
         cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                    "--heartbeat-timeout", str(HEARTBEAT), "--shutdown-timeout", str(SHUTDOWN),
                    "--init-timeout", "60"]
-        cmds = [[sys.executable, str(WORKER), str(logs / f"report{i}.npz"), str(die_at[i]), "--",
-                 *SWEEP, "--out", str(tmp / "dist.npz"), *cluster, "--process-id", str(i)]
-                for i in range(2)]
-        res = _launch(cmds, _env(2), logs, wait_for_all=any(die_at))
+        res = _launch(commands(cluster, logs), env, logs, wait_for_all=wait_for_all)
         res["logs"] = logs
         if res["codes"][0] != 0 and "Failed to add port" in res["err"][0]:
             continue  # someone took the port between our probe and the coordinator's bind
         return res
     pytest.fail("could not find a free port for the coordinator in 3 tries")
+
+
+def _cluster_run(tmp: Path, tag: str, die_at: tuple[int, int]) -> dict:
+    """Two processes x 2 CPU devices; ``die_at[i] = K > 0`` kills process ``i`` at its ``K``-th
+    gather."""
+    def commands(cluster, logs):
+        return [[sys.executable, str(WORKER), str(logs / f"report{i}.npz"), str(die_at[i]), "--",
+                 *SWEEP, "--out", str(tmp / "dist.npz"), *cluster, "--process-id", str(i)]
+                for i in range(2)]
+
+    return _on_free_port(tmp, tag, commands, _env(2), wait_for_all=any(die_at))
 
 
 def _chunks(tmp: Path) -> list[str]:
@@ -209,21 +217,14 @@ def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path, 
     # with "cannot reshape array of size 3 into shape (2,1)". Now every process stops with exit 2.
     Ts = ["1", "2"] if differ == "T" else ["1", "1"]
     envs = [_env(2), _env(2)] if differ == "T" else [_env(1), _env(2)]
-    for _ in range(3):
-        port = _free_port()
-        logs = tmp_path / f"mix-{port}"
-        logs.mkdir()
-        cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                   "--heartbeat-timeout", str(HEARTBEAT), "--shutdown-timeout", str(SHUTDOWN),
-                   "--init-timeout", "60"]
-        at = SWEEP.index("--T") + 1
-        cmds = [[sys.executable, "-m", "clipdyn.cli", "sweep", *SWEEP[:at], T, *SWEEP[at + 1:],
+    at = SWEEP.index("--T") + 1
+
+    def commands(cluster, logs):
+        return [[sys.executable, "-m", "clipdyn.cli", "sweep", *SWEEP[:at], T, *SWEEP[at + 1:],
                  "--out", str(tmp_path / "mix.npz"), *cluster, "--process-id", str(i)]
                 for i, T in enumerate(Ts)]
-        res = _launch(cmds, envs, logs, wait_for_all=True)
-        if res["codes"][0] != 0 and "Failed to add port" in res["err"][0]:
-            continue
-        break
+
+    res = _on_free_port(tmp_path, "mix", commands, envs, wait_for_all=True)
     detail = "\n".join(e[-3000:] for e in res["err"])
     assert not res["timed_out"] and res["codes"] == [2, 2], detail
     if differ == "T":
