@@ -32,11 +32,11 @@ import numpy as np
 
 import clipdyn as cd
 from clipdyn import sim as sm
-from clipdyn.theory.rules import clip_scale, default_rule, per_sample, stack_rules
+from clipdyn.runs.sweep import run_sweep, seed_keys, stack_schedules
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import make_problem, power_law_spectrum
+from clipdyn.theory.rules import clip_scale, default_rule, per_sample, stack_rules
 from clipdyn.theory.schedules import Constant, constant
-from clipdyn.runs.sweep import run_sweep, seed_keys, stack_schedules
 
 ROOT = Path(__file__).resolve().parents[1]
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")

@@ -14,12 +14,12 @@ import numpy as np
 
 import clipdyn as cd
 from clipdyn import sim
+from clipdyn.runs.sweep import seed_keys
+from clipdyn.sim.block import _block_rows, _recurrence
+from clipdyn.sim.runner import SUB_STEPS
 from clipdyn.theory.problem import make_problem
 from clipdyn.theory.rules import default_rule, stack_rules
 from clipdyn.theory.schedules import Constant
-from clipdyn.sim.block import _block_rows, _recurrence
-from clipdyn.sim.runner import SUB_STEPS
-from clipdyn.runs.sweep import seed_keys
 
 from bench import median_time  # the same timing as make bench (and its float64 mode)
 

@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # figures are files; plot scripts import this module befo
 # their own process's mode here is explicit, not a library's side effect.
 jax.config.update("jax_enable_x64", True)
 
-from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.runs.results import load_results, seed_statistics
+from clipdyn.theory.problem import make_problem, power_law_spectrum
 
 
 def parse(doc, default_out, sizes):

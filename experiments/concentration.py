@@ -12,12 +12,12 @@ Usage: python experiments/concentration.py --out figures/data/concentration.npz 
 import numpy as np
 
 import clipdyn as cd
+from clipdyn.runs.results import save_results
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import make_problem
-from clipdyn.runs.results import save_results
 
-from clipdyn.theory.schedules import constant
 from clipdyn.runs.sweep import simulate_runs
+from clipdyn.theory.schedules import constant
 
 import common
 

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 import clipdyn as cd
-from clipdyn.theory import factors
 from clipdyn.runs.results import save_results
+from clipdyn.theory import factors
 
 import common
 

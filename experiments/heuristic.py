@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
+from clipdyn.runs.results import save_results
+from clipdyn.runs.sweep import simulate_runs
 from clipdyn.theory import factors
 from clipdyn.theory.ode import solve_ode
-from clipdyn.runs.results import save_results
 from clipdyn.theory.schedules import constant, heuristic, max_ccc
-from clipdyn.runs.sweep import simulate_runs
 
 import common
 

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipdyn.theory.problem import power_law_spectrum
 from clipdyn.runs.results import save_results
 from clipdyn.sources import smoothness as sm
+from clipdyn.theory.problem import power_law_spectrum
 
 import common
 

@@ -30,9 +30,9 @@ import numpy as np
 
 from clipdyn.data import load_problem
 from clipdyn.runs.results import save_results, seed_statistics
+from clipdyn.runs.sweep import run_sweep
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.schedules import Constant, constant
-from clipdyn.runs.sweep import run_sweep
 
 SIZES = {"tiny": dict(features="relu:d=64,seed=0", etas=[0.5], curve_eta=0.5, seeds=2, n_c=2,
                      T=0.5, points=6),

@@ -15,12 +15,12 @@ import math
 import numpy as np
 
 import clipdyn as cd
+from clipdyn.runs.results import save_results
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import make_problem, power_law_spectrum
-from clipdyn.runs.results import save_results
 
-from clipdyn.theory.schedules import constant
 from clipdyn.runs.sweep import run_sweep, stack_schedules
+from clipdyn.theory.schedules import constant
 
 import common
 

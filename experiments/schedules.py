@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
+from clipdyn.runs.results import save_results
+from clipdyn.runs.sweep import simulate_runs
 from clipdyn.theory import tuning
 from clipdyn.theory.ode import solve_ode
-from clipdyn.runs.results import save_results
 from clipdyn.theory.schedules import Constant, MaxCCC, StepDecay, max_ccc
-from clipdyn.runs.sweep import simulate_runs
 
 import common
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
-from clipdyn.theory import factors, tuning
 from clipdyn.runs.results import save_results
-from clipdyn.theory.schedules import Constant
 from clipdyn.runs.sweep import run_sweep
+from clipdyn.theory import factors, tuning
+from clipdyn.theory.schedules import Constant
 
 import common
 

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import clipdyn as cd
+from clipdyn.runs.results import save_results
+from clipdyn.runs.sweep import run_sweep, simulate_runs
 from clipdyn.theory import tuning
 from clipdyn.theory.ode import solve_ode
-from clipdyn.runs.results import save_results
 from clipdyn.theory.schedules import Constant, constant
-from clipdyn.runs.sweep import run_sweep, simulate_runs
 
 import common
 

@@ -19,11 +19,11 @@ import pytest
 
 import clipdyn as cd
 from clipdyn import validation
+from clipdyn.runs.sweep import stack_schedules
 from clipdyn.theory import factors
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
 from clipdyn.theory.schedules import PiecewiseConstant, TimeVarying, constant, heuristic, max_ccc
-from clipdyn.runs.sweep import stack_schedules
 from clipdyn.theory.tuning import bisect_max_lr, optimize_lr_schedule
 
 

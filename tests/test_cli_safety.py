@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 
+from clipdyn.cli import main
 from clipdyn.runs import results
 from clipdyn.runs import sweep as sw
-from clipdyn.cli import main
 from clipdyn.theory.problem import power_law_spectrum
 
 PROBLEM = ["--spectrum", "power-law:d=300,alpha=0.3", "--noise", "gaussian:sigma=0.5"]

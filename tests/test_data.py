@@ -23,10 +23,10 @@ from clipdyn.data import (DataProblem, FeatureMap, from_arrays, load_problem, lo
                           parse_features)
 from clipdyn.data import cache as data_cache
 from clipdyn.data.protocol import rank_cutoff
+from clipdyn.runs.sweep import simulate_runs
 from clipdyn.theory.noise import Empirical
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.schedules import constant
-from clipdyn.runs.sweep import simulate_runs
 
 
 @pytest.fixture(autouse=True)

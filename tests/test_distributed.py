@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdyn.runs import distributed
 from clipdyn.cli import main
+from clipdyn.runs import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"

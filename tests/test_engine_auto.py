@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn.runs import results
-from clipdyn.theory import rules
-from clipdyn.runs import sweep as sw
 from clipdyn.cli import main
+from clipdyn.runs import results
+from clipdyn.runs import sweep as sw
+from clipdyn.sim.runner import AUTO_MIN_CONFIGS, choose_engine
+from clipdyn.theory import rules
 from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.theory.schedules import Constant
-from clipdyn.sim.runner import AUTO_MIN_CONFIGS, choose_engine
 
 # Gaussian noise: which engine runs does not depend on the law, and a Student-t sampler roughly
 # doubles the compilation of every program here (its gamma draws are a rejection loop).

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn.theory import factors, rules
 from clipdyn.precision import x64
+from clipdyn.theory import factors, rules
 from clipdyn.theory.schedules import MaxCCC, heuristic, max_ccc, with_mu_table
 
 BOUND = 1e-5

@@ -18,11 +18,11 @@ import pytest
 
 import clipdyn as cd
 from clipdyn import sim as sm
+from clipdyn.runs.sweep import seed_keys, stack_schedules
+from clipdyn.sources import networks as nw
 from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.theory.rules import default_rule, per_sample, stack_rules
 from clipdyn.theory.schedules import Constant, heuristic
-from clipdyn.sources import networks as nw
-from clipdyn.runs.sweep import seed_keys, stack_schedules
 
 
 def _dot_precisions(lowered) -> list[str]:

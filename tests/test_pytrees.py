@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-import clipdyn.runs.sweep as sw
-from clipdyn.theory import batch_factors, rules
 from clipdyn.precision import x64
 from clipdyn.pytrees import cast_floats, content_hash, frozen_pytree, stack, to_device
+import clipdyn.runs.sweep as sw
+from clipdyn.theory import batch_factors, rules
 from clipdyn.theory.schedules import Constant
 
 

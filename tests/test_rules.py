@@ -15,8 +15,8 @@ import pytest
 
 import clipdyn as cd
 from clipdyn import sim
-from clipdyn.theory import rules
 from clipdyn.runs import sweep as sw
+from clipdyn.theory import rules
 from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.theory.schedules import Constant, constant
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import clipdyn as cd
-from clipdyn.theory import rules
 from clipdyn.runs import sweep as sw
+from clipdyn.runs.results import seed_statistics
+from clipdyn.theory import rules
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import make_problem, power_law_spectrum
-from clipdyn.runs.results import seed_statistics
 from clipdyn.theory.schedules import constant
 
 

@@ -19,11 +19,11 @@ import pytest
 
 import clipdyn as cd
 from clipdyn import sim as sm
+from clipdyn.pytrees import frozen_pytree
 from clipdyn.runs import sweep as sw
 from clipdyn.runs.results import load_results, seed_statistics
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import make_problem, power_law_spectrum
-from clipdyn.pytrees import frozen_pytree
 from clipdyn.theory.schedules import Constant, constant, heuristic, max_ccc
 
 import reference as ref
@@ -128,9 +128,9 @@ def test_sharded_equals_unsharded(tmp_path):
     script = f"""
 import numpy as np, jax
 import clipdyn as cd
+from clipdyn.runs import sweep as sw
 from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.theory.schedules import Constant
-from clipdyn.runs import sweep as sw
 assert len(jax.devices()) == 4
 problem = make_problem(power_law_spectrum(150, 0.5), cd.Gaussian(0.5))
 scheds = [Constant(eta, c) for eta in (0.5, 1.0) for c in (0.1, 0.5, float('inf'))]

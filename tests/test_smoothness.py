@@ -17,9 +17,9 @@ import optax
 import pytest
 
 import clipdyn as cd
-from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.runs.results import load_results
 from clipdyn.sources import smoothness as sm
+from clipdyn.theory.problem import make_problem, power_law_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 LAM5 = np.array([1.0, 0.7, 0.3, 0.11, 0.05])

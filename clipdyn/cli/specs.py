@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipdyn import validation
 from clipdyn.theory import noise as noise_laws
 from clipdyn.theory import problem as problems
-from clipdyn import validation
 
 __all__ = ["parse_noise", "parse_spectrum", "parse_clip", "parse_clip_list", "parse_list", "ClipSpec",
            "parse_float", "parse_int", "split_items", "MAX_LIST", "NEGATIVE_VALUE"]

@@ -40,15 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from clipdyn.runs import distributed
-from clipdyn.theory import rules as clip_rules
 from clipdyn import sim
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.theory.problem import Problem
 from clipdyn.pytrees import cast_floats, content_hash, stack, to_device  # content_hash re-exported
+from clipdyn.runs import distributed
 from clipdyn.runs.results import ChunkStore, check_overwrite, results_paths, save_results
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
+from clipdyn.theory import rules as clip_rules
+from clipdyn.theory.problem import Problem
 
 __all__ = ["SweepResult", "SweepInterrupted", "stack_schedules", "run_sweep", "simulate_runs",
            "seed_keys", "checked_output_steps", "memory_estimate", "content_hash", "MAX_STEPS"]

@@ -37,9 +37,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clipdyn.theory import rules as clip_rules
 from clipdyn.precision import matmul
 from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block
+from clipdyn.theory import rules as clip_rules
 
 __all__ = ["block_sgd", "reads_risk", "RISK_FREE_SCHEDULES"]
 

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipdyn.precision import uses_x64
-from clipdyn.theory.problem import Problem
 from clipdyn.pytrees import to_device
 from clipdyn.sim import threefry
+from clipdyn.theory.problem import Problem
 
 Array = jax.Array
 

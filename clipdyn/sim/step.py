@@ -26,11 +26,11 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from clipdyn.theory import rules as clip_rules
 from clipdyn.precision import uses_x64
 from clipdyn.sim.core import (RunState, Sample, SimProblem, batch_invariant_sum, divergence_bound,
                               data_rows, guarded, init_run, row_gram, rows_of,
                               step_time)
+from clipdyn.theory import rules as clip_rules
 
 __all__ = ["sgd", "hsgd", "simulator", "METHODS"]
 

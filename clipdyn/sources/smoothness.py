@@ -42,10 +42,10 @@ from jax.typing import ArrayLike
 
 from clipdyn import validation
 from clipdyn.precision import matmul, uses_x64
-from clipdyn.validation import check_value
 from clipdyn.pytrees import frozen_pytree
-from clipdyn.theory.problem import Problem
 from clipdyn.sim.core import label_noise
+from clipdyn.theory.problem import Problem
+from clipdyn.validation import check_value
 
 Array = jax.Array
 

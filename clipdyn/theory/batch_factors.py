@@ -53,9 +53,9 @@ from jax.scipy.special import fresnel, gammainc, gammaincc, gammaln
 from jax.typing import ArrayLike
 
 from clipdyn import validation
+from clipdyn.precision import uses_x64
 from clipdyn.theory import factors
 from clipdyn.theory.noise import Gaussian, NoiseLaw
-from clipdyn.precision import uses_x64
 
 Array = jax.Array
 

@@ -30,8 +30,8 @@ from jax.scipy.special import erf, erfc, gammainc
 from jax.typing import ArrayLike
 
 from clipdyn import validation
-from clipdyn.theory.noise import NoiseLaw
 from clipdyn.precision import uses_x64
+from clipdyn.theory.noise import NoiseLaw
 
 Array = jax.Array
 

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipdyn import validation
-from clipdyn.theory import factors
 from clipdyn.precision import uses_x64
+from clipdyn.theory import factors
 from clipdyn.theory.problem import Problem
 
 Array = jax.Array

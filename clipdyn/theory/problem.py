@@ -22,9 +22,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import validation
-from clipdyn.theory.noise import NoiseLaw
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import frozen_pytree, to_device
+from clipdyn.theory.noise import NoiseLaw
 
 Array = jax.Array
 

@@ -46,11 +46,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import validation
+from clipdyn.precision import uses_x64
+from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.theory import factors
 from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
-from clipdyn.pytrees import frozen_pytree, stack
-from clipdyn.precision import uses_x64
 
 Array = jax.Array
 

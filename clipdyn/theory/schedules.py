@@ -27,11 +27,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from clipdyn import validation
+from clipdyn.precision import uses_x64
+from clipdyn.pytrees import content_hash, frozen_pytree
 from clipdyn.theory import factors
 from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
-from clipdyn.pytrees import content_hash, frozen_pytree
-from clipdyn.precision import uses_x64
 
 Array = jax.Array
 

@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from clipdyn import validation
-from clipdyn.theory.ode import check_problem, merge_modes, ode_risk
 from clipdyn.precision import uses_x64
+from clipdyn.theory.ode import check_problem, merge_modes, ode_risk
 from clipdyn.theory.problem import Problem
 from clipdyn.theory.schedules import PiecewiseConstant
 
