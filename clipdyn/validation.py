@@ -460,9 +460,6 @@ def bytes_text(n: float) -> str:
     return f"{n:.3g} PB"  # pragma: no cover
 
 
-_bytes = bytes_text  # the name clipdyn.runs.sweep used first
-
-
 def check_memory(n_bytes: float, what: str) -> None:
     """Refuse up front what cannot fit in this machine's available memory, with the amount.
 

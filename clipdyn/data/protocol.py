@@ -117,6 +117,12 @@ def decompose(X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"sing": sing, "vecs": vt.T, "coef": coef}
 
 
+def _scaled_blocks(inputs: np.ndarray, keep: np.ndarray, scale: np.ndarray):
+    """``(start, block)``: the kept columns over their scales, in float64, ``_CHUNK`` rows at a time."""
+    for start in range(0, inputs.shape[0], _CHUNK):
+        yield start, inputs[start:start + _CHUNK][:, keep].astype(np.float64) / scale
+
+
 def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(keep, scale, mean, sd)``: the non-constant columns (``max > min``), their largest
     magnitude, and the mean and population standard deviation of ``column / scale`` over the
@@ -124,17 +130,12 @@ def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``(column / scale - mean) / sd``: dividing by the largest magnitude first keeps every sum
     finite and normal whatever the column's scale (1e160 overflowed the squares, 1e-170
     underflowed them), so standardisation does not depend on it."""
-    hi, lo = np.max(inputs, axis=0), np.min(inputs, axis=0)
-    keep = hi > lo
+    col_max, col_min = np.max(inputs, axis=0), np.min(inputs, axis=0)
+    keep = col_max > col_min
     n = inputs.shape[0]
-    scale = np.maximum(np.abs(hi), np.abs(lo))[keep].astype(np.float64)
-    mean = np.zeros(int(keep.sum()))
-    for lo in range(0, n, _CHUNK):
-        mean += np.sum(inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale, axis=0)
-    mean /= n
-    ss = np.zeros_like(mean)
-    for lo in range(0, n, _CHUNK):
-        ss += np.sum((inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale - mean) ** 2, axis=0)
+    scale = np.maximum(np.abs(col_max), np.abs(col_min))[keep].astype(np.float64)
+    mean = sum(np.sum(block, axis=0) for _, block in _scaled_blocks(inputs, keep, scale)) / n
+    ss = sum(np.sum((block - mean) ** 2, axis=0) for _, block in _scaled_blocks(inputs, keep, scale))
     return keep, scale, mean, np.sqrt(ss / n)
 
 
@@ -153,9 +154,9 @@ def feature_matrix(dataset: Dataset, features: FeatureMap) -> tuple[np.ndarray, 
         rng = np.random.default_rng(features.seed)
         W = rng.standard_normal((d_in, d)) / math.sqrt(d_in)
     X = np.empty((n, d))
-    for lo in range(0, n, _CHUNK):
-        u = (dataset.inputs[lo:lo + _CHUNK][:, keep].astype(np.float64) / scale - mean) / sd
-        X[lo:lo + _CHUNK] = u if features.kind == "raw" else np.maximum(u @ W, 0.0)
+    for start, block in _scaled_blocks(dataset.inputs, keep, scale):
+        u = (block - mean) / sd
+        X[start:start + _CHUNK] = u if features.kind == "raw" else np.maximum(u @ W, 0.0)
     return X, int(keep.size - d_in)
 
 

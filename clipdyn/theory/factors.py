@@ -106,11 +106,11 @@ def _shifted(m: Array, s2: Array, c: Array) -> tuple[Array, Array]:
     # e = m^2 + s2, or p = 0 and e = c^2; the tails left out are below 1e-349), with a placeholder
     # sd in the formulas: their R-derivatives were nan there (0 times an infinite da/ds2), as in
     # :func:`_centred`.
-    inside = ((-c - m) / s < -40.0) & ((c - m) / s > 40.0)
-    outside = ((-c - m) / s > 40.0) | ((c - m) / s < -40.0)
+    a, b = (-c - m) / s, (c - m) / s
+    inside = (a < -40.0) & (b > 40.0)
+    outside = (a > 40.0) | (b < -40.0)
     s = jnp.where(inside | outside, 1.0, s)
-    a = (-c - m) / s
-    b = (c - m) / s
+    a, b = (-c - m) / s, (c - m) / s
     q = _Phi(a) + _Phi(-b)  # P(|w| > c), a sum of two tails
     p = jnp.where(a >= 0, _Phi(-a) - _Phi(-b), jnp.where(b <= 0, _Phi(b) - _Phi(a), 1.0 - q))
     e_in = (m * m + s * s) * p + 2.0 * m * s * (_phi(a) - _phi(b)) + s * s * (a * _phi(a) - b * _phi(b))
