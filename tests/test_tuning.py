@@ -20,6 +20,16 @@ def test_bisection_on_known_thresholds():
         tuning.bisect_max_lr(lambda e: e < 1, 2.0, 1.0)
 
 
+def test_bisection_refuses_a_bracket_without_a_threshold():
+    # Before, a bracket whose lo was unstable (or hi stable) came back as its end, a made-up
+    # "largest stable rate"; both ends are now checked, and the message names the configurations.
+    thresholds = np.array([0.3, 1.7, 12.0])
+    with pytest.raises(ValueError, match=r"lo is unstable for configuration\(s\) \[0\] \(lo = 0.5"):
+        tuning.bisect_max_lr(lambda e: e < thresholds, 0.5, 100.0)
+    with pytest.raises(ValueError, match=r"hi is stable for configuration\(s\) \[1, 2\] \(hi = 1.5"):
+        tuning.bisect_max_lr(lambda e: e < thresholds, 0.1, 1.5)
+
+
 def test_ode_bisection_matches_closed_form():
     # Identity spectrum, unclipped: R moves monotonically from R0 to R_inf = eta s^2 / (2 (2 - eta)),
     # so R(T) < R0 iff R_inf < R0 iff eta < 4 / (2 + sigma^2 / R0) (theory eq. (2.9)).
@@ -93,3 +103,11 @@ def test_one_piece_schedule_is_a_constant_rate():
     finals = np.asarray(tuning.ode_final_risks(prob, scheds, 1.0)[0])[:, -1]
     assert np.asarray(res.schedule.boundaries).size == 0
     assert res.final_risk <= finals.min() * (1 + 1e-4)
+
+
+def test_schedule_optimiser_refuses_a_diverging_start():
+    # Identity spectrum, unclipped: eta >= 2 diverges (theory eq. (2.9)); starting there, every
+    # risk the optimiser could report is infinite, so it says so rather than returning inf.
+    prob = make_problem(identity_spectrum(5), cd.Gaussian(0.3))
+    with pytest.raises(ValueError, match=r"diverges before T=50.0 under the starting schedule \(eta_init=3.5"):
+        tuning.optimize_lr_schedule(prob, 50.0, pieces=2, steps=3, eta_init=3.5)

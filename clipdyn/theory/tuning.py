@@ -51,6 +51,11 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
 
     Returns:
         ``(n,)`` estimates, the geometric midpoints of the final brackets.
+
+    Raises:
+        ValueError: where ``lo`` is not stable or ``hi`` is stable for some configuration (the
+            bracket holds no threshold there, and bisection would return an end of it as if it
+            were the answer); the message names the configurations and the end.
     """
     if not callable(is_stable):
         raise ValueError(f"is_stable must be a function etas -> stable; got {type(is_stable).__name__}")
@@ -64,6 +69,16 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
     if np.any(~(lo > 0) | ~(hi > lo)):
         raise ValueError("bisect_max_lr needs 0 < lo < hi")
+    for end, etas, want in (("lo", lo, True), ("hi", hi, False)):
+        ok = np.asarray(is_stable(etas), bool)
+        bad = np.flatnonzero(ok != want)
+        if bad.size:
+            etas = np.broadcast_to(etas, ok.shape)
+            which = "unstable" if want else "stable"
+            raise ValueError(f"bisect_max_lr: {end} is {which} for configuration(s) "
+                             f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} "
+                             f"({end} = {etas[bad[0]]:g} there); the bracket must have a stable lo "
+                             "and an unstable hi")
     log_lo, log_hi = np.log(lo), np.log(hi)
     for _ in range(iters):
         mid = 0.5 * (log_lo + log_hi)
@@ -190,7 +205,12 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
         eta_max: upper bound of the learning rate.
 
     Returns:
-        :class:`LRSchedule` with the best schedule seen, its ``R(T)`` and the history of ``R(T)``.
+        :class:`LRSchedule` with the best schedule seen, its ``R(T)`` and the history of ``R(T)``
+        (``inf`` for an optimiser step whose schedule diverged; the search stops there).
+
+    Raises:
+        ValueError: where the ODE diverges before ``T`` under the starting schedule itself
+            (``eta_init`` on every piece): there is no finite risk to improve on.
     """
     check_problem(problem)
     validation.positive("T", T, bounded=False)
@@ -223,4 +243,8 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
         with jax.numpy_dtype_promotion("standard"):
             updates, state = opt.update(grad, state)
             p = optax.apply_updates(p, updates)
+    if not math.isfinite(best[0]):
+        raise ValueError(f"optimize_lr_schedule: the ODE diverges before T={T} under the starting "
+                         f"schedule (eta_init={eta_init} on every piece, clip={clip}); start from "
+                         "a smaller eta_init")
     return LRSchedule(schedule(best[1]), math.exp(best[0]), np.asarray(history))
