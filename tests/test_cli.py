@@ -123,13 +123,14 @@ def test_bad_spectrum_file(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_console_script_entry_point():
-    exe = Path(sys.executable).parent / "clipdyn"
-    out = subprocess.run([str(exe), "factors", "--noise", "gaussian", "--R", "1", "--c", "1", "--json"],
+@pytest.mark.parametrize("command", [[str(Path(sys.executable).parent / "clipdyn")],
+                                     [sys.executable, "-m", "clipdyn"]], ids=["script", "python -m"])
+def test_console_script_entry_point(command):
+    out = subprocess.run([*command, "factors", "--noise", "gaussian", "--R", "1", "--c", "1", "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["R"] == 1.0
-    bad = subprocess.run([str(exe), "factors", "--noise", "gaussian", "--R", "1"],
+    bad = subprocess.run([*command, "factors", "--noise", "gaussian", "--R", "1"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--c" in bad.stderr
 
