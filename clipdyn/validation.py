@@ -42,6 +42,7 @@ __all__ = [
     "RTOL_RANGE",
     "is_concrete",
     "rebuilding",
+    "is_rebuilding",
     "check_real",
     "check_value",
     "single",
@@ -109,6 +110,12 @@ def rebuilding():
         yield
     finally:
         _REBUILDING.reset(token)
+
+
+def is_rebuilding() -> bool:
+    """Whether JAX is rebuilding a clipdyn pytree (:func:`rebuilding`): its fields then hold
+    placeholders, or leaves stacked over configurations, that were checked when first built."""
+    return _REBUILDING.get()
 
 
 def _refuse_none(owner: str, name: str, value) -> None:

@@ -185,6 +185,7 @@ def test_wikitext2_protocol(tmp_path):
     ("no-file", r"wikitext2: '.*wiki\.train\.raw' \(or wiki\.train\.tokens\) not found; download WikiText-2"),
     ("short", r"has 5 tokens; window=16 needs at least 18"),
     ("binary", r"is not UTF-8 text"),
+    ("buckets", r"wikitext2: 53 rows x buckets=100000000000 needs about 77\.1 TB of memory"),
 ])
 def test_wikitext2_errors(tmp_path, case, match):
     folder = tmp_path / "wt"
@@ -195,6 +196,11 @@ def test_wikitext2_errors(tmp_path, case, match):
     if case == "binary":
         folder.mkdir()
         (folder / "wiki.train.raw").write_bytes(b"\xff\xfe\x00 abc")
+    if case == "buckets":  # refused before the counts are allocated
+        write_wiki(folder)
+        with pytest.raises(ValueError, match=match):
+            load_source(f"wikitext2:path={folder},window=2,buckets=1e11")
+        return
     with pytest.raises(ValueError, match=match):
         load_source(f"wikitext2:path={folder}")
 
@@ -233,6 +239,8 @@ def test_standardisation_does_not_depend_on_a_columns_scale(col, factor):
 @pytest.mark.parametrize("arrays, match", [
     (None, r"npz: '.*missing\.npz' not found; it needs arrays X \(N x D, real\) and y \(N,\)"),
     ("garbage", r"is not a readable \.npz archive"),
+    ("not zip", r"is not an \.npz \(zip\) archive; it needs arrays X"),
+    ("npy", r"is a single \.npy array; it needs arrays X"),
     (dict(X=np.ones((3, 2))), r"has arrays \['X'\]; missing y"),
     (dict(X=np.ones(5), y=np.ones(5)), r"X has shape \(5,\); it must be \(N, D\)"),
     (dict(X=np.ones((5, 2)), y=np.ones(4)), r"y has shape \(4,\); it must be \(5,\)"),
@@ -245,11 +253,29 @@ def test_npz_errors(tmp_path, arrays, match):
     f = tmp_path / "missing.npz"
     if arrays == "garbage":
         f.write_bytes(b"PK\x03\x04 truncated")
+    elif arrays == "not zip":
+        f.write_bytes(b"not a zip")
+    elif arrays == "npy":
+        with open(f, "wb") as handle:
+            np.save(handle, np.ones((3, 2)))
     elif arrays is not None:
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match=match) as err:
         load_source(f"npz:path={f}")
     assert "\n" not in str(err.value)
+
+
+def test_integer_spec_values_keep_every_digit():
+    # Parsed through float, seed=2^53+1 became 2^53 (another W), and 2^63-2 was refused as 2^63.
+    from clipdyn.data.sources import int_param
+
+    assert int_param("s", "seed", "9007199254740993", 0) == 9007199254740993
+    assert int_param("s", "seed", " 9223372036854775806", 0) == 2**63 - 2
+    assert int_param("s", "buckets", "1e4", 2) == 10000
+    for bad in ("1.5", "-1", "nan", "inf", "1e400", "x"):
+        with pytest.raises(ValueError, match=f"seed={bad}"):
+            int_param("s", "seed", bad, 0)
+    assert parse_features("relu:d=5,seed=9007199254740993").seed == 9007199254740993
 
 
 @pytest.mark.parametrize("spec, features, match", [
@@ -400,6 +426,54 @@ def test_dataset_is_a_frozen_copy_so_the_cache_cannot_go_stale():
         ds.inputs[0, 0] = 1.0
 
 
+def test_problem_arrays_are_read_only():
+    # Sweeps name the rows by the fingerprint: rows edited in place between an interrupted sweep
+    # and its resumption were mixed into one results file.
+    dp = load_problem(from_arrays(*tiny_arrays()), cache=False)
+    for name in ("features", "residuals", "e0", "target", "eigvecs"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(dp, name)[0] = 1.0
+
+
+def test_a_problem_that_is_not_the_datasets_is_refused():
+    # Only d was compared: another problem of the same d mixed its spectrum (the risk) with the
+    # dataset's rows (the steps), and the results recorded its R0.
+    from clipdyn.theory.problem import make_problem
+
+    dp = load_problem("sklearn:name=iris", cache=False)
+    other = make_problem(np.ones(4), Empirical(dp.residuals), R0=1.0)
+    with pytest.raises(ValueError, match=r"the problem is not the dataset's \(its spectrum differs at mode 0"):
+        simulate_runs(other, constant(0.5, 0.5), [0], T=0.5, points=2, data=dp)
+    moved = make_problem(dp.lam, Empirical(dp.residuals), v0=2.0 * np.asarray(dp.problem.v0))
+    with pytest.raises(ValueError, match="its start differs at mode 0"):
+        simulate_runs(moved, constant(0.5, 0.5), [0], T=0.5, points=2, data=dp)
+
+
+def test_from_arrays_digest_is_of_the_arrays_and_n_classes_needs_labels():
+    # The digest is always the arrays' own (a caller's digest was trusted: two datasets under one
+    # digest shared a cached decomposition); n_classes with a regression target was ignored.
+    X, y = tiny_arrays(integer_y=False)
+    with pytest.raises(TypeError):
+        from_arrays(X, y, digest="0" * 64)
+    with pytest.raises(ValueError, match=r"n_classes=3 is for integer class labels; y holds float64"):
+        from_arrays(X, y, n_classes=3)
+    assert from_arrays(X, y).digest == from_arrays(X.copy(order="F"), list(y)).digest
+
+
+def test_integer_columns_at_their_types_minimum():
+    # |int8(-128)| is -128 in int8: a column {-128, 0} got scale 0 and NaN features. The same
+    # data as int16 is the reference (standardisation does not depend on the dtype).
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 4))
+    y = (X[:, 0] > 0).astype(int)
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        low = np.iinfo(dtype).min
+        Xi = np.column_stack([(X * 10).astype(dtype), np.where(X[:, 1] > 0, low, 0).astype(dtype)])
+        got = load_problem(from_arrays(Xi, y), cache=False)
+        want = load_problem(from_arrays(Xi.astype(np.float64), y), cache=False)
+        np.testing.assert_array_equal(got.lam, want.lam)
+
+
 def test_class_count_enters_the_fingerprint():
     # Labels 0..5 as 6 classes (ranks) and as 6 of 10: different targets (threshold 3 against 5),
     # so different fingerprints; 6 given explicitly is the ranks' own count: the same problem.
@@ -462,6 +536,14 @@ def test_cache_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv(data_cache.ENV, "off")
     dp = load_problem("sklearn:name=iris")
     assert dp.cache_status == "uncached"
+    # The argument takes the environment's words too (it used to create a folder named 'off').
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(data_cache.ENV)
+    for word in ("off", "none", "False", "0"):
+        assert load_problem("sklearn:name=iris", cache=word).cache_status == "uncached"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"cache=0 is not allowed; give True, False, 'off' or a folder"):
+        load_problem("sklearn:name=iris", cache=0)
 
 
 # ---- simulation and ODE on the data ----------------------------------------------------------

@@ -62,6 +62,27 @@ def test_simulate_and_sweep_with_data(capsys, npz, tmp_path):
     assert meta["config"]["data_fingerprint"] == load_problem(f"npz:path={npz}").fingerprint
 
 
+@pytest.mark.parametrize("clip", ["max-ccc", "heuristic:kappa=1"])
+def test_feedback_thresholds_with_data(capsys, npz, clip):
+    # The residuals' Empirical law rides inside a feedback schedule, which a sweep stacks over its
+    # configurations; its atoms then gain a leading axis, which the law used to refuse ("atoms must
+    # be a non-empty 1-D array") on every dataset. float64: the CLI must give the Python API's numbers.
+    from clipdyn.runs.sweep import simulate_runs
+    from clipdyn.theory import schedules
+
+    code, out, err = run(capsys, "simulate", "--data", f"npz:path={npz}", "--eta", "0.5", "--clip", clip,
+                         "--T", "1", "--points", "3", "--seeds", "2", "--precision", "64", "--json")
+    assert code == 0, err
+    dp = load_problem(f"npz:path={npz}")
+    law = dp.problem.noise
+    sched = (schedules.max_ccc(0.5, law) if clip == "max-ccc" else schedules.heuristic(0.5, 1.0, law))
+    want = simulate_runs(dp.problem, sched, [0, 1], 1.0, 3, data=dp, precision="64")
+    np.testing.assert_allclose(json.loads(out)["risk"], want.risk[:, 0, :], rtol=1e-12)
+    code, out, err = run(capsys, "validate", "--data", f"npz:path={npz}", "--eta", "0.5", "--clip", clip,
+                         "--T", "1", "--points", "2", "--seeds", "2")
+    assert code == 0, err
+
+
 def test_factors_with_data_use_the_residual_law(capsys, npz):
     code, out, err = run(capsys, "factors", "--data", f"npz:path={npz}", "--R", "0.1", "--c", "1e6", "--json")
     assert code == 0, err

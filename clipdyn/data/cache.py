@@ -34,12 +34,19 @@ _OFF = ("off", "none", "0", "false")
 
 
 def cache_dir(cache: bool | str | Path = True) -> Path | None:
-    """The cache folder: ``cache`` itself if a path, ``None`` if ``cache`` is false or the
-    environment says ``off``, else ``$CLIPDYN_CACHE`` or ``~/.cache/clipdyn``."""
+    """The cache folder: ``None`` for ``False``, ``None`` or the words ``off``/``none``/``false``/``0``
+    (as ``$CLIPDYN_CACHE`` takes them); ``cache`` itself for another string or path; for ``True``,
+    ``$CLIPDYN_CACHE`` (``None`` if it says ``off``) or ``~/.cache/clipdyn``."""
     if cache is False or cache is None:
         return None
+    if isinstance(cache, str) and cache.strip().lower() in _OFF:
+        return None
     if isinstance(cache, (str, Path)):
+        if not str(cache).strip():
+            raise ValueError("cache='' is not allowed; give True, False, 'off' or a folder")
         return Path(cache).expanduser()
+    if cache is not True:
+        raise ValueError(f"cache={cache!r} is not allowed; give True, False, 'off' or a folder")
     env = os.environ.get(ENV)
     if env is not None:
         return None if env.strip().lower() in _OFF or not env.strip() else Path(env).expanduser()

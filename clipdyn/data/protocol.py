@@ -133,7 +133,9 @@ def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     col_max, col_min = np.max(inputs, axis=0), np.min(inputs, axis=0)
     keep = col_max > col_min
     n = inputs.shape[0]
-    scale = np.maximum(np.abs(col_max), np.abs(col_min))[keep].astype(np.float64)
+    # In float64 before the absolute value: |int8(-128)| wraps to -128 in the input's own type.
+    col_max, col_min = col_max.astype(np.float64), col_min.astype(np.float64)
+    scale = np.maximum(np.abs(col_max), np.abs(col_min))[keep]
     mean = sum(np.sum(block, axis=0) for _, block in _scaled_blocks(inputs, keep, scale)) / n
     ss = sum(np.sum((block - mean) ** 2, axis=0) for _, block in _scaled_blocks(inputs, keep, scale))
     return keep, scale, mean, np.sqrt(ss / n)
@@ -180,7 +182,7 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
 
 
 def fingerprint(dataset: Dataset, features: FeatureMap) -> str:
-    """sha256 over the protocol version, the source (without its location), the bytes read, the
+    """sha256 over the protocol version, the source (without its location), the arrays read, the
     class count where it is not the bytes' own and the feature map: the same data and features
     give the same fingerprint wherever they lie.
 
@@ -209,7 +211,7 @@ class DataProblem:
         e0: ``(d,)`` initial error ``U^T (theta_0 - theta*) = -U^T theta*``.
         target: ``(N,)`` the protocol target ``y``.
         eigvecs: ``(d, d)`` the eigenvectors ``U`` (columns, in the order of ``lam``).
-        fingerprint: sha256 of protocol version, source, bytes read and feature map.
+        fingerprint: sha256 of protocol version, source, arrays read and feature map.
         source: the source name (without location); origin: where it was read from.
         feature_map: the :class:`FeatureMap`.
         kind: ``"classification"`` or ``"regression"``; n_classes: classes (or ``None``).
@@ -289,6 +291,11 @@ class DataProblem:
                 if res.var() > 0 else 0.0}
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def build_problem(dataset: Dataset, features: str | FeatureMap | None = None,
                   cache: bool | str | Path = True) -> DataProblem:
     """Apply the protocol (module doc) to ``dataset``.
@@ -329,7 +336,10 @@ def build_problem(dataset: Dataset, features: str | FeatureMap | None = None,
                          "solution theta* is 0 (the target is orthogonal to every feature), so "
                          "the risk starts at 0 and there is nothing to learn")
     problem = make_problem(lam, Empirical(residuals), v0=0.5 * coef * coef)
-    return DataProblem(problem=problem, features=rows, residuals=residuals, e0=-coef, target=y,
+    # Read-only, like the Dataset's arrays: sweeps name the rows by the fingerprint, so rows
+    # edited in place between an interrupted sweep and its resumption would be mixed in silently.
+    rows, residuals, e0, y, vecs = (_read_only(a) for a in (rows, residuals, -coef, y, vecs))
+    return DataProblem(problem=problem, features=rows, residuals=residuals, e0=e0, target=y,
                        eigvecs=vecs, fingerprint=key, source=dataset.name, origin=dataset.origin,
                        feature_map=fmap, kind=dataset.kind, n_classes=dataset.n_classes,
                        d_in=int(dataset.inputs.shape[1] - dropped), n_dropped_columns=dropped,

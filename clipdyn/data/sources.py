@@ -1,7 +1,7 @@
 """Data sources: where a dataset's inputs and labels come from (nothing is downloaded).
 
 Each loader returns a :class:`Dataset` (the raw inputs as read, class indices or regression
-values, and a digest of the bytes read); :mod:`clipdyn.data.protocol` turns it into a
+values, and a digest of those arrays); :mod:`clipdyn.data.protocol` turns it into a
 least-squares problem. SPEC strings (``name:key=value,...``; a path may not contain a comma):
 
 * ``sklearn:name=digits|breast_cancer|wine|iris|diabetes``: scikit-learn's bundled datasets
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import pickle
 import zipfile
 import zlib
@@ -64,7 +65,8 @@ class Dataset:
         labels: ``(N,)`` class indices in ``[0, n_classes)`` for classification, else ``None``.
         values: ``(N,)`` float64 regression target for regression, else ``None``.
         n_classes: number of classes (classification), else ``None``.
-        digest: sha256 (hex) of the bytes read, so a moved file keeps its fingerprint.
+        digest: sha256 (hex) of the arrays read (dtype, shape and bytes of ``X`` and ``y``), so a
+            moved file keeps its fingerprint.
     """
 
     name: str
@@ -121,14 +123,20 @@ def take_keys(spec: str, params: dict, required: tuple = (), optional: dict | No
 
 
 def int_param(spec: str, key: str, text, low: int, what: str = "data") -> int:
+    """``key=text`` as an integer ``>= low``: digits exactly (a seed beyond 2^53 keeps every digit),
+    other forms (``1e4``) through float when they are whole."""
     try:
-        x = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} spec {spec!r}: {key}={text} is not a number") from None
-    if not (np.isfinite(x) and x.is_integer() and x >= low):
+        x = int(str(text).strip())
+    except ValueError:
+        try:
+            f = float(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} spec {spec!r}: {key}={text} is not a number") from None
+        x = int(f) if math.isfinite(f) and f.is_integer() else None
+    if x is None or x < low:
         raise ValueError(f"{what} spec {spec!r}: {key}={text} is not allowed; it must be an "
                          f"integer >= {low}")
-    return int(x)
+    return x
 
 
 def load_source(spec: str) -> Dataset:
@@ -196,7 +204,7 @@ def _frozen(a, dtype=None) -> np.ndarray:
 
 
 def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
-                n_classes: int | None = None, digest: str | None = None) -> Dataset:
+                n_classes: int | None = None) -> Dataset:
     """A :class:`Dataset` from in-memory arrays (the Python form of ``npz:path=FILE``).
 
     Args:
@@ -205,15 +213,15 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
             ``0..n_classes-1``) or floating regression values.
         name, origin: how the dataset is named in fingerprints and messages.
         n_classes: for integer ``y`` that are already class indices, the number of classes
-            (default: the number of distinct values, each mapped to its rank).
-        digest: the digest of the bytes read (default: of ``X`` and ``y``).
+            (default: the number of distinct values, each mapped to its rank); refused for
+            floating ``y``.
 
     Returns:
-        The :class:`Dataset`. It holds read-only copies of ``X`` and ``y``: its digest names
-        their bytes, so editing the caller's arrays afterwards cannot change it.
+        The :class:`Dataset`. It holds read-only copies of ``X`` and ``y`` and their digest, so
+        editing the caller's arrays afterwards cannot change it.
     """
     where = f"{name}: {origin}" if origin != name else name
-    # Copied and frozen: the digest names these bytes, so an array the caller edits in place
+    # Copied and frozen: the digest names these arrays, so an array the caller edits in place
     # afterwards must not change the dataset behind its fingerprint (and the cache's answer).
     X, y = _frozen(X), _frozen(y)
     if X.dtype.kind not in "iuf":
@@ -228,7 +236,9 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
         raise ValueError(f"{where}: X has {int(np.size(X) - np.isfinite(X).sum())} non-finite value(s)")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise ValueError(f"{where}: y has {int(np.size(y) - np.isfinite(y).sum())} non-finite value(s)")
-    digest = digest or _array_digest(X, y)
+    # The digest of the arrays themselves, whatever file they came from: a digest taken on
+    # trust (the caller's) let two datasets share one cached decomposition.
+    digest = _array_digest(X, y)
     if y.dtype.kind in "iu":
         if n_classes is None:
             classes, idx = np.unique(y, return_inverse=True)
@@ -238,6 +248,9 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
         n_classes = validation.integer("n_classes", n_classes, 2, owner=where)
         return Dataset(name, origin, X, _frozen(_class_indices(y, n_classes, where)), None, n_classes,
                        digest)
+    if n_classes is not None:
+        raise ValueError(f"{where}: n_classes={n_classes!r} is for integer class labels; y holds "
+                         f"{y.dtype} regression values (give integer labels to classify)")
     return Dataset(name, origin, X, None, _frozen(y, np.float64), None, digest)
 
 
@@ -302,14 +315,12 @@ def load_cifar10(path: str, n: int | None = None) -> Dataset:
     (in that order), optionally subsampled to ``n`` rows. Labels 0..9."""
     get = f"download the 'CIFAR-10 python version' from {CIFAR_URL} and extract it"
     folder = _directory(path, "cifar10", get)
-    h = hashlib.sha256()
     data, labels = [], []
     for fname in CIFAR_FILES:
         f = folder / fname
         if not f.is_file():
             raise ValueError(f"cifar10: {str(f)!r} not found; {get}")
         raw = f.read_bytes()
-        h.update(raw)
         x, lab = _cifar_batch(raw, repr(str(f)))
         data.append(x)
         labels.append(lab)
@@ -318,7 +329,7 @@ def load_cifar10(path: str, n: int | None = None) -> Dataset:
     if rows is not None:
         X, y = X[rows], y[rows]
     name = "cifar10" if rows is None else f"cifar10:n={n}"
-    return from_arrays(X, y, name=name, origin=str(folder), n_classes=10, digest=h.hexdigest())
+    return from_arrays(X, y, name=name, origin=str(folder), n_classes=10)
 
 
 def _bucket(token: str, buckets: int) -> int:
@@ -358,14 +369,16 @@ def load_wikitext2(path: str, window: int = 16, buckets: int = 512, n: int = 200
     rows = subsample(positions.size, n)
     if rows is not None:
         positions = positions[rows]
+    # The counts and from_arrays' frozen copy of them, before either is allocated.
+    validation.check_memory(2 * 8.0 * positions.size * buckets,
+                            f"wikitext2: {positions.size} rows x buckets={buckets}")
     X = np.zeros((positions.size, buckets), np.float64)
     r = np.arange(positions.size)
     for lag in range(1, window + 1):
         np.add.at(X, (r, bucket_of[positions - lag]), 1.0)
     values = np.log(counts[ids[positions]].astype(np.float64))
     name = f"wikitext2:window={window},buckets={buckets},n={n}"
-    digest = hashlib.sha256(raw).hexdigest()
-    return from_arrays(X, values, name=name, origin=str(f), digest=digest)
+    return from_arrays(X, values, name=name, origin=str(f))
 
 
 def load_npz(path: str) -> Dataset:
@@ -375,6 +388,9 @@ def load_npz(path: str) -> Dataset:
     if not f.is_file():
         raise ValueError(f"npz: {str(f)!r} not found; {need}")
     raw = f.read_bytes()
+    if not raw.startswith(b"PK"):  # every .npz is a zip archive
+        kind = "a single .npy array" if raw.startswith(b"\x93NUMPY") else "not an .npz (zip) archive"
+        raise ValueError(f"npz: {str(f)!r} is {kind}; {need}")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             names = list(z.files)
@@ -388,4 +404,4 @@ def load_npz(path: str) -> Dataset:
         raise ValueError(f"npz: {str(f)!r} holds non-numeric (pickled) arrays ({err}); {need}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"npz: {str(f)!r} is not a readable .npz archive ({err}); {need}") from None
-    return from_arrays(X, y, name="npz", origin=str(f), digest=hashlib.sha256(raw).hexdigest())
+    return from_arrays(X, y, name="npz", origin=str(f))

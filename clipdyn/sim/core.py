@@ -111,6 +111,25 @@ def _pad(a: np.ndarray, pad: int, dtype) -> Array:
 
 
 @uses_x64
+def _check_data_matches(lam: np.ndarray, v0: np.ndarray, feats: np.ndarray, e0: np.ndarray) -> None:
+    """Refuse a dataset that is not the problem's: the risk is computed from ``lam`` and the
+    steps from the rows, and a problem of the same ``d`` (another dataset's, or other features')
+    mixed them silently. The rows' second moments are the spectrum (``K = X^T X / N`` in its own
+    eigenbasis, to the SVD's rounding, far below 1e-6 of ``lam_max``) and ``v(0) = e0^2 / 2``."""
+    second = np.einsum("ij,ij->j", feats, feats) / feats.shape[0]
+    top = float(np.max(lam, initial=0.0))
+    off = np.abs(second - lam) > 1e-6 * top
+    if not e0.shape == lam.shape:
+        raise ValueError(f"data e0 has shape {e0.shape}; it must be ({lam.size},)")
+    start = np.abs(0.5 * e0 * e0 - v0) > 1e-12 * np.abs(v0) + 1e-300
+    if off.any() or start.any():
+        i, what = (int(np.argmax(off)), "spectrum") if off.any() else (int(np.argmax(start)), "start")
+        raise ValueError(
+            f"the problem is not the dataset's (its {what} differs at mode {i}: lam={lam[i]:.6g} "
+            f"against the rows' {second[i]:.6g}, v0={v0[i]:.6g} against e0^2/2={0.5 * e0[i] ** 2:.6g});"
+            " pass data.problem as the problem")
+
+
 def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
     """Cast the problem to the simulation dtype and pad ``d`` to a multiple of :data:`PAD`.
 
@@ -137,6 +156,7 @@ def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
         feats = np.asarray(data.features)
         if feats.ndim != 2 or feats.shape[1] != d:
             raise ValueError(f"data features have shape {feats.shape}; they must be (N, {d})")
+        _check_data_matches(lam, v0, feats, np.asarray(data.e0, np.float64))
         rows = _pad(feats, pad, dtype)
         row_eps = to_device(np.asarray(data.residuals, np.float64), dtype)
         e0 = _pad(np.asarray(data.e0), pad, dtype)

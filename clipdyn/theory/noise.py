@@ -385,7 +385,9 @@ class Empirical(_Law):
 
     def __post_init__(self):
         a = self.atoms
-        if _is_concrete(a):
+        # Not while JAX rebuilds it: a schedule that carries the law (max-CCC) is stacked over
+        # configurations, which gives the atoms a leading axis.
+        if _is_concrete(a) and not validation.is_rebuilding():
             if np.size(a) == 0:
                 raise ValueError("empirical: atoms must contain at least one value; got none")
             arr = validation.real_vector(a, "empirical: atoms")
