@@ -124,13 +124,13 @@ def _refuse_none(owner: str, name: str, value) -> None:
                          "(int or float), not None")
 
 
-def single(name: str, value, *, owner: str = ""):
+def single(name: str, value, *, owner: str = "", what: str = "one law"):
     """One number, not an array: a scalar law's parameter. Batched laws are JAX's to make (by
     ``vmap`` over a function that builds one, or by stacking laws), not the constructor's: an
     array there used to be accepted and fail later with a shape error naming nothing."""
     if is_concrete(value) and np.ndim(value) != 0 and not _REBUILDING.get():
         raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be a "
-                         f"single number (one law), not an array of shape {np.shape(value)}")
+                         f"single number ({what}), not an array of shape {np.shape(value)}")
     return value
 
 

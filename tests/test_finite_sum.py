@@ -118,6 +118,49 @@ def test_expected_clip_relative_accuracy_at_every_k(k):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
 
 
+def test_expected_clip_keeps_relative_accuracy_as_m_goes_to_0():
+    """float64. For ``|m| << c`` at ``k`` near ``c`` eq. (4)'s two tails differ by about ``m``: the
+    direct form was 7e-5 off at ``m = 1e-12`` and 2e-2 at ``1e-15``. Against the one-signed
+    quadrature (relative 2e-14) to 1e-13 relative; the series covers ``|m| max(1, c/k) <= k/2``."""
+    ms = np.array([1e-15, -1e-12, 1e-9, 3e-6, -0.01])
+    with jax.enable_x64(True):
+        for c, k in ((1.0, 1.0), (1.0, 1.9999), (3.0, 0.7), (0.5, 0.2)):
+            got = np.asarray(fs.expected_clip(jnp.asarray(ms), c, k))
+            want = np.array([ref_expected_clip_sinh(m, c, k) for m in ms])
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=0, err_msg=f"c={c}, k={k}")
+
+
+def ref_shortfall(m, c, k):
+    """``c - E clip_c(|m| + k Z)`` for a term clipped away (``|m| > k/2 >= c``): eq. (4)'s
+    ``k [T((|m| - c)/k) - T((|m| + c)/k)]``, ``T(s) = phi(s) - s Phi(-s)``, with scipy's normal law
+    (cancels by at most ``e^{2ac/k}``, a few digits, in the cases below)."""
+    N = stats.norm
+    T = lambda s: N.pdf(s) - s * N.sf(s)  # noqa: E731
+    return k * (T((abs(m) - c) / k) - T((abs(m) + c) / k))
+
+
+@pytest.mark.parametrize("k", [2.0, 2.2, 2.5, 3.0, 4.0, 10.0])
+def test_zero_of_points_far_apart(k):
+    """float64. Points far apart (every term clipped away at the zero): ``h`` is ``+-c`` counts that
+    cancel exactly plus shortfalls of size ``e^{-(D/2k)^2}``, which decide its sign. Summed in
+    floating point with the ``+-c`` they were lost to rounding: ``a = (0, 40)``, ``c = 1``,
+    ``k = 2`` put the zero at 19.81. By symmetry the zero is ``D/2`` exactly (to rounding of
+    ``D/2``); an asymmetric sum against ``brentq`` on the shortfalls (scipy), to 1e-11."""
+    for pts, want in (([0.0, 40.0], 20.0), ([0.3, 40.7], 20.5), ([-1000.0, 0.0, 40.0, 1000.0], 20.0),
+                      ([0.0, 60.0], 30.0), ([0.0, 100.0], 50.0), ([0.0, 1e5], 5e4)):
+        z = fs.zero_interval(fs.finite_sum(pts, 1.0, k))
+        assert z[0] == z[1] and abs(z[0] - want) <= 4 * np.spacing(want), (pts, k, z)
+    pts = np.array([0.0, 31.0, 50.0, 80.0])  # two terms clipped up, two down near x = 40.5
+
+    def signed(x):  # n h(x): the shortfalls of the terms clipped down minus those clipped up
+        return math.fsum(ref_shortfall(x - a, 1.0, k) * (1 if x < a else -1) for a in pts)
+
+    ref = optimize.brentq(signed, 39.0, 42.0, xtol=1e-13, rtol=4 * np.finfo(float).eps)
+    z = fs.zero_interval(fs.finite_sum(pts, 1.0, k))
+    assert z[0] == pytest.approx(ref, abs=1e-11)
+    assert fs.bias(fs.finite_sum([0.0, 40.0], 1.0, k))[()] == 0.0
+
+
 def test_zero_at_huge_k_against_the_series_limit():
     """float64. For ``k >> spread`` the zero is ``x* - mu_3 / (6 k^2) + O(k^-4)`` (eq. (8)); at
     ``k = 1e4..1e8`` the correction is below 1e-7 and the zero must sit on it to 1e-13 (a few
@@ -414,6 +457,11 @@ def test_cli_bias_errors(capsys, argv, bad):
     ([1.0, 2.0], 1.0, -0.5, "perturbation k=-0.5"),
     ([1.0, 2.0], 1.0, np.inf, "perturbation k=inf"),
     ([1.0, 2.0], 1.0, [0.0, np.nan], "perturbation k=[0.0, nan]"),
+    # near the float64 maximum the bisection's bracket min(a) - 2c overflowed ([inf, inf] zeros)
+    ([1.5e308, 1.5e308], 1.0, 1.0, "points containing [1.5e+308, 1.5e+308]"),
+    ([1.0, 2.0], 1e101, 0.0, "clip c=1e+101"),
+    ([1.0, 2.0], 1.0, 1e101, "perturbation k=1e+101"),
+    (["1", "2"], 1.0, 0.0, "points=['1', '2']"),
 ])
 def test_finite_sum_rejects_bad_input(points, clip, k, bad):
     with pytest.raises(ValueError, match="not allowed") as err:
@@ -440,7 +488,7 @@ def test_functions_reject_bad_input():
 @pytest.mark.parametrize("call, bad", [
     # expected_clip returned -1.0 for c = -1 and 0.5 for c = nan or k = -1; strings and booleans
     # were accepted as thresholds; clipped_sgd took booleans, repeated and out-of-range seeds.
-    (lambda: fs.expected_clip(0.5, -1.0, 0.0), "clip=-1.0 is not allowed; clip must be finite and > 0"),
+    (lambda: fs.expected_clip(0.5, -1.0, 0.0), "clip=-1.0 is not allowed; clip must be finite, > 0 and <= 1e100"),
     (lambda: fs.expected_clip(0.5, math.nan, 0.0), "clip=nan"),
     (lambda: fs.expected_clip(0.5, 1.0, -1.0), "perturbation=-1.0 is not allowed"),
     (lambda: fs.expected_clip("0.5", 1.0, 0.0), "m='0.5' is not allowed"),
@@ -453,6 +501,13 @@ def test_functions_reject_bad_input():
     (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, [-1]), "seeds[0]=-1"),
     (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, [2**40]), "seeds[0]=1099511627776"),
     (lambda: fs.clipped_sgd(fs.finite_sum(ASYM, 1.0), 0.0, 0.1, 10, 3), "e.g. range(8) for 8 seeds"),
+    # nan passed through expected_clip; clipped_gradient checked nothing (a hand-built FiniteSum
+    # with c = -1 returned a number)
+    (lambda: fs.expected_clip(math.nan, 1.0, 1.0), "m=nan is not allowed; m must be finite"),
+    (lambda: fs.clipped_gradient(fs.FiniteSum(np.array(ASYM), -1.0, 0.0), 0.5), "clip c=-1.0"),
+    (lambda: fs.clipped_gradient(fs.finite_sum(ASYM, 1.0), True), "x=True is not allowed"),
+    (lambda: fs.clipped_gradient(fs.finite_sum(ASYM, 1.0), math.nan), "x=nan is not allowed"),
+    (lambda: fs.clipped_gradient(ASYM, 0.5), "problem must be a FiniteSum"),
 ])
 def test_field_and_sgd_refuse_bad_values(call, bad):
     with pytest.raises(ValueError) as err:
@@ -468,7 +523,9 @@ def test_field_is_float64_for_python_numbers_in_32_bit_mode():
     try:
         got = fs.expected_clip(0.3, 1.0, 0.7)
         h = fs.clipped_gradient(fs.finite_sum(ASYM, 1.0, 0.7), 0.25)
+        x_star = fs.minimiser(fs.finite_sum(ASYM, 1.0))
     finally:
         jax.config.update("jax_enable_x64", True)
-    assert got.dtype == jnp.float64 and h.dtype == jnp.float64
+    assert got.dtype == jnp.float64 and h.dtype == jnp.float64 and x_star.dtype == jnp.float64
+    assert float(x_star) == 4.0 / 3.0
     assert abs(float(got) - want) <= 1e-15 * abs(want)

@@ -273,6 +273,11 @@ def test_projected_gradient_symmetry_shapes_and_range(digits, params):
     (lambda: nw.init_mlp(jax.random.key(0), 64), r"sizes=64 is not allowed"),
     (lambda: nw.apply_mlp(nw.init_mlp(jax.random.key(0), (64, 10)), jnp.zeros((3, 5))),
      r"shape \(3, 5\) do not fit the network: their last axis must be its input width 64"),
+    # The public transform checked nothing (-1: gradient ascent, nan: unclipped); a NaN sample
+    # looked perfectly symmetric (0.0); rule "none" refused clip=None although it ignores clip.
+    (lambda: nw.per_example_clip(-1.0), r"l2_norm_clip=-1.0 is not allowed; l2_norm_clip must be > 0"),
+    (lambda: nw.per_example_clip(float("nan")), r"l2_norm_clip=nan is not allowed"),
+    (lambda: nw.symmetry_statistic(jnp.array([[np.nan, 1.0], [1.0, 2.0]])), r"points=.* must be finite"),
 ])
 def test_bad_rates_keys_and_shapes_named(call, match):
     with pytest.raises(ValueError, match=match):
@@ -299,3 +304,18 @@ def test_train_runs_eagerly_on_numpy_splits(digits, params):
     eager = nw.train(cfg, 0.05, 1.0, split, params, batches)
     jitted = jax.jit(nw.train, static_argnums=0)(cfg, 0.05, 1.0, split, params, batches)
     np.testing.assert_allclose(eager.val_loss, jitted.val_loss, rtol=1e-5)
+
+
+def test_train_refuses_batch_indices_outside_the_training_split(digits, params):
+    # JAX clamps an index out of range: every step silently reused the last sample (acc 0.16).
+    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16)
+    n = digits.x_train.shape[0]
+    batches = nw.shuffled_batches(jax.random.key(0), n, 1, 16)
+    with pytest.raises(ValueError, match=rf"integer indices into the {n} training samples \(0..{n - 1}\)"):
+        nw.train(cfg, 0.05, 1.0, digits, params, batches + n)
+    with pytest.raises(ValueError, match="got dtype float32"):
+        nw.train(cfg, 0.05, 1.0, digits, params, batches.astype(jnp.float32))
+    with pytest.raises(ValueError, match="batches must be an array of shape"):
+        nw.train(cfg, 0.05, 1.0, digits, params, batches.tolist())
+    # rule "none" ignores its threshold, None included
+    assert nw.gradient_rule("none", 0.1, None, batch=4).per_example is False

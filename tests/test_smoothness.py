@@ -345,6 +345,11 @@ def test_training_trace_reports_divergence():
 # ---- input validation ---------------------------------------------------------------------
 
 
+def _in_float32(make, lam):
+    with jax.enable_x64(False):  # where the weights are stored as float32
+        return make(lam)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: sm.cosh_sum([1.0, -2.0]), "lam"),
     (lambda: sm.quadratic([[1.0]]), "1-D"),
@@ -359,6 +364,18 @@ def test_training_trace_reports_divergence():
     (lambda: sm.least_squares_trace(ls_problem(8), 1.0, 0.5, 10, jax.random.PRNGKey(0), method="gd"), "c="),
     (lambda: sm.least_squares_trace(ls_problem(8), 1.0, 0.5, 10, jax.random.PRNGKey(0), method="adam"), "method"),
     (lambda: sm.loglog_slope([1.0, 2.0, 3.0], [1.0, 0.0, 2.0]), "finite"),
+    # Accepted before: strings, weights that float32 stores as 0 or inf, a 1-D function run on a
+    # 2-D point (broadcast), a string flag, an L0 whose step overflows (named "eta=inf"), lists.
+    (lambda: sm.cosh_sum(["1"]), r"lam=\['1'\] is not allowed"),
+    (lambda: _in_float32(sm.cosh_sum, [1e-320]), r"lam containing \[1e-320\] is not representable as float32"),
+    (lambda: _in_float32(sm.quadratic, [1e308, 1.0]), r"lam containing \[1e\+308\] is not representable as float32"),
+    (lambda: sm.run_gd(sm.cosh_sum([1.0]), jnp.ones(2), sm.fixed_step(0.1), 1e-3, 10),
+     r"x0 of shape \(2,\) does not match the function's 1 dimension"),
+    (lambda: sm.run_gd(sm.cosh_sum([1.0]), jnp.ones(1), sm.fixed_step(0.1), 1e-3, 10, stop_on_increase="no"),
+     "stop_on_increase must be True or False"),
+    (lambda: sm.zhang_clipped(1e-320, 1.0), r"L0=1e-320 is not allowed; L0 must be finite and >= 1e-300"),
+    (lambda: sm.zhang_clipped([1.0, 2.0], 1.0), r"L0=\[1.0, 2.0\] is not allowed; L0 must be a single number"),
+    (lambda: sm.descent_step(1.0, 1.0, [1.0, 2.0]), r"M=\[1.0, 2.0\] is not allowed"),
 ])
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import erf, erfc, erfcx, logsumexp
+from jax.scipy.special import erf, erfc, erfcx, log_ndtr, logsumexp
 from jax.typing import ArrayLike
 
 from clipdyn import validation
@@ -59,11 +59,14 @@ __all__ = [
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SWITCH = 4.0  # below: direct formula (cancels at most ~s^2 = 16x); above: continued fraction
 _CF_TERMS = 40  # the continued fraction's error is below 1e-15 relative for s >= 4 (eq. (5))
-# Large k (c <= k / 2), where eq. (4)'s two tails cancel (theory/clipping_bias.md, eqs. (4'')
-# and (4''')): the Hermite series in b = m / k for |m| <= k / 2 (its n-th term is below
-# b^n (n-3)!! / n!, so 12 odd orders, up to b^25, leave < 1e-17 relative), and for |m| > k / 2
-# the clipped mass in closed form plus the unclipped stretch by 32-point Gauss-Legendre.
+# Where eq. (4)'s two tails cancel (theory/clipping_bias.md, eqs. (4'') and (4''')): the Hermite
+# series in b = m / k where |b| max(1, a) <= 1/2, a = c / k (its n-th term is below
+# |b|^n max(1, a)^(n-2) (n-3)!! / n!, so 12 odd orders, up to b^25, leave < 1e-17 relative): all
+# |m| <= k / 2 for large k (c <= k / 2), and |m| << c at any k, where the tails differ by about
+# m; for c <= k / 2 and |m| > k / 2 the clipped mass in closed form plus the unclipped stretch by
+# 32-point Gauss-Legendre.
 _SERIES_MAX = 0.5
+_QUAD_MAX_AB = 4.0  # a |b| below: the far remainder by quadrature (exp(a b z) is smooth on [-1, 1])
 _SERIES_ORDERS = 12
 _GL_Z, _GL_W = np.polynomial.legendre.leggauss(32)
 
@@ -87,12 +90,19 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+# Points, thresholds and perturbations beyond 1e100 are refused: the bisection brackets
+# min(a) - 2c and max(a) + 2c, and the means of the points, overflowed near the float64 maximum.
+_LIMIT = validation.number_text(validation.MAX_MAGNITUDE)
+
+
 def _check_clip(owner: str, name: str, value) -> None:
-    validation.check_value(owner, name, value, lambda c: np.isfinite(c) & (c > 0), "finite and > 0")
+    validation.check_value(owner, name, value, lambda c: (c > 0) & (c <= validation.MAX_MAGNITUDE),
+                           f"finite, > 0 and <= {_LIMIT}")
 
 
 def _check_perturbation(owner: str, name: str, value) -> None:
-    validation.check_value(owner, name, value, lambda k: np.isfinite(k) & (k >= 0), "finite and >= 0")
+    validation.check_value(owner, name, value, lambda k: (k >= 0) & (k <= validation.MAX_MAGNITUDE),
+                           f"finite, >= 0 and <= {_LIMIT}")
 
 
 def finite_sum(points: ArrayLike, clip: ArrayLike, perturbation: ArrayLike = 0.0) -> FiniteSum:
@@ -110,14 +120,15 @@ def finite_sum(points: ArrayLike, clip: ArrayLike, perturbation: ArrayLike = 0.0
         ValueError: naming the bad value and what is allowed.
     """
     if _concrete(points):
+        validation.check_real("finite_sum", "points", points)
         pts = np.asarray(points, dtype=float)
         if pts.ndim not in (1, 2) or pts.shape[0] == 0 or pts.size == 0:
             raise ValueError(f"finite_sum: points of shape {pts.shape} are not allowed; points must "
                              "be a non-empty (n,) or (n, d) array")
-        bad = ~np.isfinite(pts)
+        bad = ~(np.abs(pts) <= validation.MAX_MAGNITUDE)
         if bad.any():
             raise ValueError(f"finite_sum: points containing {pts[bad][:4].tolist()} are not "
-                             "allowed; points must be finite numbers")
+                             f"allowed; points must be finite numbers of magnitude <= {_LIMIT}")
         points = pts
     _check_clip("finite_sum", "clip c", clip)
     if _concrete(clip) and np.ndim(clip) != 0:
@@ -134,8 +145,10 @@ def finite_sum(points: ArrayLike, clip: ArrayLike, perturbation: ArrayLike = 0.0
     return FiniteSum(points, as_float(clip), as_float(perturbation))
 
 
+@uses_x64
 def minimiser(problem: FiniteSum) -> Array:
-    """``x* = mean_i a_i``, the minimiser of ``f`` (eq. (1))."""
+    """``x* = mean_i a_i``, the minimiser of ``f`` (eq. (1)), in the points' dtype (float64 for
+    :func:`finite_sum`'s, whatever JAX's mode)."""
     return jnp.mean(jnp.asarray(problem.points), axis=0)
 
 
@@ -161,21 +174,24 @@ def _log_tail(s: Array) -> Array:
     return -0.5 * s * s - _LOG_SQRT_2PI + jnp.where(low, direct, frac)
 
 
-def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array]:
-    """``(E clip_c(m + k zeta), usable)`` for large ``k``: exact where ``usable`` (``c <= k / 2``),
-    a finite placeholder elsewhere. ``a = c / k``, ``b = m / k``.
+def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array, Array]:
+    """``(E clip_c(m + k zeta), usable, near)``: exact where ``usable``, a finite placeholder
+    elsewhere. ``a = c / k``, ``b = m / k``.
 
-    For ``|b| <= 1/2`` the Hermite series (eq. (4''))
-    ``m erf(a / sqrt 2) - 2 k phi(a) sum_{n = 3, 5, ...} b^n He_{n-2}(a) / n!``; for ``|b| > 1/2``
+    ``near`` (``|b| max(1, a) <= 1/2``): the Hermite series (eq. (4''))
+    ``m erf(a / sqrt 2) - 2 k phi(a) sum_{n = 3, 5, ...} b^n He_{n-2}(a) / n!``, the Taylor series
+    of eq. (4) in ``b`` at any ``a``. Otherwise, for ``c <= k / 2`` (so ``|b| > 1/2``),
     ``c sign(m) [1 - Phi(a - |b|) - Phi(-a - |b|)] + (c^2 / k) int_{-1}^{1} z phi(a z - b) dz``
     (eq. (4''')): the clipped mass, at least a third of ``c``, plus the small unclipped stretch.
-    Every term is formed without cancellation, where eq. (4) subtracts two tails of size about
-    ``k phi(b)`` whose difference is of size ``c`` or less.
+    ``usable`` is the union of the two. Every term is formed without cancellation, where eq. (4)
+    subtracts two tails whose difference is of size ``c`` or less (large ``k``) or about ``m``
+    (small ``|m|``).
     """
     k_safe = jnp.where(k > 0, k, 1.0)
     a_all, b_all = c / k_safe, m / k_safe
-    usable = jnp.broadcast_to((k > 0) & (a_all <= _SERIES_MAX), jnp.shape(m))
-    near = usable & (jnp.abs(b_all) <= _SERIES_MAX)
+    near = jnp.broadcast_to((k > 0) & (jnp.abs(b_all) * jnp.maximum(a_all, 1.0) <= _SERIES_MAX),
+                            jnp.shape(m))
+    usable = near | jnp.broadcast_to((k > 0) & (a_all <= _SERIES_MAX), jnp.shape(m))
     a = jnp.where(usable, a_all, 0.0)
     far_b = jnp.where(usable & ~near, b_all, 1.0)
     b = jnp.where(near, b_all, 0.0)  # b^25 of a large b would overflow (and poison gradients)
@@ -199,7 +215,31 @@ def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array]:
     zz = a[..., None] * z - far_b[..., None]
     inner = jnp.sum(w * z * jnp.exp(-0.5 * zz * zz - _LOG_SQRT_2PI), axis=-1)
     far = c * jnp.sign(far_b) * mass + c * a * inner
-    return jnp.where(near, series, far), usable
+    return jnp.where(near, series, far), usable, near
+
+
+def _log_far_remainder(a: Array, b: Array) -> Array:
+    """``log((c - E clip_c(m + k zeta)) / k)`` for ``m > 0`` with ``a = c / k <= 1/2 < b = m / k``
+    (by symmetry, of ``|m|`` for ``m < 0``): how far a clipped-away term falls short of ``c``.
+
+    It is ``T(b - a) - T(b + a)`` with ``T(s) = E(zeta - s)_+`` (eq. (4) for ``|m| > c``), which
+    cancels where ``a b`` is small; there it is formed as
+    ``a^2 int_{-1}^{1} (1 - z) phi(a z - b) dz + 2 a Phi(-a - b)`` (every part positive; 32-point
+    Gauss-Legendre, exact to rounding for ``a b <= 4``), elsewhere as
+    ``log T(b - a) + log1p(-T(b + a) / T(b - a))`` with the ratio below ``e^{-2 a b} < e^{-8}``.
+    In logarithms: the shortfall underflows long before it stops deciding the sign of ``h``.
+    """
+    quad = a * b <= _QUAD_MAX_AB
+    aq, bq = jnp.where(quad, a, 0.25), jnp.where(quad, b, 1.0)
+    nodes = (1,) * jnp.ndim(aq) + (_GL_Z.size,)
+    z, w = jnp.asarray(_GL_Z, aq.dtype).reshape(nodes), jnp.asarray(_GL_W, aq.dtype).reshape(nodes)
+    zz = aq[..., None] * z - bq[..., None]
+    log_int = logsumexp(jnp.log(w * (1.0 - z)) - 0.5 * zz * zz, axis=-1) - _LOG_SQRT_2PI
+    by_quad = jnp.logaddexp(2.0 * jnp.log(aq) + log_int, jnp.log(2.0 * aq) + log_ndtr(-aq - bq))
+    at, bt = jnp.where(quad, 0.25, a), jnp.where(quad, 8.0, b)
+    lo, hi = _log_tail(bt - at), _log_tail(bt + at)
+    by_tails = lo + jnp.log1p(-jnp.exp(hi - lo))
+    return jnp.where(quad, by_quad, by_tails)
 
 
 @uses_x64
@@ -207,11 +247,11 @@ def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Arr
     """``E clip_c(m + k zeta)``, ``zeta ~ N(0, 1)``, exactly, elementwise (eq. (4)).
 
     ``E clip_c(m + k zeta) = clip_c(m) + k [G(-|m + c| / k) - G(-|m - c| / k)]`` with
-    ``G(u) = E(zeta + u)_+``; ``k = 0`` is plain clipping. Both corrections are non-negative and
-    small away from the clipping boundaries ``m = +-c``, so nothing cancels there. For large
-    ``k`` (``c <= k / 2``) the two corrections are each about ``k phi(m / k)`` and their
-    difference is of size ``c`` or less: there eqs. (4'') and (4''') are used, which form the
-    result without cancellation (relative error ~1e-15 at every ``k``).
+    ``G(u) = E(zeta + u)_+``; ``k = 0`` is plain clipping. The two corrections are non-negative
+    but cancel in two places: for large ``k`` (``c <= k / 2``) each is about ``k phi(m / k)``
+    and their difference is of size ``c`` or less, and for small ``|m|`` at any ``k`` they differ
+    by about ``m``. There eqs. (4'') and (4''') are used, which form the result without
+    cancellation (relative error ~1e-15 at every ``k`` and ``m``; tests/test_finite_sum.py).
 
     Args:
         m: the unperturbed gradient(s), any shape.
@@ -223,10 +263,10 @@ def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Arr
         jittable, vmappable, differentiable in ``m``).
 
     Raises:
-        ValueError: for a concrete ``m`` that is not real, ``c`` not finite and ``> 0``, or ``k``
-            not finite and ``>= 0``.
+        ValueError: for a concrete ``m`` that is not real and finite, ``c`` not in
+            ``(0, 1e100]``, or ``k`` not in ``[0, 1e100]``.
     """
-    validation.check_real("expected_clip", "m", m)
+    validation.check_value("expected_clip", "m", m, np.isfinite, "finite")
     _check_clip("expected_clip", "clip", clip)
     _check_perturbation("expected_clip", "perturbation", perturbation)
     return _expected_clip(m, clip, perturbation)
@@ -247,7 +287,7 @@ def _expected_clip(m, clip, perturbation):
     abs_down = jnp.where(down > 0, down, -down)
     corr = jnp.exp(_log_tail(abs_up / k_safe)) - jnp.exp(_log_tail(abs_down / k_safe))
     clipped = jnp.where(m > c, c, jnp.where(m < -c, -c, m))
-    series, usable = _large_k_clip(m, c, k)
+    series, usable, _ = _large_k_clip(m, c, k)
     return jnp.where(usable, series, clipped + jnp.where(perturbed, k_safe * corr, 0.0))
 
 
@@ -266,7 +306,6 @@ def _residuals(problem: FiniteSum, x: ArrayLike) -> tuple[Array, Array, Array]:
 
 
 @uses_x64
-@jax.jit
 def clipped_gradient(problem: FiniteSum, x: ArrayLike) -> Array:
     """The expected clipped gradient ``h(x) = mean_i E clip_c(x - a_i + k zeta)`` (eq. (3)).
 
@@ -279,7 +318,21 @@ def clipped_gradient(problem: FiniteSum, x: ArrayLike) -> Array:
 
     Returns:
         ``h(x)``, of ``x``'s shape.
+
+    Raises:
+        ValueError: for concrete values that :func:`finite_sum` refuses, or an ``x`` that is not
+            real and finite.
     """
+    if not isinstance(problem, FiniteSum):
+        raise ValueError(f"clipped_gradient: problem must be a FiniteSum (from finite_sum); "
+                         f"{validation.got(problem)}")
+    finite_sum(*problem)  # the checks only: a FiniteSum built by hand skipped them
+    validation.check_value("clipped_gradient", "x", x, np.isfinite, "finite")
+    return _clipped_gradient(problem, x)
+
+
+@jax.jit
+def _clipped_gradient(problem: FiniteSum, x: ArrayLike) -> Array:
     m, c, k = _residuals(problem, x)
     return jnp.mean(_expected_clip(m, c, k), axis=0)
 
@@ -294,15 +347,29 @@ def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
     """
     m, c, k = _residuals(problem, x)
     w = jnp.reshape(weight, weight.shape + (1,) * (m.ndim - 1)).astype(m.dtype)
-    # Large k (c <= k / 2): h is not small next to its terms (it is ~ c (x - x*) / k), only
-    # eq. (7)'s two tails are; eqs. (4'') and (4''') give each term to ~1e-15 relative.
-    series, usable = _large_k_clip(m, c, k)
-    series_sign = jnp.sign(jnp.sum(w * series, axis=0)).astype(jnp.int32)
+    # Where every term is usable (eqs. (4''), (4''')): n h = c (n_far_up - n_far_down) (exact
+    # counts) + the near terms' sum (each to ~1e-15 relative; their cancellation at the zero is
+    # the rounding band) - the far terms' shortfalls from +-c, which are tiny (~e^{-b^2/2}) and
+    # decide the sign where the rest is exactly 0 (points far apart): they are compared in
+    # logarithms. Summed in floating point with the +-c they were lost to rounding: a = (0, 40),
+    # c = 1, k = 2 put the zero at 19.81, not at 20.
+    series, usable, near = _large_k_clip(m, c, k)
+    far = usable & ~near & (w > 0)
+    k_safe = jnp.where(k > 0, k, 1.0)
+    main = c * jnp.sum(jnp.where(far, jnp.sign(m), 0.0), axis=0) + jnp.sum(
+        jnp.where(near, w * series, 0.0), axis=0)
+    log_short = jnp.log(k_safe) + _log_far_remainder(jnp.where(far, c / k_safe, 0.25),
+                                                     jnp.where(far, jnp.abs(m) / k_safe, 1.0))
+    log_main = jnp.log(jnp.where(main != 0, jnp.abs(main), 1.0))
+    pos = jnp.logaddexp(logsumexp(jnp.where(far & (m < 0), log_short, -jnp.inf), axis=0),
+                        jnp.where(main > 0, log_main, -jnp.inf))
+    neg = jnp.logaddexp(logsumexp(jnp.where(far & (m > 0), log_short, -jnp.inf), axis=0),
+                        jnp.where(main < 0, log_main, -jnp.inf))
+    series_sign = jnp.where(pos > neg, 1, jnp.where(pos < neg, -1, 0))
     all_usable = jnp.all(usable | (w == 0), axis=0)
     n_net = jnp.sum(w * (m > c).astype(m.dtype) - w * (m < -c).astype(m.dtype), axis=0)  # exact
     lin = c * n_net + jnp.sum(w * jnp.where(jnp.abs(m) <= c, m, 0.0), axis=0)
     perturbed = k > 0
-    k_safe = jnp.where(perturbed, k, 1.0)
     tails = _log_tail(jnp.concatenate([jnp.abs(m + c), jnp.abs(m - c)]) / k_safe)  # one call
     both = jnp.concatenate([w, w])
     n = m.shape[0]

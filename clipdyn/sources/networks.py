@@ -257,7 +257,13 @@ def per_example_clip(l2_norm_clip) -> optax.GradientTransformation:
 
     Returns:
         A stateless :class:`optax.GradientTransformation`.
+
+    Raises:
+        ValueError: for a threshold that is not ``> 0`` (``inf``: unclipped); a negative one
+            turned the update into gradient ascent, ``nan`` left it unclipped.
     """
+    _check_rate("l2_norm_clip", l2_norm_clip, allowed_inf=True)
+
     def update_fn(updates, state, params=None):
         del params
         leaves, treedef = jax.tree.flatten(updates)
@@ -354,7 +360,7 @@ def gradient_rule(name: str, learning_rate, clip, *, batch: int, momentum: float
     if name != "none":
         _check_rate("clip", clip, allowed_inf=True)
     lr = jnp.asarray(learning_rate, DTYPE)
-    c = jnp.asarray(clip, DTYPE)
+    c = jnp.asarray(jnp.inf if name == "none" else clip, DTYPE)  # "none" ignores clip (None too)
     sgd = optax.sgd(lr, momentum=momentum)
     if name == "none":
         return GradientRule(sgd, False, batch)
@@ -408,7 +414,9 @@ class TrainResult(NamedTuple):
     training objective itself is not evaluated: on noisy targets it measures the noise).
     ``params``: the parameters after the last epoch. ``checkpoints``: the parameters at ``config.checkpoints``, stacked on a leading axis (``None``
     when there are none). Metrics are ``None`` when ``config.evaluate`` is off. A diverged run
-    shows as non-finite values from its divergence on (callers report it; see the study script).
+    shows as non-finite losses from its divergence on (callers report it; see the study script);
+    its accuracy stays a finite number there (the arg-max of non-finite outputs), not a sign of
+    divergence.
     """
 
     val_loss: Any
@@ -465,9 +473,18 @@ def train(config: TrainConfig, learning_rate, clip, data: DigitsSplit, params, b
     for e in config.checkpoints:
         if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e <= epochs:
             raise ValueError(f"checkpoints must be epochs in [0, {epochs}], got {config.checkpoints!r}")
-    if batches.ndim != 3 or batches.shape[0] != epochs or batches.shape[2] != config.batch:
-        raise ValueError(f"batches must have shape (epochs={epochs}, steps, batch={config.batch}), "
-                         f"got {batches.shape}")
+    if not hasattr(batches, "ndim") or batches.ndim != 3 or batches.shape[0] != epochs or (
+            batches.shape[2] != config.batch):
+        raise ValueError(f"batches must be an array of shape (epochs={epochs}, steps, "
+                         f"batch={config.batch}), got {getattr(batches, 'shape', type(batches).__name__)}")
+    n_train = int(np.shape(data.x_train)[0])
+    if validation.is_concrete(batches):
+        # JAX clamps an index out of range: every step would silently reuse the last sample.
+        b = np.asarray(batches)
+        if b.dtype.kind not in "iu" or (b.size and (b.min() < 0 or b.max() >= n_train)):
+            raise ValueError(f"batches must be integer indices into the {n_train} training samples "
+                             f"(0..{n_train - 1}); got dtype {b.dtype}, range "
+                             f"{b.min() if b.size else None}..{b.max() if b.size else None}")
     # Indexed by the scan's traced batch indices, the splits must be JAX arrays (a DigitsSplit
     # holds NumPy arrays; under jit they arrive as arrays anyway).
     data = jax.tree.map(jnp.asarray, data)
@@ -533,6 +550,7 @@ def symmetry_statistic(points: jax.Array) -> jax.Array:
         p = p[:, None]
     if p.ndim != 2 or p.shape[0] < 2:
         raise ValueError(f"points must have shape (n, k) or (n,) with n >= 2, got {p.shape}")
+    validation.check_value("symmetry_statistic", "points", points, np.isfinite, "finite")
     s = jnp.linalg.norm(p[:, None, :] + p[None, :, :], axis=-1).mean()
     d = jnp.linalg.norm(p[:, None, :] - p[None, :, :], axis=-1).mean()
     return jnp.where(s > 0, (s - d) / jnp.where(s > 0, s, 1), 0.0)

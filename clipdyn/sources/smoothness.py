@@ -79,12 +79,22 @@ __all__ = [
 # ---- test functions ------------------------------------------------------------------------
 
 
-def _check_weights(name: str, lam) -> np.ndarray:
-    lam = np.asarray(lam, dtype=float)
-    if lam.ndim != 1 or lam.size == 0:
-        raise ValueError(f"{name}: weights must be a non-empty 1-D array; got shape {lam.shape}")
-    check_value(name, "lam", lam, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
-    return lam
+def _check_weights(name: str, lam) -> jax.Array:
+    """The weights as stored: checked in the dtype JAX keeps them in (float32 unless 64-bit mode is
+    on), where 1e-320 became 0 and 1e308 inf after passing a float64 check."""
+    validation.check_real(name, "lam", lam)
+    arr = np.asarray(lam, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name}: weights must be a non-empty 1-D array; got shape {arr.shape}")
+    check_value(name, "lam", arr, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    with np.errstate(over="ignore", under="ignore"):
+        stored = jnp.asarray(arr)
+    if not bool(jnp.all(jnp.isfinite(stored) & (stored > 0))):
+        bad = arr[~np.asarray(jnp.isfinite(stored) & (stored > 0))]
+        raise ValueError(f"{name}: lam containing {bad[:4].tolist()} is not representable as "
+                         f"{stored.dtype} (0 or inf there); use weights within its range, or "
+                         "float64 inside jax.enable_x64(True)")
+    return stored
 
 
 @frozen_pytree
@@ -177,7 +187,7 @@ class Quadratic:
 
 def cosh_sum(lam: ArrayLike) -> CoshSum:
     """:class:`CoshSum` with weights ``lam > 0`` (``[1.0]`` is 1-D ``cosh x - 1``)."""
-    return CoshSum(jnp.asarray(_check_weights("cosh_sum", lam)))
+    return CoshSum(_check_weights("cosh_sum", lam))
 
 
 def quartic_sum() -> QuarticSum:
@@ -187,7 +197,7 @@ def quartic_sum() -> QuarticSum:
 
 def quadratic(lam: ArrayLike) -> Quadratic:
     """:class:`Quadratic` with curvatures ``lam > 0``."""
-    return Quadratic(jnp.asarray(_check_weights("quadratic", lam)))
+    return Quadratic(_check_weights("quadratic", lam))
 
 
 # ---- step rules ----------------------------------------------------------------------------
@@ -238,7 +248,10 @@ def normalized_step(eta: ArrayLike, beta: ArrayLike) -> StepRule:
 
 
 def _check_l(l0, l1, need_l1: bool) -> None:
-    check_value("smoothness", "L0", l0, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    validation.single("L0", l0, owner="smoothness", what="one function's constant")
+    validation.single("L1", l1, owner="smoothness", what="one function's constant")
+    # L0 down to 1e-300: the steps 1 / (10 L0) must stay finite
+    check_value("smoothness", "L0", l0, lambda a: np.isfinite(a) & (a >= 1e-300), "finite and >= 1e-300")
     ok = (lambda a: np.isfinite(a) & (a > 0)) if need_l1 else (lambda a: np.isfinite(a) & (a >= 0))
     check_value("smoothness", "L1", l1, ok, "finite and > 0" if need_l1 else "finite and >= 0")
 
@@ -269,6 +282,7 @@ def zhang_normalized(l0: float, l1: float) -> StepRule:
 def descent_step(l0: float, l1: float, M: float) -> float:
     """``1 / (L0 + L1 M)``: the fixed step that guarantees descent from ``x0`` (theory/l0l1.md, eq. (2))."""
     _check_l(l0, l1, need_l1=False)
+    validation.single("M", M, owner="descent_step", what="one gradient norm")
     check_value("descent_step", "M", M, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
     return 1.0 / (float(l0) + float(l1) * float(M))
 
@@ -351,6 +365,12 @@ def run_gd(fn, x0: ArrayLike, rule: StepRule, eps: float, max_iter: int,
     x0 = jnp.asarray(x0)
     if x0.ndim != 1 or x0.size == 0 or not jnp.issubdtype(x0.dtype, jnp.floating):
         raise ValueError(f"run_gd: x0 must be a non-empty 1-D float array; got {x0.dtype} of shape {x0.shape}")
+    dims = np.shape(getattr(fn, "lam", x0))
+    if dims != x0.shape:  # it would broadcast: a 1-D function run on a 2-D point
+        raise ValueError(f"run_gd: x0 of shape {x0.shape} does not match the function's "
+                         f"{dims[0]} dimension(s)")
+    if not isinstance(stop_on_increase, (bool, np.bool_)):
+        raise ValueError(f"run_gd: stop_on_increase must be True or False; {validation.got(stop_on_increase)}")
     check_value("run_gd", "eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
     max_iter = validation.integer("max_iter", max_iter, 1, high=2**31 - 1, owner="run_gd")
     rule = jax.tree.map(lambda a: jnp.asarray(a, x0.dtype), rule)
