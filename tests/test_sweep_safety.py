@@ -104,11 +104,14 @@ def test_changed_noise_atoms_refuse_to_mix_chunks(tmp_path, runner_calls):
 
 
 class _Data:
-    """The duck-typed dataset run_sweep accepts (docs: notes/ENGINE_API.md)."""
+    """The duck-typed dataset run_sweep accepts (``features``, ``residuals``, ``e0``; see
+    clipdyn.validation.data_problem): rows whose second moments are ``LAM`` and ``e0`` with
+    ``e0^2 / 2 = v0``, so that it is the problem's dataset (the engines check both)."""
 
     def __init__(self, fingerprint, n=40, d=100, seed=0):
         rng = np.random.default_rng(seed)
-        self.features = rng.normal(size=(n, d)) * np.sqrt(LAM)
+        rows = rng.normal(size=(n, d))
+        self.features = rows * np.sqrt(LAM / np.mean(rows * rows, axis=0))
         self.residuals = rng.normal(size=n) * 0.5
         self.e0 = -np.full(d, 0.1)
         self.fingerprint = fingerprint
@@ -120,7 +123,7 @@ class _Data:
 def test_changed_dataset_fingerprint_refuses_to_mix_chunks(tmp_path, runner_calls):
     out = tmp_path / "sw.npz"
     data = _Data("data-A")
-    prob = make_problem(LAM, cd.Empirical(data.residuals))
+    prob = make_problem(LAM, cd.Empirical(data.residuals), v0=0.5 * data.e0 ** 2)
     _interrupted(out, runner_calls, fail_at=3, problem=prob, data=data)
     with pytest.raises(ValueError, match="data"):
         _sweep(prob, out=out, data=_Data("data-B"))

@@ -48,6 +48,14 @@ RISK_FREE_SCHEDULES = ("Constant", "TimeVarying", "StepDecay", "PiecewiseConstan
 
 _MARGIN = 0.999  # the bound must stay below this fraction of the threshold (rounding headroom)
 
+_DECAY = 1.0 / 16.0
+"""A block whose risk falls below this fraction of its start, for any run, is recomputed step by
+step (:func:`_stepwise`). The block's projections and its end ``E - A Z`` are formed from the
+block's starting errors, so they carry rounding of ``eps |e_start|``: a run whose error shrinks by
+a factor ``f`` inside the block keeps only ``eps f`` relative accuracy (noiseless problems of small
+``Tr K / lam_max``: 200x off at ``d = 4`` in float32, and false divergences of risk-reading
+schedules, whose tracked risk went negative). Below this fraction ``f <= 4``."""
+
 
 def reads_risk(schedules) -> bool:
     """Whether a (batched) schedule's ``(eta, c)`` may depend on the risk ``R``.
@@ -79,6 +87,46 @@ def _tdot(g: jax.Array, a: jax.Array) -> jax.Array:
     return matmul(g.T, a)
 
 
+def _step_coefficients(prob: SimProblem, schedules, rules, k, R, r, g, live):
+    """One step's coefficients ``a`` (``n_rows x C``) of the runs' rows: the schedules' ``(eta, c)``
+    at step ``k`` and risk ``R``, the rule's weights of the residuals ``r`` (``B x C``) given the
+    rows' Gram matrix ``g``, times ``eta / Tr K``; 0 for runs not ``live``."""
+    trace = prob.trace
+    eta, clip = jax.vmap(lambda sc, rr: sc(k.astype(r.dtype) / trace, rr))(schedules, R)
+    thr = clip * jnp.sqrt(trace)
+    if rules.plain:
+        w = clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr[None, :]) * r
+    else:
+        w = jax.vmap(lambda ru, rr, cc: ru.coefficients(rr, g, cc, prob.pre_scale),
+                     in_axes=(0, 1, 0))(rules, r, thr).T
+    return jnp.where(live[None, :], (eta / trace)[None, :] * w, 0.0)
+
+
+def _stepwise(prob: SimProblem, schedules, rules, Z, eps, k0, hi, states: RunState, bound):
+    """The block's steps one at a time on the runs' errors themselves: ``(e, R, diverged,
+    diverged_step)`` at its end, with the relative accuracy of the step engine (the fallback of
+    :data:`_DECAY`). The same rows, coefficients and divergence rule as the recurrence."""
+    n, B = rules.n_rows, rules.batch
+    lam = prob.lam
+
+    def step(j, st):
+        e, R, div, dstep = st
+        k = k0 + j
+        Zj = jax.lax.dynamic_slice_in_dim(Z, j * n, n, axis=0)
+        r = matmul(Zj, e.T)[:B] - jax.lax.dynamic_index_in_dim(eps, j, keepdims=False)[:, None]
+        live = ~div & (k < hi)
+        a = _step_coefficients(prob, schedules, rules, k, R, r, matmul(Zj, Zj.T), live)
+        e_new = e - matmul(a.T, Zj)
+        R_new = 0.5 * jnp.sum(lam[None, :] * e_new * e_new, axis=-1)
+        blown = ~(R_new <= bound) & live
+        ok = live & ~blown
+        return (jnp.where(ok[:, None], e_new, e), jnp.where(ok, R_new, R), div | blown,
+                jnp.where(blown, (k + 1).astype(dstep.dtype), dstep))
+
+    start = (states.e, states.risk, states.diverged, states.diverged_step)
+    return jax.lax.fori_loop(0, eps.shape[0], step, start)
+
+
 def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, sub, track):
     """The block's coefficients ``A`` (``block * n_rows x C``) and the runs' end-of-block
     ``(R, diverged, diverged_step)`` (``R`` tracked only with ``track``; else the block's start).
@@ -89,20 +137,10 @@ def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, 
     C``) and the coefficients so far (one product with ``A``, whose later rows are still 0);
     inside it the steps run one after another and update only the sub-block's own rows.
     """
-    trace = prob.trace
-    sqrt_trace = jnp.sqrt(trace)
     dtype = P.dtype
     n, B = rules.n_rows, rules.batch
     m, n_cfg = P.shape
     S = sub * n
-    plain = rules.plain
-
-    def coefficients(r, g, thr):  # r (B, C) -> (n, C)
-        if plain:
-            return clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr[None, :]) * r
-        w = jax.vmap(lambda ru, rr, cc: ru.coefficients(rr, g, cc, prob.pre_scale),
-                     in_axes=(0, 1, 0))(rules, r, thr)
-        return w.T
 
     def sub_block(i, carry):
         st, A = carry
@@ -122,7 +160,6 @@ def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, 
         def step(jj, c):
             As, (R, div, dstep) = c
             k = k0 + i * sub + jj
-            eta, clip = jax.vmap(lambda sc, rr: sc(k.astype(dtype) / trace, rr))(schedules, R)
             live = ~div & (k < hi)
             j0 = jj * n
             # This step's rows of the projections: the sub-block's starting ones less the
@@ -131,8 +168,7 @@ def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, 
             p = jax.lax.dynamic_slice_in_dim(Ps, j0, n, axis=0) - _tdot(g_cols, As)
             g = jax.lax.dynamic_slice_in_dim(g_cols, j0, n, axis=0)
             r = p[:B] - jax.lax.dynamic_index_in_dim(es, jj, keepdims=False)[:, None]
-            w = coefficients(r, g, clip * sqrt_trace)
-            a = jnp.where(live[None, :], (eta / trace)[None, :] * w, 0.0)
+            a = _step_coefficients(prob, schedules, rules, k, R, r, g, live)
             if track:
                 h_cols = jax.lax.dynamic_slice_in_dim(Hs, j0, n, axis=1)
                 h = jax.lax.dynamic_slice_in_dim(h_cols, j0, n, axis=0)
@@ -209,7 +245,15 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
         exact = 0.5 * jnp.sum(lam[None, :] * e * e, axis=-1)
         # A diverged run keeps the risk it diverged at (R stays at the block's start when the
         # risk was not tracked: no run diverged there).
-        return RunState(e, jnp.where(div, R, exact), states.k, div, dstep)
+        R = jnp.where(div, R, exact)
+        # A run whose risk fell by more than _DECAY, or that diverged here (perhaps only through
+        # the rounding of a tracked risk that fell as much), takes the block again step by step.
+        fell = ~states.diverged & (div | (exact < _DECAY * states.risk))
+        e, R, div, dstep = jax.lax.cond(
+            jnp.any(fell),
+            lambda: _stepwise(prob, schedules, rules, Z, eps, k0, hi, states, bound),
+            lambda: (e, R, div, dstep))
+        return RunState(e, R, states.k, div, dstep)
 
     n_blocks = (hi - lo + block - 1) // block
     out = jax.lax.fori_loop(0, n_blocks, one_block, states)

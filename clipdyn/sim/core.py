@@ -293,8 +293,12 @@ def init_run(prob: SimProblem, init_key: Array) -> RunState:
 
 
 def divergence_bound(prob: SimProblem, divergence_factor) -> Array:
-    """Runs diverge once ``R > divergence_factor * R0`` (the one divergence rule of the engines)."""
-    return jnp.asarray(divergence_factor, prob.lam.dtype) * prob.R0
+    """Runs diverge once ``R > divergence_factor * R0`` (the one divergence rule of the engines).
+
+    Capped at the dtype's largest finite number: in float32 ``1e6 R0`` is ``inf`` from
+    ``R0 ~ 3e32``, and ``inf <= inf`` let runs whose risk overflowed go on unflagged."""
+    dtype = prob.lam.dtype
+    return jnp.minimum(jnp.asarray(divergence_factor, dtype) * prob.R0, jnp.finfo(dtype).max)
 
 
 def guarded(prob: SimProblem, state: RunState, e_new: Array, bound: Array) -> RunState:
