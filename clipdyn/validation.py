@@ -42,6 +42,7 @@ __all__ = [
     "RTOL_RANGE",
     "is_concrete",
     "rebuilding",
+    "integer_text",
     "is_rebuilding",
     "check_real",
     "check_value",
@@ -274,6 +275,29 @@ def integer(name: str, value, low: int, *, high: int | None = None, owner: str =
     if n < low or (high is not None and n > high):
         _refuse(owner, name, value, allowed)
     return n
+
+
+def integer_text(name: str, text, low: int, *, high: int | None = None, owner: str = "") -> int:
+    """An integer ``>= low`` (and ``<= high``) typed as text (an option, a SPEC's value).
+
+    Digits are read exactly (through float a seed of 2^53 + 1 became 2^53, and 2^63 - 2 was
+    refused as 2^63); other forms (``1e3``, ``8.0``) through float when they are whole. The
+    refusal names the text as typed (``--points=1``, not ``1.0``).
+    """
+    s = str(text).strip()
+    try:
+        value: int | float = int(s)
+    except ValueError:
+        try:
+            value = float(s)
+        except ValueError:
+            raise ValueError(f"{_prefix(owner)}{name}: {s!r} is not a number") from None
+    try:
+        return integer(name, value, low, high=high, owner=owner)
+    except ValueError:
+        upper = "" if high is None else f" and <= {high}"
+        raise ValueError(f"{_prefix(owner)}{name}={s} is not allowed; {name} must be an integer "
+                         f">= {low}{upper}") from None
 
 
 def optional_integer(name: str, value, low: int, *, owner: str = "") -> int | None:

@@ -56,7 +56,7 @@ def parse_float(text: str, what: str) -> float:
 
 def parse_int(text: str, what: str, low: int, high: int | None = None) -> int:
     """An integer option ``>= low`` (``1e3`` and ``8.0`` are integers; ``1.5`` and ``""`` are not)."""
-    return validation.integer(what, parse_float(text, what), low, high=high)
+    return validation.integer_text(what, text, low, high=high)
 
 
 def _split(spec: str, kind: str) -> tuple[str, dict[str, str]]:

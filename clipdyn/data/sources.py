@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import math
 import pickle
 import zipfile
 import zlib
@@ -123,20 +122,8 @@ def take_keys(spec: str, params: dict, required: tuple = (), optional: dict | No
 
 
 def int_param(spec: str, key: str, text, low: int, what: str = "data") -> int:
-    """``key=text`` as an integer ``>= low``: digits exactly (a seed beyond 2^53 keeps every digit),
-    other forms (``1e4``) through float when they are whole."""
-    try:
-        x = int(str(text).strip())
-    except ValueError:
-        try:
-            f = float(text)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what} spec {spec!r}: {key}={text} is not a number") from None
-        x = int(f) if math.isfinite(f) and f.is_integer() else None
-    if x is None or x < low:
-        raise ValueError(f"{what} spec {spec!r}: {key}={text} is not allowed; it must be an "
-                         f"integer >= {low}")
-    return x
+    """``key=text`` of a SPEC as an integer ``>= low`` (:func:`clipdyn.validation.integer_text`)."""
+    return validation.integer_text(key, text, low, owner=f"{what} spec {spec!r}")
 
 
 def load_source(spec: str) -> Dataset:
