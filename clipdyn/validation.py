@@ -42,6 +42,7 @@ __all__ = [
     "RTOL_RANGE",
     "is_concrete",
     "rebuilding",
+    "one_schedule",
     "integer_text",
     "is_rebuilding",
     "check_real",
@@ -336,6 +337,20 @@ def schedule(value, name: str = "schedule"):
         raise ValueError(
             f"{name} must be a clipdyn schedule (callable (t, R) -> (eta, c)); got {type(value).__name__}"
         )
+    return value
+
+
+def one_schedule(value, who: str):
+    """One schedule, whose ``(eta, c)`` are scalars, not a batch from ``stack_schedules`` (which is
+    for sweeps; a batch passed on crashed inside JAX with a broadcasting error). Shapes only
+    (``eval_shape``: nothing runs or compiles)."""
+    schedule(value)
+    R = jax.ShapeDtypeStruct((), np.float32)
+    shapes = jax.eval_shape(lambda r: value(jax.numpy.zeros((), r.dtype), r), R)
+    if any(s.shape != () for s in jax.tree.leaves(shapes)):
+        raise ValueError(f"{who} takes one schedule, whose (eta, c) are scalars; got (eta, c) of "
+                         f"shapes {[s.shape for s in jax.tree.leaves(shapes)]} (a batch from "
+                         "stack_schedules is for sweeps: run_sweep, or one schedule at a time)")
     return value
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import clipdyn as cd
 from clipdyn import validation
-from clipdyn.runs.sweep import stack_schedules
+from clipdyn.runs.sweep import simulate_runs, stack_schedules
 from clipdyn.theory import factors
 from clipdyn.theory.ode import solve_ode
 from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
@@ -201,8 +201,6 @@ def test_a_rules_name_is_refused_where_a_rule_is_expected(call):
 @pytest.mark.parametrize("rules, text", [("batch", "got str 'batch'"), (5, "got int 5"),
                                          ([None, "batch"], r"got 2 item\(s\) of type\(s\) \['NoneType', 'str'\]")])
 def test_simulations_refuse_rules_that_are_not_rules(rules, text):
-    from clipdyn.runs.sweep import simulate_runs
-
     with pytest.raises(ValueError, match=r"rules must be None, one clipdyn clipping rule .*; " + text):
         simulate_runs(make_problem(np.ones(4), LAW), constant(1.0, 0.5), [0], 1.0, 3, rules=rules)
 
@@ -526,6 +524,10 @@ def test_tabulate_needs_a_rule(rule):
                        T=1.0),
      r"solve_ode takes one schedule, whose \(eta, c\) are scalars; got \(eta, c\) of shapes \[\(2,\), \(2,\)\]"),
     (lambda: stack_schedules([constant(1.0, 0.5), 3]), r"schedules\[1\] must be a clipdyn schedule .*got int"),
+    # simulate_runs wrapped a batch in another and crashed in JAX ("mul got incompatible shapes")
+    (lambda: simulate_runs(make_problem(np.ones(4), LAW), stack_schedules([constant(1.0, 0.5), constant(1.0, 1.0)]),
+                           [0], T=1.0, points=3),
+     r"simulate_runs takes one schedule, whose \(eta, c\) are scalars; got \(eta, c\) of shapes \[\(2,\), \(2,\)\]"),
 ])
 def test_shapes_and_batches_are_named_in_the_message(call, text):
     # JAX's own messages here ("Incompatible shapes for broadcasting", "Incompatible types for

@@ -672,5 +672,5 @@ def simulate_runs(problem: Problem, schedule, seeds: Sequence[int], T: float, po
     """
     kwargs.setdefault("progress", False)
     kwargs.setdefault("engine", "step")  # one configuration: the bit-reproducible engine
-    validation.schedule(schedule)
+    validation.one_schedule(schedule, "simulate_runs")
     return run_sweep(problem, stack_schedules([schedule]), seeds, T, points, **kwargs)

@@ -325,14 +325,7 @@ def solve_ode(
         T, points = float(t_out[-1]), t_out.size
     validation.positive("T", T, bounded=False)
     points = validation.integer("points", points, 2)
-    # One schedule gives one (eta, c) per time: a batch from stack_schedules is for sweeps. Shapes
-    # only (eval_shape: nothing runs or compiles).
-    shapes = jax.eval_shape(lambda R: schedule(jnp.zeros((), R.dtype), R),
-                            jnp.asarray(problem.R0, jnp.float64))
-    if any(s.shape != () for s in jax.tree.leaves(shapes)):
-        raise ValueError("solve_ode takes one schedule, whose (eta, c) are scalars; got (eta, c) of "
-                         f"shapes {[s.shape for s in jax.tree.leaves(shapes)]} (a batch from "
-                         "stack_schedules is for sweeps: solve each schedule on its own)")
+    validation.one_schedule(schedule, "solve_ode")
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
     risk, modes, status, t_end, n, nrej = ode_risk(
