@@ -8,6 +8,7 @@ user's process starts.
 """
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -560,3 +561,16 @@ def test_simulations_refuse_a_time_varying_schedule_by_name():
 
     with pytest.raises(ValueError, match=r"schedules of kind TimeVarying have no array parameters.*PiecewiseConstant"):
         simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)
+
+
+@pytest.mark.parametrize("R0, held", [(1e50, "inf"), (1e-40, "0")])
+def test_float32_simulations_refuse_a_start_float32_cannot_hold(R0, held):
+    # R0 is allowed in [1e-100, 1e100] (the ODE and float64 run there), but float32 held 1e50 as
+    # inf (every run flagged diverged at t = 0.1) and 1e-40 as 0 (subnormals are flushed: a risk
+    # of 0 throughout where the ODE gives 3.7e-41).
+    prob = make_problem(np.ones(10), cd.Gaussian(0.0), R0=R0)
+    text = re.escape(f"R0={R0:.3g} does not fit the simulation's float32 (it holds {held} there)")
+    with pytest.raises(ValueError, match=text):
+        simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3)
+    res = simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, precision="64")
+    assert res.risk[0, 0, 0] == pytest.approx(R0, rel=1e-12) and not res.diverged.any()

@@ -130,6 +130,26 @@ def _check_data_matches(lam: np.ndarray, v0: np.ndarray, feats: np.ndarray, e0: 
             " pass data.problem as the problem")
 
 
+def _check_fits(lam: np.ndarray, v0: np.ndarray, dtype) -> None:
+    """Refuse a problem whose risk the simulation's dtype cannot hold: ``R0`` (allowed up to
+    1e100) overflowed float32 beyond 3.4e38 (every run flagged diverged at once), and terms below
+    its smallest normal number (1.2e-38) are flushed to 0 (a risk of 0 throughout, where the ODE
+    had 3.7e-41)."""
+    R0 = float(np.sum(lam * v0))
+    tiny = np.finfo(dtype).tiny  # XLA flushes subnormal numbers to zero on CPU
+
+    def flushed(a):
+        return np.where(np.abs(a) < tiny, 0, a).astype(dtype)
+
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        held = float(np.sum(flushed(flushed(lam.astype(dtype)) * flushed(v0.astype(dtype))), dtype=dtype))
+    if not abs(held - R0) <= 1e-3 * R0:
+        name = np.dtype(dtype).name
+        raise ValueError(f"R0={R0:.3g} does not fit the simulation's {name} (it holds "
+                         f"{held:.3g} there); simulate in float64 (precision '64', --precision 64)"
+                         " or rescale the problem")
+
+
 def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
     """Cast the problem to the simulation dtype and pad ``d`` to a multiple of :data:`PAD`.
 
@@ -148,6 +168,7 @@ def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
     """
     lam = np.asarray(problem.lam, np.float64)
     v0 = np.asarray(problem.v0, np.float64)
+    _check_fits(lam, v0, dtype)
     d = lam.size
     pad = (-d) % PAD
     lam_p = _pad(lam, pad, dtype)
@@ -182,8 +203,8 @@ def split_seed(key: Array) -> tuple[Array, Array]:
 
 
 def noise_cap(dtype) -> float:
-    """The largest label-noise magnitude a sample keeps: ``max_float^0.3`` of ``dtype`` (4.6e11
-    in float32, 1.5e92 in float64).
+    """The largest label-noise magnitude a sample keeps: ``max_float^0.3`` of ``dtype`` (3.6e11
+    in float32, 3.0e92 in float64).
 
     Heavy-tailed laws overflow: a Student-t sample with ``df = 0.05`` is infinite in float32 one
     time in 80 (``df = 0.01`` in float64, one in 1200), and an infinite residual made a clipped
