@@ -206,6 +206,25 @@ def test_divergence_is_reported_with_time():
     assert not bool(clipped.diverged) and float(clipped.risk[-1]) < 1.0
 
 
+def test_fast_problems_are_solved_or_reported_diverged():
+    # The step-size floor was an absolute 1e-13 of ODE time: a spectrum at 1e12 and learning rates
+    # of 1e6 and more stopped at t = 0 with "step size underflow" (exit 1 at the command line).
+    # The floor now follows the problem's own time scale. float64. At the same R0 the spectrum
+    # s lam runs the dynamics of lam s times faster, R_{s lam}(t) = R_lam(s t) (exact in the ODE:
+    # eta and c enter through lam t and lam / Tr K only): to the solver's tolerance, 1e-6.
+    lam = power_law_spectrum(20, 0.5)
+    law = cd.StudentT(3.0, 0.5)
+    slow = solve_ode(make_problem(lam, law, R0=1.0), constant(0.7, 0.5), 3.0, 4)
+    fast = solve_ode(make_problem(1e12 * lam, law, R0=1.0), constant(0.7, 0.5), 3e-12, 4)
+    np.testing.assert_allclose(np.asarray(fast.risk), np.asarray(slow.risk), rtol=1e-6)
+    # eta = 1e6 leaves 1e6 R0 within 2e-6 of ODE time, eta = 1e20 at once (t ~ 1e-34): diverged,
+    # with the time, not a solver error.
+    prob = make_problem(identity_spectrum(10), cd.Gaussian(0.5))
+    for eta, clip, upper in ((1e6, 1.0, 1e-5), (1e20, math.inf, 1e-30), (1e20, 1.0, 1e-30)):
+        res = solve_ode(prob, constant(eta, clip), 1.0, 3)
+        assert bool(res.diverged) and 0.0 <= float(res.diverged_at) < upper, (eta, clip)
+
+
 def test_divergence_time_is_where_the_risk_crosses_the_bound():
     # diverged_at was the start of the solver step that crossed 1e6 R0, early by up to a step
     # (6.8e-4 relative). Against Radau at rtol 1e-11 with an event on R = 1e6 R0 (float64): the

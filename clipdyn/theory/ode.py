@@ -165,13 +165,19 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
         err_R = jnp.abs(jnp.dot(w, ks[5])) / (rtol * jnp.maximum(jnp.abs(R), jnp.abs(R_new)) + _TINY)
         err = jnp.maximum(err_modes, err_R)
         ok = jnp.isfinite(err) & (denom > 0) & jnp.all(jnp.isfinite(v_new))
-        return v_new, jnp.where(ok, err, jnp.inf), jnp.all(jnp.isfinite(ab))
+        return v_new, jnp.where(ok, err, jnp.inf), jnp.all(jnp.isfinite(ab)), denom > 0
 
     # Initial step: a small fraction of the fastest relaxation time 1 / (2 eta mu lam_max).
     a0 = coef(t_out[0], R0)[0]
     rate = 2.0 * jnp.abs(a0) * jnp.max(lam)
     h0 = jnp.minimum(t_out[-1] - t_out[0], 0.01 / jnp.maximum(rate, 1e-300))
     h0 = jnp.where(h0 > 0, h0, 1.0)
+    # The step-size floor is relative to the problem's own time scale (the fastest relaxation
+    # time, or the horizon if shorter) and to t: an absolute 1e-13 stopped fast problems that
+    # are well posed (a spectrum at 1e12, a learning rate of 1e6 diverging in its first instants)
+    # with "step size underflow" at t = 0.
+    scale = jnp.minimum(t_out[-1] - t_out[0], 1.0 / jnp.maximum(rate, 1e-300))
+    scale = jnp.where(scale > 0, scale, 1.0)
 
     def advance(carry, t_target):
         def cond(c):
@@ -182,7 +188,7 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             t, v, h, status, n, nrej = c
             last = h >= t_target - t
             h_try = jnp.where(last, t_target - t, h)
-            v_new, err, coef_finite = step(t, v, h_try)
+            v_new, err, coef_finite, solvable = step(t, v, h_try)
             accept = err <= 1.0
             fac = jnp.clip(0.9 * err ** -0.25, 0.2, 6.0)
             fac = jnp.where(jnp.isfinite(err), fac, 0.2)
@@ -193,7 +199,14 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             R_new = jnp.dot(w, v_acc)
             blown = ~coef_finite | (accept & ~(R_new <= divergence_factor * R0))
             status = jnp.where(blown, 1, status)
-            status = jnp.where((status == 0) & (h_next < 1e-13 * jnp.maximum(1.0, jnp.abs(t))), 3, status)
+            # A step that cannot shrink further while the risk grows within it, or while the
+            # risk's feedback on itself (the rank-one part of the Jacobian) outruns 1 / h, is a
+            # divergence at t: growth on a time scale 1e-13 of the problem's own passes any
+            # bound at once (eta = 1e20 unclipped reaches 1e6 R0 within ~1e-34 of ODE time).
+            tiny = (status == 0) & (h_next < 1e-13 * jnp.maximum(scale, jnp.abs(t)))
+            R_try = jnp.dot(w, v_new)
+            grows = ~(R_try <= jnp.dot(w, v) * (1.0 + 1e-6)) | ~solvable
+            status = jnp.where(tiny, jnp.where(grows, 1, 3), status)
             status = jnp.where((status == 0) & (n + 1 >= max_steps), 2, status)
             # The crossing of divergence_factor * R0 lies inside the step: interpolated as
             # exponential growth between its ends (the start of the step, reported before, was
