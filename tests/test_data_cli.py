@@ -121,6 +121,9 @@ def test_iris_raw_validate_end_to_end(capsys):
      r"--R0=1 is not allowed with --data"),
     (["factors", "--data", "wikitext2:path=/nonexistent", "--R", "1", "--c", "1"],
      r"wikitext2: folder '/nonexistent' not found; download WikiText-2"),
+    # factors ignored --features without --data, even --features bogus
+    (["factors", "--noise", "gaussian", "--features", "bogus", "--R", "1", "--c", "1"],
+     r"--features is only allowed with --data"),
 ])
 def test_errors_are_one_line_exit_2(capsys, argv, match):
     import re

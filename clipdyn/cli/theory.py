@@ -22,6 +22,8 @@ def cmd_factors(args) -> None:
         from clipdyn.data import load_problem
 
         law = load_problem(args.data, args.features).problem.noise
+    elif args.features is not None:
+        raise ValueError("--features is only allowed with --data")
     elif args.noise is None:
         raise ValueError("give --noise SPEC (or --data SPEC)")
     else:
