@@ -470,6 +470,9 @@ def load_npy_vector(path: str | Path, what: str) -> np.ndarray:
 
 def output_path(value, name: str = "--out") -> Path:
     """A results path: a non-empty file name, not an existing folder."""
+    if value is not None and not isinstance(value, (str, Path)):
+        raise ValueError(f"{name}={value!r} is not allowed; {name} must be a path (str or Path), "
+                         f"e.g. runs/sweep.npz; {got(value)}")
     text = str(value) if value is not None else ""
     if not text.strip() or text.endswith(("/", "\\")):
         raise ValueError(f"{name}={text!r} is not allowed; {name} must name a file, e.g. runs/sweep.npz")

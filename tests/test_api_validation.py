@@ -563,6 +563,21 @@ def test_simulations_refuse_a_time_varying_schedule_by_name():
         simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)
 
 
+def test_run_sweep_names_a_single_schedule_and_a_path_that_is_not_one(tmp_path, monkeypatch):
+    # One unstacked Constant was refused with a list of allowed kinds that named Constant; out=3
+    # was taken as a path and wrote 3.npz.
+    from clipdyn.runs.sweep import run_sweep
+
+    prob = make_problem(np.ones(4), LAW)
+    with pytest.raises(ValueError, match=r"run_sweep takes a batch of schedules, stack_schedules\(\[\.\.\.\]\); "
+                                         r"got one Constant with scalar parameters"):
+        run_sweep(prob, constant(1.0, 1.0), [0], 1.0, 3)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"out=3 is not allowed; out must be a path \(str or Path\)"):
+        run_sweep(prob, stack_schedules([constant(1.0, 1.0)]), [0], 1.0, 3, out=3)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("R0, held", [(1e50, "inf"), (1e-40, "0")])
 def test_float32_simulations_refuse_a_start_float32_cannot_hold(R0, held):
     # R0 is allowed in [1e-100, 1e100] (the ODE and float64 run there), but float32 held 1e50 as

@@ -413,12 +413,17 @@ def run_sweep(
     devices = list(devices) if devices is not None else distributed.global_devices()
     n_dev = len(devices)
     leaves = jax.tree.leaves(schedules)
-    if not leaves or jnp.ndim(leaves[0]) < 1:
+    if not leaves:
         raise ValueError(
             f"schedules of kind {type(schedules).__name__} have no array parameters to batch over "
             "(a TimeVarying's functions are static); the simulators take schedules with array "
             "parameters, batched by stack_schedules: Constant, StepDecay, PiecewiseConstant, "
             "max_ccc, heuristic (TimeVarying runs in solve_ode)")
+    if jnp.ndim(leaves[0]) < 1:
+        raise ValueError(
+            f"run_sweep takes a batch of schedules, stack_schedules([...]); got one "
+            f"{type(schedules).__name__} with scalar parameters (pass stack_schedules([schedule]), "
+            "or use simulate_runs for one schedule)")
     n_cfg = int(leaves[0].shape[0])
     # A chunk wider than the sweep would only be padding (chunk_size=1e9 padded to 1e9 runs).
     chunk = n_cfg if chunk_size is None else min(chunk_size, n_cfg)
