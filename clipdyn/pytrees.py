@@ -112,7 +112,8 @@ def stack(trees: Sequence[Any], dtype=None) -> Any:
         arrays = [np.asarray(x) for x in xs]
         kind = dtype if dtype is not None else jnp.result_type(*[
             x if isinstance(x, (bool, int, float, complex)) else a.dtype for x, a in zip(xs, arrays)])
-        return to_device(np.stack(arrays).astype(jax.dtypes.canonicalize_dtype(kind)))
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which the checks name
+            return to_device(np.stack(arrays).astype(jax.dtypes.canonicalize_dtype(kind)))
 
     return jax.tree.map(one, *trees)
 

@@ -100,6 +100,12 @@ BAD = [
     (["factors", "--noise", "gaussian", "--R", "1", "--c", "abc"], "'abc' is not a number"),
     (["factors", "--noise", "mixture:weights=1/1,means=0,sigmas=1/1", "--R", "1", "--c", "1"],
      "same length"),
+    # beyond 1e100 like every scale: 1e300 overflowed float32 (three warning lines, "eta=[inf]"),
+    # a DP noise of 1e200 printed iso_1 = inf
+    (["simulate", "--spectrum", "identity:d=3", "--noise", "gaussian", "--eta", "1e300", "--clip", "1",
+      "--T", "1"], "--eta=1e+300 is not allowed"),
+    (["factors", "--noise", "gaussian", "--R", "1", "--c", "1", "--dp-noise", "1e200"],
+     "dp_noise=1e+200 is not allowed"),
 ]
 
 

@@ -244,8 +244,12 @@ def build_problem(args):
     """The problem, dataset, schedule, rule, ``T`` and ``points`` that the options describe."""
     from clipdyn.cli.specs import make_schedule, parse_clip
 
+    from clipdyn import validation
+    from clipdyn.cli.specs import parse_float
+
     problem, data, T, points = problem_from_args(args)
-    eta = positive(args.eta, "--eta")
+    # within the library's magnitudes, like every scale: 1e300 overflowed float32 into "eta=[inf]"
+    eta = float(validation.positive("--eta", parse_float(args.eta, "--eta"), bounded=True))
     clip = parse_clip(args.clip)
     rule = rule_from_args(args)
     schedule = make_schedule(clip, eta, problem.noise, rule)

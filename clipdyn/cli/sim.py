@@ -129,7 +129,7 @@ def _sweep_schedules(args, law, rule=None):
     from clipdyn.theory import schedules as sch
     from clipdyn.cli.specs import parse_clip_list
 
-    etas = positive_list(args.eta, "--eta", bounded=False)
+    etas = positive_list(args.eta, "--eta")
     clips = parse_clip_list(args.clip, "--clip")
     records, scheds = [], []
     if clips[0].kind == "max-ccc":

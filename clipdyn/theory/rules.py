@@ -134,10 +134,12 @@ class ClipRule:
                              f"{expected} for this rule")
         check_value("clip rule index", "beta", self.beta, lambda a: ~np.isnan(a) & (a > 0),
                     "> 0 (inf: every threshold is C)")
-        check_value("clip rule", "dp_noise", self.dp_noise, lambda a: np.isfinite(a) & (a >= 0),
-                    "finite and >= 0")
+        # At most 1e100, like every scale: their squares enter the factors (1e200 gave iso_1 = inf)
+        limit = validation.MAX_MAGNITUDE
+        check_value("clip rule", "dp_noise", self.dp_noise, lambda a: (a >= 0) & (a <= limit),
+                    "finite, >= 0 and <= 1e100")
         check_value("clip rule", "preclip_noise", self.preclip_noise,
-                    lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+                    lambda a: (a >= 0) & (a <= limit), "finite, >= 0 and <= 1e100")
         if self.use_preclip and self.kind not in ("per-sample", "index"):
             raise ValueError(f"pre-clip noise is not allowed with the {self.kind} rule; it is "
                              "defined for per-sample and index clipping only")
