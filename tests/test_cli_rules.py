@@ -70,3 +70,17 @@ def test_factors_with_a_rule(capsys):
     assert four["ccc"] == pytest.approx(one["ccc"], rel=1e-12)
     assert four["iso_1"] == pytest.approx(0.25 * 0.64 / 16, rel=1e-12)
     assert "iso_1" not in one
+
+
+def test_sweep_table_shows_the_noise_it_varies(capsys, tmp_path):
+    # Rows of --dp-noise 0,0.5 printed identical eta/clip/rule/batch columns: the DP noise column
+    # is shown where the sweep sets it, and left out where it does not.
+    code, out, err = run(capsys, "sweep", *PROBLEM, "--dp-noise", "0,0.5", "--seeds", "1",
+                         "--out", str(tmp_path / "s.npz"))
+    assert code == 0, err
+    header, first, second = out.splitlines()[:3]
+    assert "dp_noise" in header.split() and "preclip_noise" not in header.split()
+    col = header.split().index("dp_noise")
+    assert (first.split()[col], second.split()[col]) == ("0", "0.5")
+    code, out, err = run(capsys, "sweep", *PROBLEM, "--seeds", "1", "--out", str(tmp_path / "t.npz"))
+    assert code == 0 and "dp_noise" not in out.splitlines()[0]

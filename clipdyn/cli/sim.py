@@ -250,8 +250,10 @@ def _sweep(args) -> None:
     out = {"out": str(npz), "sidecar": str(sidecar), "configs": summary}
 
     def table():
-        keys = ["eta", "clip", "rule", "batch", "final_risk_mean", "final_risk_stderr", "n_diverged",
-                "first_divergence"]
+        # The noise columns where a sweep varies or sets them (else their rows looked identical).
+        noise = [k for k in ("dp_noise", "preclip_noise") if any(r.get(k) for r in summary)]
+        keys = ["eta", "clip", "rule", "batch", *noise, "final_risk_mean", "final_risk_stderr",
+                "n_diverged", "first_divergence"]
         rows = [[r[k] if not isinstance(r[k], float) or math.isfinite(r[k]) else (
             "inf" if r[k] == math.inf else None) for k in keys] for r in summary]
         return format_table(keys, rows) + f"\n# results: {npz} (configuration: {sidecar})"
