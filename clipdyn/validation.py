@@ -449,6 +449,8 @@ def load_npy_vector(path: str | Path, what: str) -> np.ndarray:
     """
     path = Path(path)
     label = f"{what} file {str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{label} is a folder; give a .npy file")
     if not path.is_file():
         raise ValueError(f"{label} does not exist")
     try:

@@ -167,8 +167,14 @@ def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lis
                         "wikitext2:path=DIR | npz:path=FILE")
     p.add_argument("--features", default=None, help="with --data: raw (default) | relu:d=D,seed=S")
     if schedule:
-        p.add_argument("--eta", required=True, help="learning rate (> 0)")
-        p.add_argument("--clip", required=True, help="C >= 0 | inf | max-ccc | heuristic:kappa=K[,sigma2=S]")
+        if rule_lists:  # sweep
+            p.add_argument("--eta", required=True, help="LIST of learning rates (> 0), e.g. 0.5,1 or 0.1:2:8")
+            p.add_argument("--clip", required=True,
+                           help="LIST of C >= 0 (inf: unclipped), e.g. 0.01:10:64 | max-ccc | "
+                                "heuristic:kappa=K1/K2/...[,sigma2=S]")
+        else:
+            p.add_argument("--eta", required=True, help="learning rate (> 0)")
+            p.add_argument("--clip", required=True, help="C >= 0 | inf | max-ccc | heuristic:kappa=K[,sigma2=S]")
     # No default here: --R0 given at all is refused with --data (r0_text gives the default).
     p.add_argument("--R0", default=None, help="initial risk (> 0), default 1 (not with --data)")
     p.add_argument("--T", required=True, help="horizon in ODE time t = steps / Tr K (> 0)")
@@ -236,7 +242,10 @@ def problem_from_args(args):
         raise ValueError("give --spectrum SPEC and --noise SPEC (or --data SPEC)")
     law = parse_noise(args.noise)
     lam = parse_spectrum(args.spectrum)
-    R0 = positive(r0_text(args), "--R0")
+    from clipdyn import validation
+    from clipdyn.cli.specs import parse_float
+
+    R0 = float(validation.positive("--R0", parse_float(r0_text(args), "--R0"), bounded=True))
     return make_problem(lam, law, R0=R0), None, T, points
 
 

@@ -80,6 +80,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("ode", help="solve the deterministic ODE for the risk curve")
     add_problem_args(p)
-    p.add_argument("--rtol", default="1e-9", help="solver tolerance (default 1e-9)")
+    p.add_argument("--rtol", default="1e-9",
+                   help="the solver's relative tolerance, in [1e-14, 0.1] (default 1e-9)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ode)
