@@ -22,7 +22,7 @@ __all__ = ["main", "make_parser"]
 
 
 def make_parser() -> Parser:
-    parser = Parser(prog="clipdyn", description=__doc__.splitlines()[0])
+    parser = Parser(prog="clipdyn", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     theory.add_commands(sub)
     sim.add_commands(sub)

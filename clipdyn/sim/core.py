@@ -206,8 +206,8 @@ def noise_cap(dtype) -> float:
     """The largest label-noise magnitude a sample keeps: ``max_float^0.3`` of ``dtype`` (3.6e11
     in float32, 3.0e92 in float64).
 
-    Heavy-tailed laws overflow: a Student-t sample with ``df = 0.05`` is infinite in float32 one
-    time in 80 (``df = 0.01`` in float64, one in 1200), and an infinite residual made a clipped
+    Heavy-tailed laws overflow: the Student-t sampler returns ``inf`` for ``df = 0.05`` in
+    float32 one draw in 9 (``df = 0.01`` in float64, one in 34), and an infinite residual made a clipped
     step ``0 * inf``, so clipped runs that cannot diverge were reported as diverged. Beyond the
     cap clipping has long saturated (the step is ``C`` along the sample's direction, whatever the
     residual's size), so capping changes no clipped step beyond rounding; an unclipped run still
