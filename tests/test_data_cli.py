@@ -62,7 +62,7 @@ def test_simulate_and_sweep_with_data(capsys, npz, tmp_path):
     assert meta["config"]["data_fingerprint"] == load_problem(f"npz:path={npz}").fingerprint
 
 
-@pytest.mark.parametrize("clip", ["max-ccc", "heuristic:kappa=1"])
+@pytest.mark.parametrize("clip", [pytest.param("max-ccc", marks=pytest.mark.slow), "heuristic:kappa=1"])
 def test_feedback_thresholds_with_data(capsys, npz, clip):
     # The residuals' Empirical law rides inside a feedback schedule, which a sweep stacks over its
     # configurations; its atoms then gain a leading axis, which the law used to refuse ("atoms must
