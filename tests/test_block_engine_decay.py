@@ -56,3 +56,16 @@ def test_divergence_is_flagged_where_1e6_r0_overflows_float32():
         np.testing.assert_array_equal(res.diverged, ref.diverged)
         assert np.all(np.isfinite(res.risk[~np.isnan(res.risk)]))
     assert ref.diverged[0].tolist() == [True, True, False, False, True, True, False, False]
+
+
+def test_the_step_by_step_pass_runs_every_clipping_rule():
+    # The pass shares the rules' coefficients with the recurrence; a micro-batch rule (Gram
+    # matrix of the step's rows, groups) in float64, where the risk falls to 1e-42.
+    from clipdyn.theory import rules
+
+    prob = make_problem(identity_spectrum(4), cd.Gaussian(0.0))
+    sweep = stack_schedules([constant(0.5, c) for c in np.linspace(0.25, 2.0, 8)])
+    step, block = [run_sweep(prob, sweep, [0], 100.0, 2, precision="64", engine=engine,
+                             rules=rules.micro_batch(4, 2), progress=False) for engine in ("step", "block")]
+    assert step.risk[0, :, -1].max() < 1e-30
+    np.testing.assert_allclose(block.risk, step.risk, rtol=1e-10, atol=0)
