@@ -8,8 +8,10 @@ progress-reporting sweep must give the very same bits as a plain one. No toleran
 """
 
 import hashlib
+import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -364,3 +366,48 @@ def test_provenance_records_the_commit_the_code_was_imported_from(monkeypatch):
     monkeypatch.setattr(results, "_git_commit", lambda: "bbbb+dirty")
     p = results.provenance()
     assert p["git_commit"] == "aaaa" and p["git_commit_at_save"] == "bbbb+dirty"
+
+
+def test_load_results_refuses_a_pair_that_does_not_belong_together(tmp_path):
+    # Nothing was checked: another study's sidecar, a missing one ({} came back), an interrupted
+    # save (new arrays beside the old sidecar) all loaded, and a plot drew the wrong figure.
+    a = results.save_results(tmp_path / "a", {"x": np.arange(3.0)}, {"name": "a"})
+    b = results.save_results(tmp_path / "b", {"x": np.arange(4.0)}, {"name": "b"})
+    arrays, meta = results.load_results(a)
+    assert meta["config"]["name"] == "a" and meta["format"] == "clipdyn-results-1"
+    shutil.copy(b.with_suffix(".json"), a.with_suffix(".json"))  # b's sidecar beside a's arrays
+    with pytest.raises(ValueError, match="do not belong together: the sidecar describes other arrays"):
+        results.load_results(a)
+    # a save interrupted between its two files: the new arrays, the old sidecar
+    results.atomic_savez(b, x=np.arange(5.0))
+    with pytest.raises(ValueError, match="do not belong together"):
+        results.load_results(b)
+    b.with_suffix(".json").unlink()
+    with pytest.raises(ValueError, match=r"has no sidecar"):
+        results.load_results(b)
+    c = results.save_results(tmp_path / "c", {"x": np.arange(3.0)}, {"name": "c"})
+    c.with_suffix(".json").write_text("{truncated")
+    with pytest.raises(ValueError, match=r"sidecar .*c\.json' is not readable JSON"):
+        results.load_results(c)
+    c.with_suffix(".json").write_text(json.dumps({"format": "other-9", "config": {}, "arrays": ["x"]}))
+    with pytest.raises(ValueError, match=r"has format 'other-9'; this clipdyn reads 'clipdyn-results-1'"):
+        results.load_results(c)
+    c.with_suffix(".json").write_text(json.dumps({"config": {}, "arrays": ["y"]}))  # no digest: names
+    with pytest.raises(ValueError, match=r"the sidecar lists arrays \['y'\], the file holds \['x'\]"):
+        results.load_results(c)
+    c.write_bytes(c.read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"c\.npz' is not a readable \.npz archive"):
+        results.load_results(c)
+
+
+def test_committed_results_load_as_pairs():
+    # Every committed results pair carries its digest (added to the older sidecars from their
+    # committed arrays) and loads.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "figures"
+    pairs = sorted(root.glob("**/data/*.npz"))
+    assert len(pairs) >= 14
+    for npz in pairs:
+        _, meta = results.load_results(npz)
+        assert meta["npz_sha256"] and meta["format"] == "clipdyn-results-1", npz

@@ -6,7 +6,8 @@ any other ``OUT`` gets ``.npz`` appended (no other suffix is ever replaced, so `
 ``.npz`` replaced by ``.json``.
 
 Both files are written atomically (to a temporary file in the same folder, then renamed), so an
-interrupted run never leaves a half-written result; they get the permissions the user's umask
+interrupted run never leaves a half-written file, and the sidecar records the ``.npz`` file's
+sha256, so :func:`load_results` refuses a pair that does not belong together; they get the permissions the user's umask
 gives any new file. The sidecar records the whole configuration the caller passes and
 :func:`provenance`: package, JAX and NumPy versions, backend and devices, the PRNG
 implementation, the precision and the git commit.
@@ -19,6 +20,7 @@ under the same stamp, and recomputes (with a :class:`ChunkWarning`) a chunk file
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -60,6 +62,19 @@ def _git_commit() -> str:
 _COMMIT_AT_IMPORT = _git_commit()
 
 
+RESULTS_FORMAT = "clipdyn-results-1"
+"""The sidecar's ``format``; sidecars without one are of this format."""
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def provenance(precision: str | None = None, prng_impl: str | None = None) -> dict[str, Any]:
     """Versions, backend, PRNG implementation and commit, for results sidecars.
 
@@ -78,6 +93,9 @@ def provenance(precision: str | None = None, prng_impl: str | None = None) -> di
         "jax_version": jax.__version__,
         "jaxlib_version": jaxlib.__version__,
         "numpy_version": np.__version__,
+        # the networks, tuning and real-data results also depend on these
+        "optax_version": _version("optax"),
+        "scikit_learn_version": _version("scikit-learn"),
         "python_version": platform.python_version(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
@@ -140,11 +158,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_savez(path: Path, **arrays) -> None:
-    """``np.savez`` to ``path``, atomically (see :func:`atomic_write_bytes`)."""
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` to ``path``, atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, _npz_bytes(arrays))
 
 
 def _json_default(x):
@@ -183,21 +205,59 @@ def save_results(path: str | Path, arrays: dict[str, Any], config: dict[str, Any
         The ``.npz`` path.
     """
     path, sidecar = results_paths(path)
-    meta = {"config": config, "provenance": provenance(precision, prng_impl), "arrays": sorted(arrays)}
+    data = _npz_bytes(arrays)
+    # The sidecar names its arrays by their file's sha256: the two files are written one after the
+    # other, and a pair left mixed by an interruption between them (or put together by hand from
+    # two runs) is refused by load_results instead of drawn with the other run's configuration.
+    meta = {"format": RESULTS_FORMAT, "config": config, "provenance": provenance(precision, prng_impl),
+            "arrays": sorted(arrays), "npz_sha256": hashlib.sha256(data).hexdigest()}
     meta = json.loads(json.dumps(meta, default=_json_default))
-    atomic_savez(path, **arrays)
+    atomic_write_bytes(path, data)
     atomic_write_bytes(sidecar, json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
     return path
 
 
 def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load ``(arrays, metadata)`` saved by :func:`save_results` (same path rule)."""
+    """Load ``(arrays, metadata)`` saved by :func:`save_results` (same path rule).
+
+    Raises:
+        ValueError: naming the file, for a missing or unreadable ``.npz`` or sidecar, a sidecar of
+            another format, or a pair that does not belong together: the sidecar's
+            ``npz_sha256`` is not the ``.npz`` file's (files of two runs, or a save interrupted
+            between its two files), or its array names are not the file's. Sidecars written before
+            the digest existed are checked by their array names only.
+    """
     path, meta_path = results_paths(path)
     if not path.is_file():
         raise ValueError(f"results file {str(path)!r} does not exist")
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # closed even if unreadable
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    data = path.read_bytes()
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with it, it is named
+        raise ValueError(f"results file {str(path)!r} is not a readable .npz archive of arrays "
+                         f"({type(err).__name__}: {err})") from None
+    if not meta_path.is_file():
+        raise ValueError(f"results file {str(path)!r} has no sidecar {str(meta_path)!r} (results "
+                         "are saved in pairs by save_results)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"sidecar {str(meta_path)!r} is not readable JSON ({err})") from None
+    if not isinstance(meta, dict) or not {"config", "arrays"} <= set(meta):
+        raise ValueError(f"sidecar {str(meta_path)!r} is not a clipdyn results sidecar (it needs "
+                         "'config' and 'arrays')")
+    if meta.get("format", RESULTS_FORMAT) != RESULTS_FORMAT:
+        raise ValueError(f"sidecar {str(meta_path)!r} has format {meta['format']!r}; this clipdyn "
+                         f"reads {RESULTS_FORMAT!r}")
+    digest = meta.get("npz_sha256")
+    if digest is not None and digest != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"{str(path)!r} and {str(meta_path)!r} do not belong together: the sidecar "
+                         "describes other arrays (files of two runs, or a save interrupted between "
+                         "its two files); rerun to write both")
+    if sorted(meta["arrays"]) != sorted(arrays):
+        raise ValueError(f"{str(path)!r} and {str(meta_path)!r} do not belong together: the sidecar "
+                         f"lists arrays {sorted(meta['arrays'])}, the file holds {sorted(arrays)}")
     return arrays, meta
 
 
