@@ -345,7 +345,7 @@ def one_schedule(value, who: str):
     for sweeps; a batch passed on crashed inside JAX with a broadcasting error). Shapes only
     (``eval_shape``: nothing runs or compiles)."""
     schedule(value)
-    R = jax.ShapeDtypeStruct((), np.float32)
+    R = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(np.float64))  # float64 under x64
     shapes = jax.eval_shape(lambda r: value(jax.numpy.zeros((), r.dtype), r), R)
     if any(s.shape != () for s in jax.tree.leaves(shapes)):
         raise ValueError(f"{who} takes one schedule, whose (eta, c) are scalars; got (eta, c) of "

@@ -18,7 +18,8 @@ import clipdyn as cd
 from clipdyn.theory import factors
 from clipdyn.theory.ode import ODESolverError, solve_ode
 from clipdyn.theory.problem import identity_spectrum, make_problem, power_law_spectrum
-from clipdyn.theory.schedules import Constant, StepDecay, TimeVarying, constant, heuristic, max_ccc
+from clipdyn.theory.schedules import (Constant, PiecewiseConstant, StepDecay, TimeVarying, constant, heuristic,
+                                      max_ccc)
 
 TOL = 1e-7
 
@@ -219,6 +220,12 @@ def test_fast_problems_are_solved_or_reported_diverged():
     np.testing.assert_allclose(np.asarray(fast.risk), np.asarray(slow.risk), rtol=1e-6)
     # eta = 1e6 leaves 1e6 R0 within 2e-6 of ODE time, eta = 1e20 at once (t ~ 1e-34): diverged,
     # with the time, not a solver error.
+    # A slow start must not raise the floor for a later jump (a warm-up): the first floor of this
+    # change, relative to T, stopped this one at t = 1, and a variant was reported diverged. The
+    # closed form's stationary risk of unclipped SGD at eta = 1 (eq. (2.9) per mode) is reached.
+    warm = solve_ode(make_problem(power_law_spectrum(1000, 0.3), cd.Gaussian(0.5), R0=1e-3),
+                     PiecewiseConstant([1.0], [1e-5, 1.0], math.inf), 1e5, 3)
+    assert not bool(warm.diverged) and float(warm.risk[-1]) == pytest.approx(0.125, rel=1e-6)
     prob = make_problem(identity_spectrum(10), cd.Gaussian(0.5))
     for eta, clip, upper in ((1e6, 1.0, 1e-5), (1e20, math.inf, 1e-30), (1e20, 1.0, 1e-30)):
         res = solve_ode(prob, constant(eta, clip), 1.0, 3)

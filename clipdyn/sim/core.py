@@ -142,7 +142,9 @@ def _check_fits(lam: np.ndarray, v0: np.ndarray, dtype) -> None:
         return np.where(np.abs(a) < tiny, 0, a).astype(dtype)
 
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        held = float(np.sum(flushed(flushed(lam.astype(dtype)) * flushed(v0.astype(dtype))), dtype=dtype))
+        # as the runs start: e = sqrt(2 v0) per mode, R = 1/2 sum lam e^2, all in dtype
+        e = flushed(np.sqrt(2.0 * v0).astype(dtype))
+        held = 0.5 * float(np.sum(flushed(flushed(lam.astype(dtype)) * flushed(e * e)), dtype=dtype))
     if not abs(held - R0) <= 1e-3 * R0:
         name = np.dtype(dtype).name
         raise ValueError(f"R0={R0:.3g} does not fit the simulation's {name} (it holds "
