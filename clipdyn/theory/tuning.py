@@ -209,8 +209,9 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
         (``inf`` for an optimiser step whose schedule diverged; the search stops there).
 
     Raises:
-        ValueError: where the ODE diverges before ``T`` under the starting schedule itself
-            (``eta_init`` on every piece): there is no finite risk to improve on.
+        ValueError: where the ODE gives no finite ``R(T)`` under the starting schedule itself
+            (``eta_init`` on every piece; it diverges, or its solver fails): there is no finite
+            risk to improve on.
     """
     check_problem(problem)
     validation.positive("T", T, bounded=False)
@@ -244,7 +245,7 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
             updates, state = opt.update(grad, state)
             p = optax.apply_updates(p, updates)
     if not math.isfinite(best[0]):
-        raise ValueError(f"optimize_lr_schedule: the ODE diverges before T={T} under the starting "
-                         f"schedule (eta_init={eta_init} on every piece, clip={clip}); start from "
-                         "a smaller eta_init")
+        raise ValueError(f"optimize_lr_schedule: the ODE gives no finite R(T) under the starting "
+                         f"schedule (eta_init={eta_init} on every piece, clip={clip}): it diverges "
+                         f"before T={T} (or its solver fails); start from a smaller eta_init")
     return LRSchedule(schedule(best[1]), math.exp(best[0]), np.asarray(history))
