@@ -298,7 +298,7 @@ def test_train_runs_eagerly_on_numpy_splits(digits, params):
     """Without jax.jit, train indexed the split's NumPy arrays with the scan's traced indices
     (TracerArrayConversionError). Eager and jitted runs are the same float32 program: equal to
     float32 rounding (1e-5 relative; XLA may fuse the two differently)."""
-    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16)
+    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16, sizes=SMALL)
     split = nw.DigitsSplit(*(np.asarray(a) for a in digits))
     batches = nw.shuffled_batches(jax.random.key(0), split.x_train.shape[0], 1, 16)
     eager = nw.train(cfg, 0.05, 1.0, split, params, batches)
@@ -308,7 +308,7 @@ def test_train_runs_eagerly_on_numpy_splits(digits, params):
 
 def test_train_refuses_batch_indices_outside_the_training_split(digits, params):
     # JAX clamps an index out of range: every step silently reused the last sample (acc 0.16).
-    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16)
+    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16, sizes=SMALL)
     n = digits.x_train.shape[0]
     batches = nw.shuffled_batches(jax.random.key(0), n, 1, 16)
     with pytest.raises(ValueError, match=rf"integer indices into the {n} training samples \(0..{n - 1}\)"):
@@ -319,3 +319,11 @@ def test_train_refuses_batch_indices_outside_the_training_split(digits, params):
         nw.train(cfg, 0.05, 1.0, digits, params, batches.tolist())
     # rule "none" ignores its threshold, None included
     assert nw.gradient_rule("none", 0.1, None, batch=4).per_example is False
+
+
+def test_train_refuses_params_of_other_widths(digits, params):
+    # config.sizes was ignored: a network of other widths trained under a config that names others.
+    cfg = nw.TrainConfig("per-sample", epochs=1, batch=16, sizes=(64, 32, 10))
+    batches = nw.shuffled_batches(jax.random.key(0), digits.x_train.shape[0], 1, 16)
+    with pytest.raises(ValueError, match=r"params have layer widths \(64, \d+, 10\); config.sizes=\(64, 32, 10\)"):
+        nw.train(cfg, 0.05, 1.0, digits, params, batches)

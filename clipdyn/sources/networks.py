@@ -477,6 +477,10 @@ def train(config: TrainConfig, learning_rate, clip, data: DigitsSplit, params, b
             batches.shape[2] != config.batch):
         raise ValueError(f"batches must be an array of shape (epochs={epochs}, steps, "
                          f"batch={config.batch}), got {getattr(batches, 'shape', type(batches).__name__)}")
+    widths = (int(np.shape(params[0]["w"])[0]), *(int(np.shape(p["w"])[1]) for p in params))
+    if widths != tuple(config.sizes):
+        raise ValueError(f"params have layer widths {widths}; config.sizes={tuple(config.sizes)} "
+                         "(init_mlp(key, config.sizes) makes them)")
     n_train = int(np.shape(data.x_train)[0])
     if validation.is_concrete(batches):
         # JAX clamps an index out of range: every step would silently reuse the last sample.
