@@ -286,6 +286,8 @@ def integer_text(name: str, text, low: int, *, high: int | None = None, owner: s
     refusal names the text as typed (``--points=1``, not ``1.0``).
     """
     s = str(text).strip()
+    if not s.isascii() or "_" in s:  # Python's int() and float() also read "1_000" and "３"
+        raise ValueError(f"{_prefix(owner)}{name}: {s!r} is not a number")
     try:
         value: int | float = int(s)
     except ValueError:
