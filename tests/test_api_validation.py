@@ -563,6 +563,16 @@ def test_simulations_refuse_a_time_varying_schedule_by_name():
         simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)
 
 
+def test_dt_is_c_hsgds_alone():
+    # With method "sgd" a dt was taken: the times were relabelled steps * dt while SGD still took
+    # steps of 1 / Tr K. C-HSGD takes it (its Euler-Maruyama step).
+    prob = make_problem(np.ones(4), LAW)
+    with pytest.raises(ValueError, match=r"dt=0.1 is not allowed with method 'sgd'"):
+        simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, dt=0.1)
+    res = simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, dt=0.1, method="hsgd")
+    np.testing.assert_allclose(res.t, [0.0, 0.5, 1.0])
+
+
 def test_run_sweep_names_a_single_schedule_and_a_path_that_is_not_one(tmp_path, monkeypatch):
     # One unstacked Constant was refused with a list of allowed kinds that named Constant; out=3
     # was taken as a path and wrote 3.npz.

@@ -354,7 +354,7 @@ def run_sweep(
             which is what it computes (its own entries and content fingerprints: ``eta 1`` and
             ``eta 1.0`` are one sweep). They may not reuse the names of the sweep's own entries.
         divergence_factor: runs diverge once ``R > divergence_factor * R0``.
-        dt: C-HSGD time step (default ``1 / Tr K``).
+        dt: C-HSGD time step (default ``1 / Tr K``); refused for C-SGD, whose step is ``1 / Tr K``.
         prng_impl: JAX PRNG implementation (default: JAX's default, recorded in the results).
         devices: devices to shard over (default: all devices, every process's in a multi-process
             run; such a run equals one process with the same number of devices, see
@@ -405,6 +405,9 @@ def run_sweep(
     validation.positive("divergence_factor", divergence_factor, bounded=False)
     if dt is not None:
         validation.positive("dt", dt, bounded=False)
+        if method != "hsgd":  # one SGD step is 1 / Tr K of ODE time; another dt relabelled the times
+            raise ValueError(f"dt={dt} is not allowed with method {method!r}: a step of SGD is "
+                             "dt = 1 / Tr K of ODE time by definition; dt is C-HSGD's time step")
     if not hasattr(seeds, "__len__"):
         seeds = validation.seeds(seeds)
     n_seeds = len(seeds)
