@@ -214,7 +214,7 @@ def checked_output_steps(T: float, points: int, trace: float, dt: float | None =
     if not need <= MAX_STEPS:
         raise ValueError(
             f"{tname}={T:g} is not allowed: it needs {need:.4g} steps ({tname} / dt with one step "
-            f"dt = 1 / Tr K = {step:.6g}), and the engines count at most {MAX_STEPS:,} steps "
+            f"dt = {'1 / Tr K = ' if dt is None else ''}{step:.6g}), and the engines count at most {MAX_STEPS:,} steps "
             f"(int32 step counters); {tname} must be at most {_round_digits(MAX_STEPS * step, False):.6g}"
         )
     steps = sim.output_steps(float(T), int(points), trace, dt)
@@ -404,6 +404,7 @@ def run_sweep(
     chunk_size = validation.optional_integer("chunk_size", chunk_size, 1)
     validation.positive("divergence_factor", divergence_factor, bounded=False)
     if dt is not None:
+        validation.single("dt", dt, what="one time step")
         validation.positive("dt", dt, bounded=False)
         if method != "hsgd":  # one SGD step is 1 / Tr K of ODE time; another dt relabelled the times
             raise ValueError(f"dt={dt} is not allowed with method {method!r}: a step of SGD is "
