@@ -571,6 +571,10 @@ def test_dt_is_c_hsgds_alone():
         simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, dt=0.1)
     res = simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, dt=0.1, method="hsgd")
     np.testing.assert_allclose(res.t, [0.0, 0.5, 1.0])
+    from clipdyn import sim  # the engine's own factory checks a concrete dt too
+
+    with pytest.raises(ValueError, match="dt=-0.1 is not allowed; dt must be finite and > 0"):
+        sim.hsgd(sim.prepare(prob), constant(1.0, 1.0), dt=-0.1)
 
 
 def test_run_sweep_names_a_single_schedule_and_a_path_that_is_not_one(tmp_path, monkeypatch):

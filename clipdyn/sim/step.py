@@ -26,6 +26,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.sim.core import (RunState, Sample, SimProblem, batch_invariant_sum, divergence_bound,
                               data_rows, guarded, init_run, row_gram, rows_of,
@@ -126,6 +127,8 @@ def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None, r
     if prob.rows is not None:
         _no_data_for_hsgd()
     bound = divergence_bound(prob, divergence_factor)
+    if dt is not None:
+        validation.positive("dt", dt, bounded=False)  # a concrete dt; a traced one was checked before
     dt = 1.0 / prob.trace if dt is None else jnp.asarray(dt, prob.lam.dtype)
     return (uses_x64(functools.partial(init_run, prob)),
             uses_x64(functools.partial(_hsgd_step, prob, schedule, rule, bound, dt)))
