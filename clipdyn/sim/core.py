@@ -110,7 +110,6 @@ def _pad(a: np.ndarray, pad: int, dtype) -> Array:
     return to_device(np.pad(np.asarray(a, np.float64), [(0, 0)] * (a.ndim - 1) + [(0, pad)]), dtype)
 
 
-@uses_x64
 def _check_data_matches(lam: np.ndarray, v0: np.ndarray, feats: np.ndarray, e0: np.ndarray) -> None:
     """Refuse a dataset that is not the problem's: the risk is computed from ``lam`` and the
     steps from the rows, and a problem of the same ``d`` (another dataset's, or other features')
@@ -152,6 +151,7 @@ def _check_fits(lam: np.ndarray, v0: np.ndarray, dtype) -> None:
                          " or rescale the problem")
 
 
+@uses_x64
 def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
     """Cast the problem to the simulation dtype and pad ``d`` to a multiple of :data:`PAD`.
 
