@@ -86,11 +86,15 @@ def risk_series(risk) -> list:
     return none_if_nan(risk)
 
 
-def positive(text: str, what: str) -> float:
-    """A finite value > 0, or a one-line ValueError naming the bad value."""
+def positive(text: str, what: str, bounded: bool = False) -> float:
+    """A finite value > 0 (within the library's magnitudes ``[1e-100, 1e100]`` when ``bounded``:
+    scales), or a one-line ValueError naming the bad value."""
+    from clipdyn import validation
     from clipdyn.cli.specs import parse_float
 
     x = parse_float(text, what)
+    if bounded:
+        return float(validation.positive(what, x, bounded=True))
     if not (math.isfinite(x) and x > 0):
         raise ValueError(f"{what}={text} is not allowed; it must be finite and > 0")
     return x
@@ -242,10 +246,7 @@ def problem_from_args(args):
         raise ValueError("give --spectrum SPEC and --noise SPEC (or --data SPEC)")
     law = parse_noise(args.noise)
     lam = parse_spectrum(args.spectrum)
-    from clipdyn import validation
-    from clipdyn.cli.specs import parse_float
-
-    R0 = float(validation.positive("--R0", parse_float(r0_text(args), "--R0"), bounded=True))
+    R0 = positive(r0_text(args), "--R0", bounded=True)
     return make_problem(lam, law, R0=R0), None, T, points
 
 
@@ -253,12 +254,9 @@ def build_problem(args):
     """The problem, dataset, schedule, rule, ``T`` and ``points`` that the options describe."""
     from clipdyn.cli.specs import make_schedule, parse_clip
 
-    from clipdyn import validation
-    from clipdyn.cli.specs import parse_float
-
     problem, data, T, points = problem_from_args(args)
     # within the library's magnitudes, like every scale: 1e300 overflowed float32 into "eta=[inf]"
-    eta = float(validation.positive("--eta", parse_float(args.eta, "--eta"), bounded=True))
+    eta = positive(args.eta, "--eta", bounded=True)
     clip = parse_clip(args.clip)
     rule = rule_from_args(args)
     schedule = make_schedule(clip, eta, problem.noise, rule)
