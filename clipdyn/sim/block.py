@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from clipdyn.precision import matmul
-from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block
+from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block, guarded
 from clipdyn.theory import rules as clip_rules
 
 __all__ = ["block_sgd", "reads_risk", "RISK_FREE_SCHEDULES"]
@@ -107,24 +107,20 @@ def _stepwise(prob: SimProblem, schedules, rules, Z, eps, k0, hi, states: RunSta
     diverged_step)`` at its end, with the relative accuracy of the step engine (the fallback of
     :data:`_DECAY`). The same rows, coefficients and divergence rule as the recurrence."""
     n, B = rules.n_rows, rules.batch
-    lam = prob.lam
 
     def step(j, st):
-        e, R, div, dstep = st
         k = k0 + j
         Zj = jax.lax.dynamic_slice_in_dim(Z, j * n, n, axis=0)
-        r = matmul(Zj, e.T)[:B] - jax.lax.dynamic_index_in_dim(eps, j, keepdims=False)[:, None]
-        live = ~div & (k < hi)
-        a = _step_coefficients(prob, schedules, rules, k, R, r, matmul(Zj, Zj.T), live)
-        e_new = e - matmul(a.T, Zj)
-        R_new = 0.5 * jnp.sum(lam[None, :] * e_new * e_new, axis=-1)
-        blown = ~(R_new <= bound) & live
-        ok = live & ~blown
-        return (jnp.where(ok[:, None], e_new, e), jnp.where(ok, R_new, R), div | blown,
-                jnp.where(blown, (k + 1).astype(dstep.dtype), dstep))
+        r = matmul(Zj, st.e.T)[:B] - jax.lax.dynamic_index_in_dim(eps, j, keepdims=False)[:, None]
+        live = ~st.diverged & (k < hi)
+        a = _step_coefficients(prob, schedules, rules, k, st.risk, r, matmul(Zj, Zj.T), live)
+        # the engines' one divergence rule (a masked step, a = 0, leaves the run as it is)
+        return jax.vmap(lambda s, e: guarded(prob, s, e, bound))(st, st.e - matmul(a.T, Zj))
 
-    start = (states.e, states.risk, states.diverged, states.diverged_step)
-    return jax.lax.fori_loop(0, eps.shape[0], step, start)
+    # guarded counts steps from the run's k: this block's first step is k0
+    start = states._replace(k=jnp.broadcast_to(k0, states.k.shape).astype(states.k.dtype))
+    end = jax.lax.fori_loop(0, eps.shape[0], step, start)
+    return end.e, end.risk, end.diverged, end.diverged_step
 
 
 def _recurrence(prob, schedules, rules, P, Q, G, H, eps, k0, hi, states, bound, sub, track):
