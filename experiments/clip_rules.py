@@ -63,6 +63,7 @@ def main():
     sim_idx = np.unique(np.rint(np.linspace(0, size["n_c"] - 1, size["n_sim_c"])).astype(int))
     arrays = {"c": c, "eta": eta, "sim_c": c[sim_idx]}
     summary = {}
+    ran = common.EngineLog()
     for i, (law_name, law) in enumerate(laws.items()):
         prob = common.problem(law, size["d"])
         best_of = {}
@@ -74,8 +75,8 @@ def main():
             best = final[np.arange(c.size), k]
             arrays[f"ode_{i}_{j}"], arrays[f"eta_{i}_{j}"] = best, eta[k]
             scheds = Constant(jnp.asarray(eta[k][sim_idx]), jnp.asarray(c[sim_idx]))
-            res = run_sweep(prob, scheds, range(size["seeds"]), size["T"], 2, progress=False,
-                            rules=rule)
+            res = ran(run_sweep(prob, scheds, range(size["seeds"]), size["T"], 2, progress=False,
+                                rules=rule))
             fin = np.where(res.diverged, np.nan, res.risk[:, :, -1])
             arrays[f"sim_{i}_{j}"] = np.nanmean(fin, axis=0)
             arrays[f"sim_se_{i}_{j}"] = np.nanstd(fin, axis=0, ddof=1) / np.sqrt(np.isfinite(fin).sum(0))
@@ -88,8 +89,9 @@ def main():
         k = int(np.argmin(final))
         arrays[f"sgd_ode_{i}"] = np.asarray(final[k])
         if np.isfinite(final[k]):
-            res = run_sweep(prob, Constant(jnp.asarray([eta[k]]), jnp.asarray([math.inf])),
-                            range(size["seeds"]), size["T"], 2, progress=False, rules=rules.per_sample(B))
+            res = ran(run_sweep(prob, Constant(jnp.asarray([eta[k]]), jnp.asarray([math.inf])),
+                                range(size["seeds"]), size["T"], 2, progress=False,
+                                rules=rules.per_sample(B)))
             fin = np.where(res.diverged, np.nan, res.risk[:, 0, -1])
             arrays[f"sgd_sim_{i}"] = np.asarray([np.nanmean(fin), np.nanstd(fin, ddof=1) / math.sqrt(np.isfinite(fin).sum())])
         best_of["unclipped SGD"] = {"ode_best_risk": float(final[k]), "best_eta": float(eta[k])}
@@ -97,7 +99,8 @@ def main():
     save_results(args.out, arrays, {"study": "clip_rules", "size": args.size, **size,
                                     "laws": list(laws), "rules": list(rule_set), "summary": summary,
                                     "samples_per_run": "T Tr K B (equal for every rule)",
-                                    "criterion": "smallest ODE R(T), best eta on a grid per threshold"},
+                                    "criterion": "smallest ODE R(T), best eta on a grid per threshold",
+                                    "engines": ran.counts()},
                  precision="float64 ODE, float32 simulations")
     for law_name, best in summary.items():
         print(law_name, best)

@@ -52,6 +52,26 @@ def plot_main(draw):
     print(f"wrote {dst}")
 
 
+class EngineLog:
+    """Which engine ran a study's simulations, for its sidecar.
+
+    ``run_sweep`` picks the engine per sweep (``engine="auto"``) and records it in its result's
+    config; a study runs many sweeps, so it passes each result through this log and saves
+    :meth:`counts` (``{"block": 6, "step": 2}``) with its configuration.
+    """
+
+    def __init__(self):
+        self._counts = {}
+
+    def __call__(self, result):
+        engine = result.config["engine"]
+        self._counts[engine] = self._counts.get(engine, 0) + 1
+        return result
+
+    def counts(self):
+        return dict(sorted(self._counts.items()))
+
+
 def first_only(laws, size):
     """At the tiny size (a smoke test of the pipeline) a study runs its first law only."""
     return dict(list(laws.items())[:1]) if size == "tiny" else dict(laws)

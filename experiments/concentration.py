@@ -30,10 +30,10 @@ def main():
     args, size = common.parse(__doc__, "figures/data/concentration.npz", SIZES)
     points = 41
     sched = constant(1.0, 0.5)
-    gaps, d_int = [], []
+    gaps, d_int, ran = [], [], common.EngineLog()
     for d in size["dims"]:
         problem = make_problem(np.linspace(1.0, 0.1, d), cd.Gaussian(0.5))
-        res = simulate_runs(problem, sched, range(size["seeds"]), size["T"], points)
+        res = ran(simulate_runs(problem, sched, range(size["seeds"]), size["T"], points))
         ode = np.asarray(solve_ode(problem, sched, size["T"], times=res.t).risk)
         rel = np.abs(res.risk[:, 0, :] - ode) / ode
         gaps.append(rel.max(axis=1))
@@ -44,7 +44,8 @@ def main():
                             "slope": np.array(slope)},
                  {"study": "concentration", "size": args.size, **size, "points": points,
                   "spectrum": "linspace(1, 0.1, d)", "noise": "gaussian:sigma=0.5", "eta": 1.0,
-                  "clip": 0.5, "R0": 1.0, "statistic": "sup_t |R_sim - R_ode| / R_ode per seed"},
+                  "clip": 0.5, "R0": 1.0, "statistic": "sup_t |R_sim - R_ode| / R_ode per seed",
+                  "engines": ran.counts()},
                  precision="float32 simulations, float64 ODE")
     print(f"wrote {args.out} (fitted slope {slope:.3f})")
 

@@ -46,7 +46,7 @@ def best_over_eta(final, n_c, n_eta):
     return grid[np.arange(n_c), k], k
 
 
-def dp_panel(size, arrays, summary):
+def dp_panel(size, arrays, summary, ran):
     B = size["B"]
     prob = common.problem(cd.Gaussian(0.5), size["d"])
     c = np.geomspace(0.05, 5.0, size["n_c"])
@@ -62,8 +62,8 @@ def dp_panel(size, arrays, summary):
         best, k = best_over_eta(final, size["n_c"], size["n_eta"])
         arrays[f"dp_ode_{j}"], arrays[f"dp_eta_{j}"] = best, eta[k]
         scheds = Constant(jnp.asarray(eta[k][sim_idx]), jnp.asarray(c[sim_idx]))
-        res = run_sweep(prob, scheds, range(size["seeds"]), size["T"], 2, progress=False,
-                        rules=rule)
+        res = ran(run_sweep(prob, scheds, range(size["seeds"]), size["T"], 2, progress=False,
+                            rules=rule))
         fin = np.where(res.diverged, np.nan, res.risk[:, :, -1])
         arrays[f"dp_sim_{j}"] = np.nanmean(fin, axis=0)
         arrays[f"dp_sim_se_{j}"] = np.nanstd(fin, axis=0, ddof=1) / np.sqrt(np.isfinite(fin).sum(0))
@@ -71,7 +71,7 @@ def dp_panel(size, arrays, summary):
                                "best_risk_ode": float(np.nanmin(best))}
 
 
-def preclip_panel(size, arrays, summary):
+def preclip_panel(size, arrays, summary, ran):
     law = cd.Rademacher(1.0)
     prob = common.problem(law, size["d"])
     c, eta, T = 0.2, 1.0, size["T_pre"]
@@ -81,7 +81,7 @@ def preclip_panel(size, arrays, summary):
     for k in K:
         rule = rules.per_sample(1, preclip_noise=float(k)) if k > 0 else rules.per_sample(1)
         sched = constant(eta, c)
-        runs = simulate_runs(prob, sched, range(size["seeds"]), T, size["points"], rules=rule)
+        runs = ran(simulate_runs(prob, sched, range(size["seeds"]), T, size["points"], rules=rule))
         ode = solve_ode(prob, sched, T, times=runs.t, rule=rule)
         fin = runs.risk[:, 0, -1]
         ode_final.append(float(ode.risk[-1]))
@@ -101,13 +101,14 @@ def preclip_panel(size, arrays, summary):
 
 def main():
     args, size = common.parse(__doc__, "figures/data/dp.npz", SIZES)
-    arrays, summary = {}, {}
-    dp_panel(size, arrays, summary)
-    preclip_panel(size, arrays, summary)
+    arrays, summary, ran = {}, {}, common.EngineLog()
+    dp_panel(size, arrays, summary, ran)
+    preclip_panel(size, arrays, summary, ran)
     save_results(args.out, arrays, {"study": "dp", "size": args.size, **size, "dp_noise": list(DP_NOISE),
                                     "summary": summary, "spectrum": "power-law alpha=0.3",
                                     "dp_label_noise": "gaussian sigma=0.5", "rule": "per-sample",
-                                    "criterion": "smallest R(T), best eta on a grid per threshold"},
+                                    "criterion": "smallest R(T), best eta on a grid per threshold",
+                                    "engines": ran.counts()},
                  precision="float64 ODE, float32 simulations")
     for k, v in summary.items():
         print(k, v)

@@ -38,6 +38,7 @@ def main():
     R = np.geomspace(1e-3, 10.0, size["n_R"])
     arrays = {"kappa": kappa, "R": R}
     best_kappa = {}
+    ran = common.EngineLog()
     dfs = DFS[:1] if args.size == "tiny" else DFS  # tiny: a smoke test of the whole pipeline
     for i, df in enumerate(dfs):
         law = cd.StudentT(df, 1.0)
@@ -56,14 +57,15 @@ def main():
         scheds = {"max-CCC": max_ccc(ETA, law), f"heuristic kappa={k_best:.2f}": heuristic(ETA, k_best, law),
                   "unclipped SGD": constant(ETA, np.inf)}
         for j, sched in enumerate(scheds.values()):
-            runs = simulate_runs(prob, sched, range(size["seeds"]), size["T"], size["points"])
+            runs = ran(simulate_runs(prob, sched, range(size["seeds"]), size["T"], size["points"]))
             arrays[f"sim_{i}_{j}"] = runs.risk[:, 0]
             arrays[f"ode_{i}_{j}"] = np.asarray(solve_ode(prob, sched, size["T"], times=runs.t).risk)
             arrays["t"] = runs.t
         arrays[f"labels_{i}"] = np.array(list(scheds))
     save_results(args.out, arrays, {"study": "heuristic", "size": args.size, **size, "dfs": dfs,
                                     "curve_dfs": [df for df in dfs if df in CURVE_DFS], "eta": ETA,
-                                    "best_kappa": {str(k): v for k, v in best_kappa.items()}},
+                                    "best_kappa": {str(k): v for k, v in best_kappa.items()},
+                                    "engines": ran.counts()},
                  precision="float64 theory and ODE, float32 simulations")
     print(best_kappa)
     print(f"wrote {args.out}")

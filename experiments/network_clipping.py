@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipdyn.data.sources import array_digest
 from clipdyn.runs.results import save_results
 from clipdyn.sources import networks as nw
 
@@ -209,6 +210,9 @@ def main():
               "tuning": "lowest mean final validation loss over the tuning seeds; a configuration "
                         "diverging on any tuning seed is excluded",
               "tune_seeds_first": TUNE_SEED0, "diverged_loss": DIVERGED_LOSS, "cpu_count": os.cpu_count(),
+              "data": "scikit-learn digits, one split per (noise, seed); the fingerprint is over "
+                      "every split's arrays, splits in (noise, seed) order",
+              "data_fingerprint": array_digest(*(a for split in data.values() for a in split)),
               "runtime_s": time.perf_counter() - start}
     save_results(args.out, arrays, config, precision="float32")
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")

@@ -40,12 +40,13 @@ def main():
     arrays, config = {}, {"study": "risk_curves", "size": args.size, **size, "alpha": 0.3,
                           "panels": {k: {kk: vv for kk, vv in v.items() if kk != "noise"}
                                      for k, v in PANELS.items()}}
+    ran = common.EngineLog()
     for name, panel in PANELS.items():
         problem = make_problem(lam, panel["noise"])
         scheds = stack_schedules([constant(panel["eta"], panel["clip"]), constant(panel["eta"], math.inf)])
         for method in ("sgd", "hsgd"):
-            res = run_sweep(problem, scheds, seeds, size["T"], size["points"], method=method,
-                            progress=False)
+            res = ran(run_sweep(problem, scheds, seeds, size["T"], size["points"], method=method,
+                                progress=False))
             arrays[f"{name}_{method}_clipped"] = res.risk[:, 0]
             arrays[f"{name}_{method}_unclipped"] = res.risk[:, 1]
             arrays[f"{name}_{method}_unclipped_diverged_at"] = res.diverged_at[:, 1]
@@ -54,6 +55,7 @@ def main():
             ode = solve_ode(problem, constant(panel["eta"], c), size["T"], times=arrays["t_sim"])
             arrays[f"{name}_ode_{label}"] = np.asarray(ode.risk)
             arrays[f"{name}_ode_{label}_diverged_at"] = np.asarray(float(ode.diverged_at))
+    config["engines"] = ran.counts()
     save_results(args.out, arrays, config, precision="float32 simulations, float64 ODE")
     print(f"wrote {args.out}")
 

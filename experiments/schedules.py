@@ -36,7 +36,7 @@ def main():
     laws = common.first_only(LAWS, args.size)
     T = size["T"]
     etas = np.geomspace(0.02, 1.9, size["n_eta"])
-    arrays, summary = {}, {}
+    arrays, summary, ran = {}, {}, common.EngineLog()
     for i, (name, law) in enumerate(laws.items()):
         prob = common.problem(law, size["d"])
         final = lambda sched: tuning.ode_final_risks(prob, sched, T)[0][:, -1]  # noqa: E731
@@ -63,7 +63,7 @@ def main():
         chosen["C-SGD, max-CCC"] = MaxCCC(float(etas[np.nanargmin(r)]), base.noise, base.log_R, base.u)
         summary[name] = {}
         for j, (label, sched) in enumerate(chosen.items()):
-            runs = simulate_runs(prob, sched, range(size["seeds"]), T, size["points"])
+            runs = ran(simulate_runs(prob, sched, range(size["seeds"]), T, size["points"]))
             ode = solve_ode(prob, sched, T, times=runs.t)
             arrays[f"sim_{i}_{j}"] = runs.risk[:, 0]
             arrays[f"ode_{i}_{j}"] = np.asarray(ode.risk)
@@ -72,7 +72,8 @@ def main():
             summary[name][label] = {"ode_final": float(ode.risk[-1]), "sim_final": float(mean[-1]),
                                     "params": describe(sched)}
     save_results(args.out, arrays, {"study": "schedules", "size": args.size, **size,
-                                    "laws": list(laws), "labels": list(chosen), "results": summary},
+                                    "laws": list(laws), "labels": list(chosen), "results": summary,
+                                    "engines": ran.counts()},
                  precision="float64 ODE, float32 simulations")
     for name, s in summary.items():
         for label, v in s.items():

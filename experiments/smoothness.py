@@ -69,6 +69,7 @@ def batch_order(n, epochs, key):
 
 
 def network(size, objectives, arrays, fits):
+    """Train the MLP per objective and threshold; returns the digits split's fingerprint."""
     split = nw.load_digits_split(SEED)
     data = {"x": jnp.asarray(split.x_train, jnp.float64), "y": jnp.asarray(split.y_train, jnp.float64),
             "labels": jnp.asarray(split.labels_train)}
@@ -102,6 +103,7 @@ def network(size, objectives, arrays, fits):
             fits[key] = trace_fit(grid.grad_norm[best], grid.smoothness[best])
             print(f"{key}: lr {float(lrs[best]):g}, final loss {final[best]:.3g}, slope "
                   f"{fits[key]['slope']:.3f} +- {fits[key]['stderr']:.3f}", flush=True)
+    return split.fingerprint()
 
 
 def trace_fit(grad_norm, est):
@@ -132,14 +134,15 @@ def main():
     arrays, fits = {}, {}
     objectives = common.first_only(OBJECTIVES, args.size)
     with jax.enable_x64(True):
-        network(size, objectives, arrays, fits)
+        digits = network(size, objectives, arrays, fits)
         least_squares(size, arrays, fits)
     for key, fit in fits.items():
         arrays[f"{key}_fit"] = np.array([fit["slope"], fit["intercept"], fit["stderr"]])
     save_results(args.out, arrays,
                  {"study": "smoothness", "size": args.size, **size, "widths": list(WIDTHS), "batch": BATCH,
                   "seed": SEED, "clip_fraction": CLIP_FRACTION, "measure_every": MEASURE_EVERY,
-                  "objectives": list(objectives),
+                  "objectives": list(objectives), "data": f"scikit-learn digits, split seed {SEED}",
+                  "data_fingerprint": digits,
                   "least_squares": LS, "fits": fits,
                   "estimator": "||grad f(x + Delta/2) - grad f(x)|| / ||Delta/2||, f the full training objective",
                   "lr_choice": "lowest final training loss on the grid, diverged runs excluded"},

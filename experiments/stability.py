@@ -33,6 +33,7 @@ def main():
     laws = common.first_only(LAWS, args.size)
     c = np.concatenate([np.geomspace(0.05, 10.0, size["n_c"]), [math.inf]])
     arrays = {"c": c}
+    ran = common.EngineLog()
     for name, law in laws.items():
         prob = common.problem(law, size["d"])
         R0 = float(prob.R0)
@@ -45,14 +46,14 @@ def main():
         arrays[f"{name}_ode"] = tuning.bisect_max_lr(ode_stable, 0.05, 200.0, size["iters"] + 6, n=c.size)
 
         def sim_stable(etas):
-            res = run_sweep(prob, make(etas), range(size["seeds"]), size["T"], 2, progress=False)
+            res = ran(run_sweep(prob, make(etas), range(size["seeds"]), size["T"], 2, progress=False))
             final = np.where(res.diverged, np.inf, res.risk[:, :, -1])
             return np.median(final, axis=0) < R0
 
         arrays[f"{name}_sim"] = tuning.bisect_max_lr(sim_stable, 0.05, 200.0, size["iters"], n=c.size)
     save_results(args.out, arrays, {"study": "stability", "size": args.size, **size, "sigma": 0.5,
                                     "laws": list(laws), "stable_if": "R(T) < R0 (median over seeds)",
-                                    "bracket": [0.05, 200.0]},
+                                    "bracket": [0.05, 200.0], "engines": ran.counts()},
                  precision="float64 ODE, float32 simulations")
     print(f"wrote {args.out}")
 

@@ -18,6 +18,11 @@ STUDIES = ["criteria", "risk_curves", "concentration", "stability", "when_clippi
 SLOW = {"clip_rules", "dp", "heuristic", "schedules", "network_clipping", "smoothness", "criteria",
         "real_data", "risk_curves", "clipping_bias", "concentration", "stability",
         "when_clipping_helps", "l0l1_acceleration"}
+# Studies that simulate record which engine ran (``run_sweep`` picks one per sweep); those on
+# scikit-learn's digits record the data's fingerprint.
+SIMULATING = {"risk_curves", "concentration", "stability", "when_clipping_helps", "schedules",
+              "heuristic", "clip_rules", "dp"}
+DIGITS = {"smoothness", "network_clipping"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
@@ -30,6 +35,11 @@ def test_study_runs_at_tiny_size(tmp_path, name):
     arrays, meta = load_results(data)
     assert arrays and meta["config"]["study"] == name
     assert meta["provenance"]["jax_version"]
+    if name in SIMULATING:
+        engines = meta["config"]["engines"]
+        assert engines and set(engines) <= {"step", "block"} and all(n > 0 for n in engines.values())
+    if name in DIGITS:
+        assert len(meta["config"]["data_fingerprint"]) == 64
     png = tmp_path / f"{name}.png"
     plot = subprocess.run([sys.executable, str(ROOT / "experiments" / f"plot_{name.replace('-', '_')}.py"),
                            str(data), str(png)], capture_output=True, text=True, timeout=300)

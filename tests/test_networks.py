@@ -61,6 +61,19 @@ def test_digits_split_is_reproducible_standardised_and_noisy_only_in_training():
     np.testing.assert_array_equal(clean.x_train, a.x_train)
 
 
+def test_digits_split_fingerprint_names_its_arrays():
+    a = nw.load_digits_split(3, 0.5)
+    assert a.fingerprint() == nw.load_digits_split(3, 0.5).fingerprint()
+    # Another seed, other noise, or one value changed: another fingerprint.
+    assert a.fingerprint() != nw.load_digits_split(4, 0.5).fingerprint()
+    assert a.fingerprint() != nw.load_digits_split(3).fingerprint()
+    y = a.y_train.copy()
+    y[0, 0] = np.nextafter(y[0, 0], np.float32(np.inf))
+    assert a._replace(y_train=y).fingerprint() != a.fingerprint()
+    # The dtype is part of the data: the same values stored in float64 are other bytes.
+    assert a._replace(x_train=a.x_train.astype(np.float64)).fingerprint() != a.fingerprint()
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: nw.load_digits_split(-1), "seed"),
     (lambda: nw.load_digits_split(0, -0.1), "label_noise"),

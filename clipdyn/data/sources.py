@@ -156,7 +156,8 @@ def subsample(m: int, n: int | None) -> np.ndarray | None:
     return np.sort(np.random.default_rng(0).choice(m, n, replace=False))
 
 
-def _array_digest(*arrays: np.ndarray) -> str:
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' dtypes, shapes and bytes, in order: the fingerprint of data."""
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -225,7 +226,7 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
         raise ValueError(f"{where}: y has {int(np.size(y) - np.isfinite(y).sum())} non-finite value(s)")
     # The digest of the arrays themselves, whatever file they came from: a digest taken on
     # trust (the caller's) let two datasets share one cached decomposition.
-    digest = _array_digest(X, y)
+    digest = array_digest(X, y)
     if y.dtype.kind in "iu":
         if n_classes is None:
             classes, idx = np.unique(y, return_inverse=True)

@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from clipdyn import validation
+from clipdyn.data.sources import array_digest
 from clipdyn.precision import MATMUL_PRECISION, matmul
 
 __all__ = [
@@ -82,6 +83,11 @@ class DigitsSplit(NamedTuple):
     x_test: Any
     y_test: Any
     labels_test: Any
+
+    def fingerprint(self) -> str:
+        """sha256 over every array of the split (dtype, shape and bytes, in field order): the data a
+        run was trained, tuned and scored on, for a results file."""
+        return array_digest(*(np.asarray(a) for a in self))
 
 
 def _check_int(name, value, low):
