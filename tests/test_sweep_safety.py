@@ -47,10 +47,10 @@ class _Stop(Exception):
 
 @pytest.fixture
 def runner_calls(monkeypatch):
-    """Counts the compiled program's calls (one per seed and chunk) and can fail at call n with
-    ``calls["raise"]`` (an exception class)."""
+    """Counts the compiled program's calls (one per seed and chunk), can fail at call n with
+    ``calls["raise"]`` (an exception class) and run ``calls["hook"]`` before call ``hook_at``."""
     real = sw._sharded_runner
-    calls = {"n": 0, "fail_at": None, "raise": _Stop, "widths": []}
+    calls = {"n": 0, "fail_at": None, "raise": _Stop, "widths": [], "hook": None, "hook_at": None}
 
     def counting(*args, **kwargs):
         fn = real(*args, **kwargs)
@@ -58,6 +58,8 @@ def runner_calls(monkeypatch):
         def wrapped(scheds, *rest):
             calls["n"] += 1
             calls["widths"].append(int(np.shape(scheds.eta)[0]))
+            if calls["hook_at"] == calls["n"]:
+                calls["hook"]()
             if calls["fail_at"] == calls["n"]:
                 raise calls["raise"]
             return fn(scheds, *rest)
@@ -190,17 +192,64 @@ def test_truncated_and_foreign_chunks_are_recomputed(tmp_path, runner_calls):
 
 
 def test_chunk_validation_checks_arrays(tmp_path):
-    store = results.ChunkStore(tmp_path)
+    store = results.ChunkStore(tmp_path, {"sweep": "this", "layout": {"chunk_size": 2}})
+    assert store.open() == 0
     expect = {"risk": ((2, 2, 3), "float32"), "diverged": ((2, 2), "b")}
     store.save(0, {"risk": np.ones((2, 2, 3), np.float32), "diverged": np.zeros((2, 2), bool)})
     assert store.load(0, expect)["risk"].shape == (2, 2, 3)
     store.save(1, {"risk": np.ones((2, 2, 3), np.float64), "diverged": np.zeros((2, 2), bool)})
     store.save(2, {"risk": np.ones((2, 2, 3), np.float32)})
     (tmp_path / "chunk_000003.npz").write_bytes(b"")
-    for j, why in [(1, "float64"), (2, "lacks"), (3, "cannot be read")]:
+    other = results.ChunkStore(tmp_path, {"sweep": "other", "layout": {"chunk_size": 2}}).identity
+    results.atomic_savez(tmp_path / "chunk_000005.npz", risk=np.ones((2, 2, 3), np.float32),
+                         diverged=np.zeros((2, 2), bool), sweep_identity=np.array(other))
+    results.atomic_savez(tmp_path / "chunk_000006.npz", risk=np.ones((2, 2, 3), np.float32),
+                         diverged=np.zeros((2, 2), bool))  # right arrays, no identity
+    for j, why in [(1, "float64"), (2, "lacks"), (3, "cannot be read"), (5, "another sweep"),
+                   (6, "records no sweep fingerprint")]:
         with pytest.warns(results.ChunkWarning, match=why):
             assert store.load(j, expect) is None
     assert store.load(4, expect) is None  # absent: nothing to say
+
+
+def test_two_sweeps_on_one_out_never_mix_their_chunks(tmp_path, runner_calls):
+    """The same --out given to two sweeps at once. The stamp is compared when a sweep opens the
+    folder, and a folder with no chunk yet is re-stamped, so sweep B, started while A computes
+    its first chunk, took the folder over and A then read B's chunks (same shapes) as its own
+    (a hand-run trial: 4 of 8 configurations of a T = 3000 results file were a T = 300 run's).
+    Now A stops before writing into a folder another sweep has taken, and a chunk file names its
+    sweep, so one that is not A's is never read as A's."""
+    out = tmp_path / "sw.npz"
+    folder = tmp_path / "sw.npz.partial"
+    shapes = {"risk": np.full((2, 2, 3), 7.0, np.float32), "diverged": np.zeros((2, 2), bool),
+              "diverged_step": np.full((2, 2), -1, np.int32)}
+
+    def b_takes_over():  # B opens the folder (no chunk there yet) and finishes its chunk 1
+        b = results.ChunkStore(folder, {"sweep": "B", "layout": {"chunk_size": 2}})
+        assert b.open() == 0
+        b.save(1, shapes)
+
+    runner_calls.update(hook=b_takes_over, hook_at=1)
+    with pytest.raises(ValueError, match="taken over by another sweep.*same --out"):
+        _sweep(out=out)
+    assert sorted(p.name for p in folder.glob("chunk_*")) == ["chunk_000001.npz"]  # B's, untouched
+    assert not out.exists()
+    # A rerun of A is refused (B's chunk is there) until B is done or discarded; with B's
+    # chunk moved under A's own stamp, A names it and computes it again.
+    runner_calls.update(hook=None, hook_at=None, n=0)
+    with pytest.raises(ValueError, match="holds 1 finished chunk"):
+        _sweep(out=out)
+    shutil.rmtree(folder)
+    _interrupted(out, runner_calls, fail_at=3)  # A's own chunk 0 is kept
+    b = results.ChunkStore(folder / "b", {"sweep": "B", "layout": {"chunk_size": 2}})
+    b.open()
+    b.save(1, shapes)
+    shutil.move(folder / "b" / "chunk_000001.npz", folder / "chunk_000001.npz")
+    runner_calls.update(n=0)
+    with pytest.warns(results.ChunkWarning, match="chunk_000001.npz.*another sweep"):
+        res = _sweep(out=out)
+    assert runner_calls["n"] == 4  # chunks 1 and 2 computed, A's chunk 0 reused
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
 
 
 # Item 4: a stamp without chunks blocks nothing; chunks of another layout are named.

@@ -353,12 +353,26 @@ class ChunkStore:
     are reused only under an equal fingerprint and layout; a stamp with no chunk beside it (a run
     killed in its first chunk) is simply replaced.
 
+    Each chunk file also carries the fingerprint and layout (``sweep_identity``), checked when it
+    is read, and the stamp is checked before each chunk is written: two computations started on
+    one folder (the same ``--out`` typed twice) would otherwise take each other's chunks as their
+    own, since the stamp is only compared when a computation opens the folder.
+
     Args:
         folder: the folder, by convention the results path plus ``.partial``.
+        stamp: the computation's stamp (``"sweep"``, and ``"layout"``, ``"parts"``, ``"config"``
+            where known).
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, stamp: dict):
         self.folder = Path(folder)
+        self.stamp = stamp
+        self.identity = json.dumps({"sweep": stamp["sweep"], "layout": stamp.get("layout")},
+                                   sort_keys=True)
+
+    def _is_ours(self, stamp: dict | None) -> bool:
+        return (stamp is not None and stamp.get("sweep") == self.stamp["sweep"]
+                and stamp.get("layout") == self.stamp.get("layout"))
 
     @property
     def stamp_path(self) -> Path:
@@ -395,8 +409,8 @@ class ChunkStore:
         diffs += _differing(old.get("layout", {}), new.get("layout", {}))
         return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
 
-    def open(self, stamp: dict, overwrite: bool = False) -> int:
-        """Prepare the folder for the computation ``stamp`` describes.
+    def open(self, overwrite: bool = False) -> int:
+        """Prepare the folder for the computation the stamp describes.
 
         Returns:
             The number of chunk files kept for reuse.
@@ -418,11 +432,10 @@ class ChunkStore:
             tmp.unlink(missing_ok=True)
         old = self.read_stamp()
         chunks = self.finished()
-        same = (old is not None and old.get("sweep") == stamp["sweep"]
-                and old.get("layout") == stamp.get("layout"))
+        same = self._is_ours(old)
         if chunks and not same:
             if not overwrite:
-                why = ("it has no fingerprint" if old is None else self._differences(old, stamp))
+                why = ("it has no fingerprint" if old is None else self._differences(old, self.stamp))
                 raise ValueError(
                     f"{self.folder} holds {len(chunks)} finished chunk(s) of a different sweep "
                     f"({why}); rerun with --overwrite (overwrite=True) to discard them, or choose "
@@ -432,7 +445,7 @@ class ChunkStore:
                 p.unlink()
             chunks = []
         if not same:
-            atomic_write_bytes(self.stamp_path, json.dumps(stamp, sort_keys=True).encode())
+            atomic_write_bytes(self.stamp_path, json.dumps(self.stamp, sort_keys=True).encode())
         return len(chunks)
 
     def load(self, j: int, expect: dict[str, tuple[tuple, str]],
@@ -446,8 +459,9 @@ class ChunkStore:
             read: how to read the file's bytes (``None`` if absent); by default from this
                 process's disk (a multi-process sweep passes the writer's bytes to everyone).
 
-        A file that cannot be read, or that lacks an array or holds one of another shape or
-        dtype, is reported by a :class:`ChunkWarning` naming it and computed again.
+        A file that cannot be read, that belongs to another computation (its ``sweep_identity``
+        is not this one's, or it has none), or that lacks an array or holds one of another shape
+        or dtype, is reported by a :class:`ChunkWarning` naming it and computed again.
         """
         path = self.chunk_path(j)
         if read is None:
@@ -463,8 +477,12 @@ class ChunkStore:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 missing = sorted(set(expect) - set(z.files))
                 arrays = {k: z[k] for k in expect if k in z.files}
+                identity = str(z["sweep_identity"]) if "sweep_identity" in z.files else None
         except Exception as err:  # noqa: BLE001 - any unreadable file: recompute it
             return self._reject(path, f"it cannot be read ({type(err).__name__}: {err})")
+        if identity != self.identity:
+            return self._reject(path, "it belongs to another sweep (its fingerprint is not this one's)"
+                                if identity is not None else "it records no sweep fingerprint")
         if missing:
             return self._reject(path, f"it lacks the array(s) {missing}")
         for name, (shape, kind) in expect.items():
@@ -482,9 +500,22 @@ class ChunkStore:
         return None
 
     def save(self, j: int, arrays: dict[str, Any]) -> None:
-        """Write chunk ``j`` atomically."""
-        atomic_savez(self.chunk_path(j), **arrays)
+        """Write chunk ``j`` atomically, with this computation's identity.
+
+        Raises:
+            ValueError: if the folder's stamp is no longer this computation's: another one was
+                started on the same folder while this one ran and took it over.
+        """
+        if not self._is_ours(self.read_stamp()):
+            raise ValueError(
+                f"{self.folder} was taken over by another sweep while this one ran (its fingerprint "
+                "file changed): two sweeps are writing to the same --out. This one stops so that "
+                "neither mixes in the other's chunks; rerun it once the other has finished, or give "
+                "each its own --out")
+        atomic_savez(self.chunk_path(j), **arrays, sweep_identity=np.array(self.identity))
 
     def remove(self) -> None:
-        """Delete the folder (once the whole result is saved)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the folder (once the whole result is saved); a folder another computation has
+        taken over meanwhile is left to it."""
+        if self._is_ours(self.read_stamp()):
+            shutil.rmtree(self.folder, ignore_errors=True)

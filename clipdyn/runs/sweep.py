@@ -504,15 +504,15 @@ def run_sweep(
     store = None
     if out is not None:
         out, _ = results_paths(validation.output_path(out, "out"))
-        store = ChunkStore(Path(f"{out}.partial"))
         stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
                  "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
                  "parts": parts}
+        store = ChunkStore(Path(f"{out}.partial"), stamp)
         # On the writer process only (clipdyn.runs.distributed); a refusal reaches every process. The
         # caller's entries are not the identity, but they name best what differs (the options).
         distributed.on_writer(check_overwrite, out, full_config["fingerprints"]["sweep"], overwrite,
                               {**extra, **identity})
-        distributed.on_writer(store.open, stamp, overwrite)
+        distributed.on_writer(store.open, overwrite)
 
     n_points = len(steps)
     risk = np.empty((n_seeds, n_cfg, n_points), np.float64)
