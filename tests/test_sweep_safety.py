@@ -19,6 +19,7 @@ import pytest
 import clipdyn as cd
 from clipdyn.runs import results
 from clipdyn.runs import sweep as sw
+from clipdyn.theory import rules as clip_rules
 from clipdyn.theory.problem import make_problem, power_law_spectrum
 from clipdyn.theory.schedules import Constant
 
@@ -191,6 +192,60 @@ def test_truncated_and_foreign_chunks_are_recomputed(tmp_path, runner_calls):
     np.testing.assert_array_equal(res.risk, _sweep().risk)
 
 
+def test_swapped_chunk_files_are_recomputed(tmp_path, runner_calls):
+    """A chunk file names its index: two chunks of equal shapes swapped by hand were read into
+    each other's configurations (0.34 off, no warning)."""
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=5)  # chunks 0 and 1 finished
+    part = tmp_path / "sw.npz.partial"
+    c0, c1 = part / "chunk_000000.npz", part / "chunk_000001.npz"
+    tmp = part / "swap"
+    c0.rename(tmp), c1.rename(c0), tmp.rename(c1)
+    with pytest.warns(results.ChunkWarning, match="another chunk"):
+        res = _sweep(out=out)
+    assert runner_calls["n"] == 6
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+
+
+def test_chunks_of_another_clipdyn_version_are_not_resumed(tmp_path, runner_calls, monkeypatch):
+    """The stamp names the code (clipdyn's version and commit, JAX's, the backend): the results'
+    sidecar names one version, so chunks computed by another are not mixed in."""
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=3)
+    real = results.code_version()
+    monkeypatch.setattr(sw, "code_version", lambda: {**real, "git_commit": "0" * 40,
+                                                     "jax_version": "0.0.1"})
+    with pytest.raises(ValueError, match="holds 1 finished chunk.*differs in: git commit, jax version"):
+        _sweep(out=out)
+    res = _sweep(out=out, overwrite=True)
+    assert runner_calls["n"] == 6  # recomputed
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+
+
+def test_a_save_stopped_between_its_two_files_resumes(tmp_path, runner_calls, monkeypatch):
+    """The sidecar is written first: stopped before the arrays, the same sweep rerun is still
+    recognised as itself (an .npz left without its sidecar was refused as another sweep's)."""
+    out = tmp_path / "sw.npz"
+    real = results.atomic_write_bytes
+
+    def stop_at_npz(path, data):
+        if str(path) == str(out):
+            raise _Stop
+        real(path, data)
+
+    monkeypatch.setattr(results, "atomic_write_bytes", stop_at_npz)
+    with pytest.raises(_Stop):
+        _sweep(out=out)
+    monkeypatch.setattr(results, "atomic_write_bytes", real)
+    assert out.with_suffix(".json").exists() and not out.exists()
+    runner_calls.update(n=0)
+    res = _sweep(out=out)
+    assert runner_calls["n"] == 0  # every chunk was kept
+    arrays, _ = results.load_results(out)
+    np.testing.assert_array_equal(arrays["risk"], _sweep().risk)
+    np.testing.assert_array_equal(res.risk, arrays["risk"])
+
+
 def test_chunk_validation_checks_arrays(tmp_path):
     store = results.ChunkStore(tmp_path, {"sweep": "this", "layout": {"chunk_size": 2}})
     assert store.open() == 0
@@ -200,7 +255,7 @@ def test_chunk_validation_checks_arrays(tmp_path):
     store.save(1, {"risk": np.ones((2, 2, 3), np.float64), "diverged": np.zeros((2, 2), bool)})
     store.save(2, {"risk": np.ones((2, 2, 3), np.float32)})
     (tmp_path / "chunk_000003.npz").write_bytes(b"")
-    other = results.ChunkStore(tmp_path, {"sweep": "other", "layout": {"chunk_size": 2}}).identity
+    other = results.ChunkStore(tmp_path, {"sweep": "other", "layout": {"chunk_size": 2}}).identity(5)
     results.atomic_savez(tmp_path / "chunk_000005.npz", risk=np.ones((2, 2, 3), np.float32),
                          diverged=np.zeros((2, 2), bool), sweep_identity=np.array(other))
     results.atomic_savez(tmp_path / "chunk_000006.npz", risk=np.ones((2, 2, 3), np.float32),
@@ -305,6 +360,16 @@ def test_chunk_size_is_capped_at_the_number_of_configurations(runner_calls):
     res = _sweep(chunk_size=1000)
     assert runner_calls["widths"] == [5, 5]  # one chunk of the 5 configurations, per seed
     assert res.config["chunk_size"] == 5
+
+
+def test_chunks_are_capped_at_the_largest_group_of_one_rule(runner_calls):
+    """A chunk holds one rule group's configurations (programs differ by rule); padding every
+    group to the whole sweep's width made 4 rules of 4 thresholds run 4 programs of 16 runs."""
+    rule_list = [clip_rules.per_sample(1)] * 3 + [clip_rules.batch_mean(2)] * 2
+    res = _sweep(rules=rule_list, chunk_size=None)
+    assert runner_calls["widths"] == [3, 3, 3, 3]  # 2 groups x 2 seeds, the second padded to 3
+    assert res.config["chunk_size"] == 3 and res.config["engine"] == "step"
+    np.testing.assert_array_equal(res.risk, _sweep(rules=rule_list, chunk_size=1).risk)
 
 
 def test_sweep_that_cannot_fit_in_memory_is_refused(monkeypatch, runner_calls):

@@ -212,8 +212,10 @@ def save_results(path: str | Path, arrays: dict[str, Any], config: dict[str, Any
     meta = {"format": RESULTS_FORMAT, "config": config, "provenance": provenance(precision, prng_impl),
             "arrays": sorted(arrays), "npz_sha256": hashlib.sha256(data).hexdigest()}
     meta = json.loads(json.dumps(meta, default=_json_default))
-    atomic_write_bytes(path, data)
+    # The sidecar first: a save stopped between the two leaves a sidecar naming this computation
+    # (so rerunning it resumes and replaces it) beside no file or the old one (refused as a pair).
     atomic_write_bytes(sidecar, json.dumps(_finite_json(meta), indent=2, allow_nan=False).encode())
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -303,6 +305,15 @@ def _config_differences(old: dict, new: dict) -> str:
     return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
 
 
+def code_version() -> dict[str, Any]:
+    """The code a computation runs with, as far as it decides the numbers: clipdyn's version and
+    commit, JAX's and jaxlib's versions and the backend (a resumed computation's chunks must all
+    come from one, the one its sidecar names)."""
+    keys = ("clipdyn_version", "git_commit", "jax_version", "jaxlib_version", "backend")
+    prov = provenance()
+    return {k: prov[k] for k in keys}
+
+
 def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False,
                     config: dict | None = None) -> None:
     """Refuse to replace finished results of another computation without ``overwrite``.
@@ -353,26 +364,33 @@ class ChunkStore:
     are reused only under an equal fingerprint and layout; a stamp with no chunk beside it (a run
     killed in its first chunk) is simply replaced.
 
-    Each chunk file also carries the fingerprint and layout (``sweep_identity``), checked when it
-    is read, and the stamp is checked before each chunk is written: two computations started on
-    one folder (the same ``--out`` typed twice) would otherwise take each other's chunks as their
-    own, since the stamp is only compared when a computation opens the folder.
+    The stamp's ``"code"`` (:func:`code_version`) is compared too: chunks computed by another
+    version of clipdyn or JAX, or on another backend, are not resumed into this one's results,
+    whose sidecar names one version. Each chunk file carries its computation's identity and its
+    own index (``sweep_identity``), checked when it is read, and the stamp is checked before each
+    chunk is written: two computations started on one folder (the same ``--out`` typed twice)
+    would otherwise take each other's chunks as their own, since the stamp is only compared when a
+    computation opens the folder.
 
     Args:
         folder: the folder, by convention the results path plus ``.partial``.
-        stamp: the computation's stamp (``"sweep"``, and ``"layout"``, ``"parts"``, ``"config"``
-            where known).
+        stamp: the computation's stamp (``"sweep"``, and ``"layout"``, ``"code"``, ``"parts"``,
+            ``"config"`` where known).
     """
+
+    _IDENTITY = ("sweep", "layout", "code")
 
     def __init__(self, folder: str | os.PathLike, stamp: dict):
         self.folder = Path(folder)
         self.stamp = stamp
-        self.identity = json.dumps({"sweep": stamp["sweep"], "layout": stamp.get("layout")},
-                                   sort_keys=True)
+
+    def identity(self, j: int) -> str:
+        """What chunk ``j``'s file records: the computation's identity and the chunk's index."""
+        return json.dumps({**{k: self.stamp.get(k) for k in self._IDENTITY}, "chunk": int(j)},
+                          sort_keys=True)
 
     def _is_ours(self, stamp: dict | None) -> bool:
-        return (stamp is not None and stamp.get("sweep") == self.stamp["sweep"]
-                and stamp.get("layout") == self.stamp.get("layout"))
+        return stamp is not None and all(stamp.get(k) == self.stamp.get(k) for k in self._IDENTITY)
 
     @property
     def stamp_path(self) -> Path:
@@ -407,6 +425,7 @@ class ChunkStore:
             diffs += _differing(old["config"], fresh)
         diffs += _differing(old["parts"], new.get("parts", {}), values=False)
         diffs += _differing(old.get("layout", {}), new.get("layout", {}))
+        diffs += _differing(old.get("code") or {}, new.get("code", {}))
         return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
 
     def open(self, overwrite: bool = False) -> int:
@@ -480,9 +499,10 @@ class ChunkStore:
                 identity = str(z["sweep_identity"]) if "sweep_identity" in z.files else None
         except Exception as err:  # noqa: BLE001 - any unreadable file: recompute it
             return self._reject(path, f"it cannot be read ({type(err).__name__}: {err})")
-        if identity != self.identity:
-            return self._reject(path, "it belongs to another sweep (its fingerprint is not this one's)"
-                                if identity is not None else "it records no sweep fingerprint")
+        if identity != self.identity(j):
+            return self._reject(path, "it records no sweep fingerprint" if identity is None else
+                                "it belongs to another sweep or another chunk (its fingerprint is "
+                                "not this one's)")
         if missing:
             return self._reject(path, f"it lacks the array(s) {missing}")
         for name, (shape, kind) in expect.items():
@@ -512,7 +532,7 @@ class ChunkStore:
                 "file changed): two sweeps are writing to the same --out. This one stops so that "
                 "neither mixes in the other's chunks; rerun it once the other has finished, or give "
                 "each its own --out")
-        atomic_savez(self.chunk_path(j), **arrays, sweep_identity=np.array(self.identity))
+        atomic_savez(self.chunk_path(j), **arrays, sweep_identity=np.array(self.identity(j)))
 
     def remove(self) -> None:
         """Delete the folder (once the whole result is saved); a folder another computation has

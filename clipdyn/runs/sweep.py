@@ -45,7 +45,8 @@ from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import cast_floats, content_hash, stack, to_device  # content_hash re-exported
 from clipdyn.runs import distributed
-from clipdyn.runs.results import ChunkStore, check_overwrite, results_paths, save_results
+from clipdyn.runs.results import (ChunkStore, check_overwrite, code_version, results_paths,
+                                  save_results)
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
 from clipdyn.theory import rules as clip_rules
 from clipdyn.theory.problem import Problem
@@ -429,11 +430,14 @@ def run_sweep(
             f"{type(schedules).__name__} with scalar parameters (pass stack_schedules([schedule]), "
             "or use simulate_runs for one schedule)")
     n_cfg = int(leaves[0].shape[0])
-    # A chunk wider than the sweep would only be padding (chunk_size=1e9 padded to 1e9 runs).
-    chunk = n_cfg if chunk_size is None else min(chunk_size, n_cfg)
+    rule_list = _rule_list(rules, n_cfg)
+    # A chunk holds configurations of one rule group (_chunk_plan); one wider than the largest
+    # group would only be padding (chunk_size=1e9 padded to 1e9 runs; 4 rules of 4 thresholds
+    # each ran 4 programs of 16 runs, 4 of them real, and chose its engine for 16).
+    widest = max(g.size for g in _chunk_plan(rule_list, n_cfg))
+    chunk = min(widest if chunk_size is None else chunk_size, widest)
     chunk = n_dev * math.ceil(chunk / n_dev)
 
-    rule_list = _rule_list(rules, n_cfg)
     trace = float(np.sum(np.asarray(problem.lam, np.float64)))
     steps = checked_output_steps(T, points, trace, dt)
     requested = engine
@@ -495,7 +499,8 @@ def run_sweep(
     full_config.update(extra)
     # Every process must compute the same sweep in the same chunks, or the writer would save
     # one process's labels over another's numbers (checked before the first collective).
-    distributed.check_agreement({**identity, "chunk_size": chunk, "extra": extra})
+    distributed.check_agreement({**identity, "chunk_size": chunk, "extra": extra,
+                                 "code": code_version()})
     run = _sharded_runner(method, divergence_factor, dt, devices,
                           engine if block_steps is None else f"block:{block_steps}")
     steps_arr = to_device(steps)
@@ -505,6 +510,7 @@ def run_sweep(
     if out is not None:
         out, _ = results_paths(validation.output_path(out, "out"))
         stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
+                 "code": code_version(),
                  "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
                  "parts": parts}
         store = ChunkStore(Path(f"{out}.partial"), stamp)
