@@ -164,13 +164,13 @@ def test_out_paths_are_kept_apart_and_reported(tmp_path, capsys):
 # Item 7: impossible sizes are refused up front, with the amount or the limit.
 
 @pytest.mark.parametrize("argv, words", [
-    (["simulate", *SIM, "--seeds", "1e12"], ["--seeds=1e12", "4294967295"]),
+    (["simulate", *SIM[:-2], "--seeds", "1e12"], ["--seeds=1e12", "4294967295"]),
     (["simulate", *SIM, "--seed-offset", "1e30"], ["--seed-offset=1e30", "4294967295"]),
     (["sweep", *SIM[:-8], "--clip", "0.1:1:1e12", "--T", "1", "--points", "3", "--out", "x"],
      ["--clip", "1e12", "1000000"]),
     (["sweep", *PROBLEM, "--eta", "0.1:1:1e4", "--clip", "0.1:1:1e4", "--T", "1", "--points", "3",
       "--out", "x"], ["100,000,000 configurations", "--clip", "--eta", "at most 1,000,000"]),
-    (["ode", *SIM[:-2], "--points", "1e9"], ["--points=1e9", "1,000,000"]),
+    (["ode", *SIM[:-4], "--points", "1e9"], ["--points=1e9", "1,000,000"]),
 ])
 def test_impossible_sizes_are_refused(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)  # where "--out x" would land
@@ -180,8 +180,8 @@ def test_impossible_sizes_are_refused(capsys, tmp_path, monkeypatch, argv, words
 
 @pytest.mark.parametrize("argv, words", [
     (["simulate", "--spectrum", "identity:d=1e9", *SIM[2:]], ["d=1000000000", "memory", "16 GB"]),
-    (["simulate", *SIM, "--seeds", "1e9"], ["1000000000 seed(s)", "needs about", "16 GB available"]),
-    (["sweep", *SIM, "--seeds", "1e9", "--out", "x"], ["1000000000 seed(s)", "needs about"]),
+    (["simulate", *SIM[:-2], "--seeds", "1e9"], ["1000000000 seed(s)", "needs about", "16 GB available"]),
+    (["sweep", *SIM[:-2], "--seeds", "1e9", "--out", "x"], ["1000000000 seed(s)", "needs about"]),
 ])
 def test_runs_beyond_memory_are_refused_with_the_amount(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)
@@ -350,3 +350,76 @@ def test_a_sweep_whose_results_cannot_fit_is_refused_before_building_it(capsys, 
     one_line_error(code, err, "this sweep (100 seed(s) x 1,000,000 configuration(s) x 101 output times; "
                    "its results alone) needs about 2", "10 GB available")
     assert built == []
+
+
+# Found by trying the command line as a hurried user would (trial-cli, 2026-11-23).
+
+ODE = ["ode", "--spectrum", "identity:d=10", "--noise", "gaussian:sigma=0.5", "--eta", "1",
+       "--T", "1", "--points", "3"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    # the last of a repeated option won silently (Cauchy ran for "--noise gaussian --noise cauchy")
+    (["factors", "--noise", "gaussian:sigma=0.5", "--noise", "cauchy", "--R", "1", "--c", "1"],
+     ["--noise is given twice"]),
+    (["factors", "--noise", "cauchy", "--R", "1", "--c=1", "--c=2"], ["--c is given twice"]),
+    # abbreviations: "--R 2" ran as "--R0 2"
+    ([*ODE, "--clip", "1", "--R", "2"], ["unrecognized arguments: --R 2"]),
+    # a misspelt feedback schedule ran as heuristic
+    ([*ODE, "--clip", "heuristicX:kappa=1"], ["heuristicX:kappa=1", "heuristic:kappa=K"]),
+    # extreme heuristic parameters made every threshold 0 (or nan): "diverged at t = 0"
+    ([*ODE, "--clip", "heuristic:kappa=1e-300"], ["kappa=1e-300", "1e-100, 1e100"]),
+    ([*ODE, "--clip", "heuristic:kappa=1,sigma2=1e200"], ["sigma2=1e+200", "1e-100, 1e100"]),
+    # numbers a float cannot hold, and digits Python's float() reads but integers refuse
+    ([*ODE, "--clip", "1e400"], ["1e400", "beyond the largest float"]),
+    (["factors", "--noise", "cauchy", "--R", "1e-400", "--c", "1"], ["--R=1e-400", "below the smallest"]),
+    ([*ODE, "--clip", "1_0"], ["'1_0' is not a number"]),
+    (["ode", "--spectrum", "identity:d=10", "--noise", "gaussian:sigma=\uff11", "--eta", "1",
+      "--clip", "1", "--T", "1"], ["is not a number"]),
+    # bias read "-inf" as an unknown option ("expected one argument")
+    (["bias", "--points=-inf,3", "--clip", "1"], ["--points", "finite"]),
+    (["bias", "--points", "-inf,3", "--clip", "1"], ["--points", "finite"]),
+    # grids that cannot fit: MemoryError or RESOURCE_EXHAUSTED with exit status 1
+    (["factors", "--noise", "cauchy", "--R", "1:2:1000000", "--c", "1:2:1000000"],
+     ["1000000 x 1000000", "needs about"]),
+    (["bias", "--points", "0:1:1000000", "--perturbation", "0:1:1000000", "--clip", "1"],
+     ["1000000 point(s) x 1000000 perturbation(s)", "needs about"]),
+])
+def test_more_bad_input_gets_one_line(capsys, argv, words):
+    code, out, err = run(capsys, *argv)
+    one_line_error(code, err, *words)
+    assert out == ""
+
+
+def test_heuristic_within_the_bounds_still_runs(capsys):
+    code, out, err = run(capsys, *ODE, "--clip", "heuristic:kappa=1e-100", "--json")
+    assert code == 0, err
+    assert json.loads(out)["risk"][-1] == pytest.approx(0.81067, rel=1e-4)  # the small-kappa limit
+
+
+def test_factors_in_pieces_equal_one_call(capsys, monkeypatch):
+    """`factors` computes its grid in pieces of a fixed width (the last one padded): the rows are
+    the one-call rows, in order, bit for bit."""
+    from clipdyn.cli import theory as cli_theory
+
+    argv = ["factors", "--noise", "student-t:df=3,scale=1", "--R", "0.1:2:7", "--c", "0.5,1,inf", "--json"]
+    code, whole, err = run(capsys, *argv)
+    assert code == 0, err
+    monkeypatch.setattr(cli_theory, "_PIECE", 4)
+    code, pieces, err = run(capsys, *argv)
+    assert code == 0, err
+    assert pieces == whole and len(json.loads(whole)) == 21
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`clipdyn factors ... | head -1` printed "clipdyn: error: [Errno 32] Broken pipe" (exit 2)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "clipdyn", "factors", "--noise", "gaussian:sigma=1", "--R",
+           "1:2:20000", "--c", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader stops after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == "", err

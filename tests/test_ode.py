@@ -263,8 +263,22 @@ def test_solver_failure_raises_clear_error():
         solve_ode(prob, constant(1.0, 0.5), 1e4, 3, max_steps=5)
 
 
+def test_more_output_times_than_the_old_step_limit():
+    """Each output time ends a step, so 200 001 of them stopped at the old fixed limit of 200 000
+    steps (the command line allows a million, and offers no max_steps). The default limit now
+    counts them; the curve's end is the same to the solver's tolerance (rtol 1e-9)."""
+    prob = make_problem(np.array([1.0, 0.3]), cd.Gaussian(0.5))
+    many = solve_ode(prob, constant(1.0, 0.5), 1.0, 200_001)
+    few = solve_ode(prob, constant(1.0, 0.5), 1.0, 3)
+    assert not bool(many.diverged) and many.risk.shape == (200_001,)
+    assert float(many.risk[-1]) == pytest.approx(float(few.risk[-1]), rel=1e-8)
+    assert float(many.risk[100_000]) == pytest.approx(float(few.risk[1]), rel=1e-8)
+
+
 def test_bad_arguments():
     prob = make_problem(power_law_spectrum(10, 1.0), cd.Gaussian(0.5))
+    with pytest.raises(ValueError, match="times must be finite"):
+        solve_ode(prob, constant(1.0, 0.5), 1.0, times=[0.0, np.nan])
     with pytest.raises(ValueError, match="T=-1"):
         solve_ode(prob, constant(1.0, 0.5), -1.0)
     with pytest.raises(ValueError, match="points=1"):

@@ -192,6 +192,20 @@ def test_truncated_and_foreign_chunks_are_recomputed(tmp_path, runner_calls):
     np.testing.assert_array_equal(res.risk, _sweep().risk)
 
 
+def test_finishing_removes_only_what_the_sweep_wrote(tmp_path):
+    """The chunk folder was deleted whole (shutil.rmtree) when the sweep finished, with any file
+    a user had put there."""
+    part = tmp_path / "sw.npz.partial"
+    part.mkdir()
+    (part / "notes.txt").write_text("mine")
+    (part / "draft.tmp").write_text("mine too")
+    res = _sweep(out=tmp_path / "sw.npz")
+    assert sorted(p.name for p in part.iterdir()) == ["draft.tmp", "notes.txt"]
+    np.testing.assert_array_equal(res.risk, _sweep().risk)
+    _sweep(out=tmp_path / "other.npz")
+    assert not (tmp_path / "other.npz.partial").exists()  # its own folder goes
+
+
 def test_swapped_chunk_files_are_recomputed(tmp_path, runner_calls):
     """A chunk file names its index: two chunks of equal shapes swapped by hand were read into
     each other's configurations (0.34 off, no warning)."""

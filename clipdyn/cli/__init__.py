@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         with x64():  # the theory needs float64; the user's process keeps its own JAX settings
             args = make_parser().parse_args(argv)
             args.func(args)
+    except BrokenPipeError:  # the reader stopped (| head): leave quietly, as a killed writer would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CLIError, ValueError, OSError) as err:
         print(f"clipdyn: error: {err}", file=sys.stderr)
         return 2

@@ -9,8 +9,6 @@ expected clipped gradient ``h(x) = mean_i E clip_C(x - a_i + k zeta)`` of
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 __all__ = ["add_command"]
@@ -45,8 +43,6 @@ def add_command(sub) -> None:
         "bias", help="zero set of the expected clipped gradient on a finite sum (Chen et al. 2020)",
         description="Zero set of h(x) = mean_i E clip_C(x - a_i + k zeta) for f(x) = mean_i "
                     "(x - a_i)^2 / 2, per perturbation k, and the minimiser x* = mean_i a_i.")
-    # Let values such as "-3,3" follow --points (Python 3.13's argparse does this already).
-    p._negative_number_matcher = re.compile(r"-\.?\d")
     p.add_argument("--points", required=True, help="LIST of the points a_i, e.g. -3,3 (finite)")
     p.add_argument("--clip", required=True, help="threshold C (finite, > 0)")
     p.add_argument("--perturbation", default="0",

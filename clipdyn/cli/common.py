@@ -23,12 +23,32 @@ class CLIError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, negative values read as values, no abbreviations
+    (``--R 2`` meant ``--R0 2`` silently) and no repeated options (the last one won silently:
+    ``--noise gaussian:sigma=1 --noise cauchy`` ran Cauchy)."""
+
     def __init__(self, *args, **kwargs):
         from clipdyn.cli.specs import NEGATIVE_VALUE
 
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         # "--c -inf" and "--R -1e-3" are values to check, not unknown options.
         self._negative_number_matcher = NEGATIVE_VALUE
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        argv = sys.argv[1:] if args is None else list(args)
+        seen = set()
+        for word in argv:
+            if word == "--":
+                break
+            if word.startswith("--"):
+                name = word.split("=", 1)[0]
+                if name in seen:
+                    self.error(f"option {name} is given twice; give each option once")
+                seen.add(name)
+        return super().parse_known_args(argv, namespace)
 
     def error(self, message):  # one line, no usage dump
         raise CLIError(message)

@@ -47,11 +47,26 @@ say what is wrong with them (no clipdyn option starts with ``-`` and a digit, ``
 
 
 def parse_float(text: str, what: str) -> float:
-    """A number from text (``inf`` and ``nan`` included: the value checks come after)."""
+    """A number from text (``inf`` and ``nan`` included: the value checks come after).
+
+    ASCII digits only, as :func:`clipdyn.validation.integer_text` reads integers (Python's
+    ``float`` also reads ``1_0`` and full-width digits), and a number the text names but a float
+    cannot hold is refused as typed: ``1e400`` was ``inf`` (unclipped SGD for ``--c 1e400``) and
+    ``1e-400`` was refused as ``0.0``.
+    """
+    s = str(text).strip()
     try:
-        return float(text)
+        if not s.isascii() or "_" in s:
+            raise ValueError
+        x = float(s)
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: {text!r} is not a number") from None
+        raise ValueError(f"{what}: {s!r} is not a number") from None
+    mantissa = s.lower().partition("e")[0]
+    if math.isinf(x) and "inf" not in s.lower():
+        raise ValueError(f"{what}={s} is not allowed; it is beyond the largest float (1.8e308)")
+    if x == 0 and any(c in "123456789" for c in mantissa):
+        raise ValueError(f"{what}={s} is not allowed; it is below the smallest float (4.9e-324)")
+    return x
 
 
 def parse_int(text: str, what: str, low: int, high: int | None = None) -> int:
@@ -176,25 +191,37 @@ class ClipSpec:
         return self.kind
 
 
+def _heuristic(spec: str, what: str, allowed: str) -> tuple[np.ndarray, float | None]:
+    """The kappas (``K`` or ``K1/K2/...`` or ``START:STOP:NUM``) and ``sigma2`` of a
+    ``heuristic:`` threshold, checked as :func:`clipdyn.theory.schedules.heuristic` checks them."""
+    name, params = _split(spec.strip().lower(), "clip")
+    if name != "heuristic":  # "heuristicX:kappa=1" ran as heuristic
+        raise ValueError(f"{what} {spec!r} is not allowed; use {allowed}")
+    p = _take(spec, params, {"kappa": None, "sigma2": ""})
+    kappas = parse_list(p["kappa"].replace("/", ","), "heuristic kappa")
+    validation.positive("kappa", kappas[0] if kappas.size == 1 else kappas, owner=f"{what} {spec!r}")
+    sigma2 = parse_float(p["sigma2"], "heuristic sigma2") if p["sigma2"] else None
+    if sigma2 is not None:
+        validation.nonnegative("sigma2", sigma2, owner=f"{what} {spec!r}")
+    return kappas, sigma2
+
+
 def parse_clip(spec: str) -> ClipSpec:
     """A threshold: number >= 0, ``inf``, ``max-ccc`` or ``heuristic:kappa=K[,sigma2=S]``."""
     text = spec.strip().lower()
     if text == "max-ccc":
         return ClipSpec("max-ccc")
     if text.startswith("heuristic"):
-        name, params = _split(text, "clip")
-        p = _take(spec, params, {"kappa": None, "sigma2": ""})
-        kappa = parse_float(p["kappa"], "heuristic kappa")
-        if not (math.isfinite(kappa) and kappa > 0):
-            raise ValueError(f"clip {spec!r}: kappa={p['kappa']} must be finite and > 0")
-        sigma2 = parse_float(p["sigma2"], "heuristic sigma2") if p["sigma2"] else None
-        return ClipSpec("heuristic", kappa=kappa, sigma2=sigma2)
+        kappas, sigma2 = _heuristic(spec, "clip", "heuristic:kappa=K[,sigma2=S]")
+        if kappas.size != 1:
+            raise ValueError(f"clip {spec!r} is not allowed; one kappa here (a LIST of them is "
+                             "sweep's --clip heuristic:kappa=K1/K2)")
+        return ClipSpec("heuristic", kappa=float(kappas[0]), sigma2=sigma2)
     try:
-        value = float(text)
-    except ValueError:
+        value = parse_float(text, "clip")
+    except ValueError as err:
         raise ValueError(
-            f"clip {spec!r} is not allowed; use a number >= 0, inf, max-ccc or heuristic:kappa=K"
-        ) from None
+            f"{err}; use a number >= 0, inf, max-ccc or heuristic:kappa=K") from None
     if math.isnan(value) or value < 0:
         raise ValueError(f"clip {spec!r} is not allowed; the threshold must be >= 0 (or inf)")
     validation.threshold("clip", value)
@@ -215,17 +242,7 @@ def parse_clip_list(spec: str, what: str = "--clip") -> list[ClipSpec]:
     if text == "max-ccc":
         return [ClipSpec("max-ccc")]
     if text.startswith("heuristic"):
-        name, params = _split(text, "clip")
-        if name != "heuristic":
-            raise ValueError(f"{what} {spec!r} is not allowed; use a LIST, max-ccc or "
-                             "heuristic:kappa=K1/K2[,sigma2=S]")
-        p = _take(spec, params, {"kappa": None, "sigma2": ""})
-        kappas = parse_list(p["kappa"].replace("/", ","), "heuristic kappa")
-        validation.positive("kappa", kappas, owner=f"{what} {spec!r}", bounded=False)
-        sigma2 = parse_float(p["sigma2"], "heuristic sigma2") if p["sigma2"] else None
-        if sigma2 is not None:
-            validation.check_value(f"{what} {spec!r}", "sigma2", sigma2,
-                                   lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+        kappas, sigma2 = _heuristic(spec, what, "a LIST, max-ccc or heuristic:kappa=K1/K2[,sigma2=S]")
         return [ClipSpec("heuristic", kappa=float(k), sigma2=sigma2) for k in kappas]
     try:
         values = parse_list(text, what)

@@ -9,6 +9,8 @@ from clipdyn.cli.common import (add_problem_args, add_rule_args, build_problem, 
 
 __all__ = ["add_commands"]
 
+_PIECE = 4096  # (R, c) pairs per compiled call of `factors`
+
 
 def cmd_factors(args) -> None:
     import jax
@@ -31,9 +33,23 @@ def cmd_factors(args) -> None:
     rule = rule_from_args(args)
     R = positive_list(args.R, "--R")
     c = threshold_list(args.c, "--c")
+    from clipdyn import validation
+
+    n = R.size * c.size
+    # The output rows, a few hundred bytes each as Python records and text (the factors
+    # themselves are computed in pieces of _PIECE pairs: a Student-t law's quadrature takes
+    # about 28 kB per pair, and 1e5 x 1e5 pairs ran out of memory inside JAX).
+    validation.check_memory(2e3 * n, f"--R x --c: {R.size} x {c.size} = {n:,} (R, c) pairs")
     RR, CC = np.meshgrid(R, c, indexing="ij")
-    f = jax.jit(lambda r, cc: factors.reduction_factors(law, r, cc, rule))(RR.ravel(), CC.ravel())
-    f = {k: np.asarray(v) for k, v in f._asdict().items()
+    r_all, c_all = RR.ravel(), CC.ravel()
+    width = min(n, _PIECE)
+    f_jit = jax.jit(lambda r, cc: factors.reduction_factors(law, r, cc, rule))
+    pieces = []
+    for i in range(0, n, width):  # the last piece padded to the same width: one compilation
+        take = np.minimum(np.arange(i, i + width), n - 1)
+        pieces.append({k: np.asarray(v)[: min(width, n - i)]
+                       for k, v in f_jit(r_all[take], c_all[take])._asdict().items()})
+    f = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]
          if not k.startswith("iso") or rule.use_dp or rule.use_preclip}
     records = [
         {"R": float(r), "c": float(cc), **{k: float(f[k][i]) for k in f}}

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 import warnings
@@ -447,7 +446,7 @@ class ChunkStore:
         except OSError as e:
             raise ValueError(f"cannot create {str(self.folder)!r}, where this sweep keeps its finished "
                              f"chunks ({e.strerror}); choose another --out") from None
-        for tmp in self.folder.glob("*.tmp"):  # left by a run killed while writing
+        for tmp in self._own_temporaries():  # left by a run killed while writing
             tmp.unlink(missing_ok=True)
         old = self.read_stamp()
         chunks = self.finished()
@@ -534,8 +533,20 @@ class ChunkStore:
                 "each its own --out")
         atomic_savez(self.chunk_path(j), **arrays, sweep_identity=np.array(self.identity(j)))
 
+    def _own_temporaries(self) -> list[Path]:
+        """Temporary files of this class's atomic writes (:func:`atomic_write_bytes` names them
+        after their target), and nothing else a user keeps in the folder."""
+        return [*self.folder.glob("chunk_*.npz.*.tmp"), *self.folder.glob(f"{self.stamp_path.name}.*.tmp")]
+
     def remove(self) -> None:
-        """Delete the folder (once the whole result is saved); a folder another computation has
-        taken over meanwhile is left to it."""
-        if self._is_ours(self.read_stamp()):
-            shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the chunk files and the stamp (once the whole result is saved), then the folder
+        if nothing else is in it: files the computation did not write are left, and so is a
+        folder another computation has taken over meanwhile."""
+        if not self._is_ours(self.read_stamp()):
+            return
+        for p in [*self.finished(), *self._own_temporaries(), self.stamp_path]:
+            p.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:  # not empty: someone else's files
+            pass

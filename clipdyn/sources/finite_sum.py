@@ -474,12 +474,21 @@ def zero_interval(problem: FiniteSum) -> np.ndarray:
     Returns:
         A NumPy array of shape ``(2,)`` (one dimension) or ``(d, 2)`` (per coordinate), with a
         leading axis over ``k`` when ``perturbation`` is a vector.
+
+    Raises:
+        ValueError: when the points x perturbations x coordinates would need more memory than
+            the machine has (about 2.5 kB each, measured), with the amount.
     """
     problem = finite_sum(*problem)
     ks = np.atleast_1d(problem.perturbation)
     n = problem.points.shape[0]
     # Padding: extra points (copies of a_1) with weight 0, extra k (copies of k_1), dropped after.
     pad_n, pad_k = _bucket(n) - n, _bucket(ks.size) - ks.size
+    coords = int(np.prod(problem.points.shape[1:], dtype=np.int64))
+    validation.check_memory(
+        2.5e3 * (n + pad_n) * (ks.size + pad_k) * coords,
+        f"the zero sets of {n} point(s) x {ks.size} perturbation(s)"
+        + (f" x {coords} coordinates" if coords > 1 else ""))
     points = np.concatenate([problem.points, np.repeat(problem.points[:1], pad_n, axis=0)])
     weight = np.concatenate([np.ones(n), np.zeros(pad_n)])
     padded = FiniteSum(points, problem.clip, np.concatenate([ks, np.repeat(ks[:1], pad_k)]))

@@ -288,7 +288,7 @@ def solve_ode(
     *,
     rtol: float = 1e-9,
     atol: float = 1e-12,
-    max_steps: int = 200_000,
+    max_steps: int | None = None,
     divergence_factor: float = 1e6,
     return_modes: bool = False,
     times=None,
@@ -304,7 +304,8 @@ def solve_ode(
         rtol, atol: error tolerances. ``R`` is controlled relatively (``rtol``); each mode
             ``v_i`` to ``rtol |v_i| + atol max_j |v_j|`` at the current time, so accuracy holds
             however far ``R`` decays. The defaults give ``R`` to about 1e-9 relative.
-        max_steps: step limit.
+        max_steps: step limit (default ``200_000`` plus the number of output times: each output
+            time ends a step, so a million of them needed more than the old fixed limit).
         divergence_factor: the dynamics are reported diverged once ``R > factor * R0``.
         return_modes: also return ``v_i(t)`` at the output times (``points x d`` floats).
         times: explicit output times instead (increasing, starting at 0; ``T`` and ``points``
@@ -332,16 +333,21 @@ def solve_ode(
     validation.clip_rule(rule)
     validation.rtol(rtol)
     validation.check_value("", "atol", atol, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
-    max_steps = validation.integer("max_steps", max_steps, 1)
+    if max_steps is not None:
+        max_steps = validation.integer("max_steps", max_steps, 1)
     validation.positive("divergence_factor", divergence_factor, bounded=False)
     if times is not None:
         validation.check_real("", "times", times)
         t_out = np.asarray(times, dtype=float)
-        if t_out.ndim != 1 or t_out.size < 2 or t_out[0] != 0 or np.any(np.diff(t_out) <= 0):
-            raise ValueError("times must be increasing, start at 0 and have at least 2 entries")
+        if (t_out.ndim != 1 or t_out.size < 2 or t_out[0] != 0 or not np.all(np.isfinite(t_out))
+                or np.any(np.diff(t_out) <= 0)):
+            raise ValueError("times must be finite, increasing, start at 0 and have at least 2 "
+                             "entries")
         T, points = float(t_out[-1]), t_out.size
     validation.positive("T", T, bounded=False)
     points = validation.integer("points", points, 2)
+    if max_steps is None:
+        max_steps = 200_000 + points
     validation.one_schedule(schedule, "solve_ode")
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))

@@ -444,7 +444,9 @@ def heuristic(
     _check_eta(eta)
     validation.noise_law(noise)
     validation.clip_rule(rule)
-    check_value("heuristic", "kappa", kappa, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    # Within the magnitude bounds: kappa = 1e-200 made every threshold 0 and sigma2 = 1e300 a
+    # table of nan, both reported as a divergence at t = 0.
+    validation.positive("kappa", kappa, owner="heuristic")
     if sigma2 is None:
         sigma2 = noise.second_moment
         if not np.isfinite(float(sigma2)):
@@ -452,7 +454,7 @@ def heuristic(
                 "heuristic: the noise law has infinite variance, so kappa*sqrt(2R + sigma^2) is "
                 "undefined; give sigma2 explicitly (e.g. heuristic:kappa=K,sigma2=S) or use max-ccc"
             )
-    check_value("heuristic", "sigma2", sigma2, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+    validation.nonnegative("sigma2", sigma2, owner="heuristic")
     points = validation.integer("points", points, 0, owner="heuristic")
     if points:
         validation.positive("R_min", R_min, owner="heuristic")
