@@ -65,6 +65,63 @@ def _gauss_coef(eta, c, sigma, trace, eta_fn=None):
     return coef
 
 
+def _radau_pieces(lam, v0, coef_of_eta, etas, jumps, ts):
+    """Reference for a schedule constant between jumps: Radau on each piece, restarted at each
+    jump with that piece's rate (``coef_of_eta(eta)`` as ``coef`` above)."""
+    edges = [0.0, *jumps, ts[-1]]
+    out, v = [], np.asarray(v0, float)
+    for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        # Radau's Newton iterates may try a negative R (stiff modes); the risk itself is positive.
+        coef = (lambda cf: lambda t, R: cf(t, max(R, 1e-300)))(coef_of_eta(etas[k]))
+
+        def f(t, v):
+            ca, cb, _, _ = coef(t, lam @ v)
+            return lam * (-2 * ca * v + cb)
+
+        def jac(t, v):
+            ca, _, da, db = coef(t, lam @ v)
+            return np.diag(-2 * ca * lam) + np.outer(lam * (-2 * da * v + db), lam)
+
+        inside = ts[(ts >= a) & ((ts < b) | (k == len(etas) - 1))]
+        sol = solve_ivp(f, (a, b), v, method="Radau", t_eval=inside, rtol=1e-11, atol=1e-15, jac=jac)
+        assert sol.success
+        out.append(lam @ sol.y)
+        v = solve_ivp(f, (a, b), v, method="Radau", rtol=1e-11, atol=1e-15, jac=jac).y[:, -1]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("make, etas, jumps", [
+    (lambda c: StepDecay(1.0, 0.5, 2.0, c), [1.0, 0.5], [2.0]),
+    (lambda c: PiecewiseConstant([0.7, 2.05], [1.0, 0.4, 0.1], c), [1.0, 0.4, 0.1], [0.7, 2.05]),
+])
+def test_schedule_jumps_on_a_stiff_spectrum(make, etas, jumps):
+    """A jump of the learning rate on a spectrum from 1e-6 to 1e6: the step ending at the jump
+    evaluated its last stages at the new rate, an error the fastest modes keep above the
+    tolerance at any step size ("step size underflow" at t = 2, found by trial-ode). Steps now
+    end at the schedule's jumps and see one rate each. Reference: Radau (rtol 1e-11) restarted
+    at each jump; output times not aligned with the jumps."""
+    lam = np.logspace(-6, 6, 60)
+    prob = make_problem(lam, cd.Gaussian(0.1), R0=1.0)
+    ts = np.linspace(0.0, 3.0, 7)  # 0.5 apart: the jumps at 0.7 and 2.05 fall between outputs
+    res = solve_ode(prob, make(0.3), 3.0, 7)
+    want = _radau_pieces(lam, np.asarray(prob.v0), lambda e: _gauss_coef(e, 0.3, 0.1, lam.sum()),
+                         etas, jumps, ts)
+    np.testing.assert_allclose(np.asarray(res.risk), want, rtol=TOL)
+
+
+def test_next_jump_is_strictly_ahead():
+    """The solver stops at next_jump(t) and starts the next step there: a jump not strictly
+    after t would be a step of length 0 for ever. Rounded multiples of every = 0.3 sit just below
+    where floor(t / every) changes (3 * 0.3 = 0.8999999999999999)."""
+    sd = StepDecay(1.0, 0.5, 0.3)
+    t = jnp.asarray([0.0, 0.3, 0.6, 3 * 0.3, 0.9, 299 * 0.3, 1e-300])
+    nxt = np.asarray(sd.next_jump(t))
+    assert np.all(nxt > np.asarray(t)) and np.all(nxt - np.asarray(t) <= 0.3 * (1 + 1e-12))
+    pc = PiecewiseConstant([0.7, 2.05], [1.0, 0.4, 0.1])
+    np.testing.assert_array_equal(pc.next_jump(jnp.asarray([0.0, 0.7, 1.0, 2.05, 5.0])),
+                                  [0.7, 2.05, 2.05, np.inf, np.inf])
+
+
 @pytest.mark.parametrize(
     "lam_scale, alpha, T, c",
     # The fast suite keeps the two stiff cases (clipped and unclipped); the mild one is slow.

@@ -129,6 +129,9 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
     R0 = jnp.sum(w * v0)
     coef = _coefficients(schedule, noise, trace, rule, dim)
     n_modes = jnp.sum(mult)
+    # Schedules constant in t between jumps (StepDecay.next_jump): a step ends at each jump and
+    # sees one rate, its middle's; the others (TimeVarying) are evaluated at the stage times.
+    piecewise = hasattr(schedule, "next_jump")
 
     def rhs(t, v):
         ab = coef(t, jnp.dot(w, v))
@@ -136,8 +139,9 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
 
     def step(t, v, h):
         R = jnp.dot(w, v)
-        ab = coef(t, R)
-        d_ab = jax.jacfwd(coef, argnums=(0, 1))(t, R)  # (d/dt, d/dR) of (a, b)
+        t_coef = t + 0.5 * h if piecewise else t
+        ab = coef(t_coef, R)
+        d_ab = jax.jacfwd(coef, argnums=(0, 1))(t_coef, R)  # (d/dt, d/dR) of (a, b)
         diag = -2.0 * ab[0] * lam
         u = lam * (-2.0 * d_ab[1][0] * v + d_ab[1][1]) + d_ab[1][2]
         f_t = lam * (-2.0 * d_ab[0][0] * v + d_ab[0][1]) + d_ab[0][2]
@@ -151,7 +155,7 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
 
         def stage(ks, i):
             y = v + jnp.tensordot(jnp.asarray(_A)[i], ks, axes=1)
-            r = rhs(t + jnp.asarray(_CT)[i] * h, y)
+            r = rhs(t + 0.5 * h if piecewise else t + jnp.asarray(_CT)[i] * h, y)
             r = r + jnp.tensordot(jnp.asarray(_C)[i], ks, axes=1) / h + h * jnp.asarray(_D)[i] * f_t
             return ks.at[i].set(solve(r)), None
 
@@ -191,15 +195,16 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
 
         def body(c):
             t, v, h, status, n, nrej = c
-            last = h >= t_target - t
-            h_try = jnp.where(last, t_target - t, h)
+            t_stop = jnp.minimum(t_target, schedule.next_jump(t)) if piecewise else t_target
+            last = h >= t_stop - t
+            h_try = jnp.where(last, t_stop - t, h)
             v_new, err, coef_finite, solvable = step(t, v, h_try)
             accept = err <= 1.0
             fac = jnp.clip(0.9 * err ** -0.25, 0.2, 6.0)
             fac = jnp.where(jnp.isfinite(err), fac, 0.2)
             h_next = h_try * fac
             h_next = jnp.where(accept & last, jnp.maximum(h_next, h), h_next)
-            t_new = jnp.where(accept, jnp.where(last, t_target, t + h_try), t)
+            t_new = jnp.where(accept, jnp.where(last, t_stop, t + h_try), t)
             v_acc = jnp.where(accept, v_new, v)
             R_new = jnp.dot(w, v_acc)
             blown = ~coef_finite | (accept & ~(R_new <= divergence_factor * R0))

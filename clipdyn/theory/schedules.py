@@ -75,6 +75,10 @@ class Constant:
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
         return _like(self.eta, R), _like(self.clip, R)
 
+    def next_jump(self, t: Array) -> Array:
+        """No jump: see :meth:`StepDecay.next_jump`."""
+        return jnp.full_like(t, jnp.inf)
+
 
 def constant(eta: ArrayLike, clip: ArrayLike = math.inf) -> Constant:
     """A constant schedule; ``clip=inf`` is unclipped SGD."""
@@ -87,7 +91,10 @@ class TimeVarying:
 
     The functions are static: each new function compiles anew. The ODE takes it; the simulators
     do not (a sweep batches its schedules' array parameters, and this one has none): use the
-    parametrised schedules (:class:`StepDecay`, :class:`PiecewiseConstant`) there.
+    parametrised schedules (:class:`StepDecay`, :class:`PiecewiseConstant`) there. The ODE
+    solver evaluates the functions at its stages' times, as for any smooth coefficient: a jump
+    (of a learning rate, on a stiff spectrum) is met better by :class:`PiecewiseConstant`,
+    whose jumps the solver's steps end at (:meth:`StepDecay.next_jump`).
     """
 
     eta_fn: Callable | float = dataclasses.field(metadata=dict(static=True))
@@ -125,6 +132,20 @@ class StepDecay:
         k = jnp.floor(_like(t, R) / _like(self.every, R))
         return _like(self.eta, R) * _like(self.factor, R) ** k, _like(self.clip, R)
 
+    def next_jump(self, t: Array) -> Array:
+        """The first time after ``t`` where the schedule may jump (``inf``: none).
+
+        The schedules with this method are constant in ``t`` between their jumps; the ODE solver
+        ends a step at each jump and evaluates the schedule once per step (at its middle), so
+        no step straddles a jump. A step whose last stages saw the new rate (stiff modes make
+        that an error no step size removes) stopped the solver with "step size underflow".
+        The jump's float is ``k every`` rounded, which may lie an ulp from where ``floor(t /
+        every)`` changes: a step then gets the new rate an ulp early, an error of an ulp.
+        """
+        every = jnp.asarray(self.every, t.dtype)
+        nxt = (jnp.floor(t / every) + 1.0) * every
+        return jnp.where(nxt > t, nxt, nxt + every)  # t a rounded jump just below k every
+
 
 @frozen_pytree
 class PiecewiseConstant:
@@ -158,6 +179,11 @@ class PiecewiseConstant:
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
         j = jnp.searchsorted(_like(self.boundaries, R), _like(t, R), side="right")
         return _like(self.etas, R)[j], _like(self.clip, R)
+
+    def next_jump(self, t: Array) -> Array:
+        """The first boundary after ``t`` (``inf``: none); see :meth:`StepDecay.next_jump`."""
+        b = jnp.append(jnp.asarray(self.boundaries, t.dtype), jnp.inf)
+        return b[jnp.searchsorted(b, t, side="right")]
 
 
 def _interp_uniform(x: Array, x0: Array, x1: Array, ys: Array) -> Array:
@@ -229,6 +255,10 @@ class _Feedback:
     from the table built once per schedule (``_log_mu_table``)."""
 
     reads_risk = True  # the engines must follow R within a block (clipdyn.sim.block)
+
+    def next_jump(self, t: Array) -> Array:
+        """No jump in time (the threshold follows ``R``): see :meth:`StepDecay.next_jump`."""
+        return jnp.full_like(t, jnp.inf)
 
     @uses_x64
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
