@@ -52,6 +52,7 @@ __all__ = [
     "nonnegative",
     "magnitude",
     "threshold",
+    "divergence_factor",
     "integer",
     "optional_integer",
     "seeds",
@@ -239,6 +240,13 @@ def magnitude(name: str, value, *, owner: str = ""):
     return value
 
 
+def divergence_factor(value, *, owner: str = ""):
+    """A divergence bound's factor: finite and ``> 1`` (a run has diverged once ``R > factor R0``;
+    a factor of 1 or less called runs whose risk falls from its start diverged)."""
+    check_value(owner, "divergence_factor", value, lambda a: np.isfinite(a) & (a > 1), "finite and > 1")
+    return value
+
+
 def threshold(name: str, value, *, owner: str = ""):
     """A clipping threshold: ``0``, ``inf`` (unclipped) or a value within the magnitude bounds.
 
@@ -339,6 +347,11 @@ def schedule(value, name: str = "schedule"):
         raise ValueError(
             f"{name} must be a clipdyn schedule (callable (t, R) -> (eta, c)); got {type(value).__name__}"
         )
+    if jax.tree_util.all_leaves([value]):  # a plain function: JAX cannot pass it to a program
+        raise ValueError(
+            f"{name} must be a clipdyn schedule object (clipdyn.theory.schedules: Constant, "
+            "StepDecay, PiecewiseConstant, max_ccc, heuristic; TimeVarying(eta_fn, clip_fn) for "
+            f"functions of t); got the {type(value).__name__} {getattr(value, '__name__', value)!r}")
     return value
 
 

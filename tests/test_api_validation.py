@@ -254,6 +254,8 @@ def test_traced_arguments_pass_unchecked_and_still_compute():
     (lambda: max_ccc(1.0, LAW, points=1), "points=1"),
     (lambda: heuristic(1.0, 1.0, "gaussian"), "noise must be a clipdyn noise law"),
     (lambda: cd.StudentT(3.0, 1.0, n_nodes=1.5), "n_nodes=1.5"),
+    # too few nodes for the law's df: mu was 1.6e-11 for 0.579 with 3 (trial-ode)
+    (lambda: cd.StudentT(3.0, 1.0, n_nodes=3), r"n_nodes=3 is not allowed for df=3; .* at least 160"),
     # None constructed a law that failed at its first use with JAX's message, naming nothing.
     (lambda: cd.Gaussian(None), "gaussian: sigma=None is not allowed; sigma must be a real number"),
     (lambda: cd.StudentT(None, 1.0), "student-t: df=None is not allowed"),
@@ -292,6 +294,9 @@ def problem():
     (dict(max_steps=0), "max_steps=0"),
     (dict(divergence_factor=0.0), "divergence_factor=0.0 is not allowed"),
     (dict(divergence_factor=-1.0), "divergence_factor=-1.0"),
+    # a factor <= 1 called a run whose risk falls from its start diverged
+    (dict(divergence_factor=0.5), r"divergence_factor=0.5 is not allowed; divergence_factor must be finite and > 1"),
+    (dict(divergence_factor=1.0), "divergence_factor=1.0"),
     (dict(times=["0", "1"]), "times="),
 ])
 def test_solve_ode_refuses_bad_arguments(problem, kwargs, text):
@@ -310,6 +315,15 @@ def test_tuning_functions_refuse_bad_arguments(problem):
         bisect_max_lr(3, 0.1, 1.0)
     with pytest.raises(ValueError, match="iters=0"):
         bisect_max_lr(lambda e: e < 1, 0.1, 2.0, iters=0)
+    # found by trial-ode: a numpy broadcasting error, an AttributeError, a JAX TypeError
+    with pytest.raises(ValueError, match=r"one bool per learning rate, shape \(3,\); it returned shape \(1,\)"):
+        bisect_max_lr(lambda e: np.array([True]), 0.1, 10.0, n=3)
+    from clipdyn.theory.tuning import ode_final_risks
+
+    with pytest.raises(ValueError, match="takes a batch of schedules.*got one Constant"):
+        ode_final_risks(problem, constant(1.0, 0.5), 1.0)
+    with pytest.raises(ValueError, match="schedule object.*TimeVarying.*got the function '<lambda>'"):
+        solve_ode(problem, lambda t, R: (1.0, 1.0), 1.0)
 
 
 # The validators the simulators and the command line call (their wiring is the lead's).

@@ -109,6 +109,22 @@ def test_schedule_jumps_on_a_stiff_spectrum(make, etas, jumps):
     np.testing.assert_allclose(np.asarray(res.risk), want, rtol=TOL)
 
 
+@pytest.mark.parametrize("sched, when", [
+    (TimeVarying(lambda t: 1.0 - t, 1.0), 1.0),   # the learning rate turns negative at t = 1
+    (TimeVarying(1.0, lambda t: 0.5 - t), 0.5),   # the threshold at t = 0.5
+    (TimeVarying(lambda t: jnp.where(t < 1.5, 1.0, jnp.nan), 1.0), 1.5),
+])
+def test_time_varying_values_below_zero_are_refused(sched, when):
+    """A TimeVarying's functions are only run inside the solver: a negative threshold ran as
+    unclipped SGD and a negative learning rate was integrated (trial-ode). The refusal names
+    the time the value was seen, at or after it turned bad (within one step)."""
+    prob = make_problem(np.ones(4), cd.Gaussian(0.5))
+    with pytest.raises(ValueError, match=r"at t=([0-9.]+) the schedule's functions gave") as info:
+        solve_ode(prob, sched, 2.0, 5)
+    t_seen = float(info.value.args[0].split("at t=")[1].split()[0])
+    assert when <= t_seen <= when + 0.1
+
+
 def test_next_jump_is_strictly_ahead():
     """The solver stops at next_jump(t) and starts the next step there: a jump not strictly
     after t would be a step of length 0 for ever. Rounded multiples of every = 0.3 sit just below

@@ -403,7 +403,7 @@ def run_sweep(
     validation.positive("T", T, bounded=False)
     points = validation.integer("points", points, 2)
     chunk_size = validation.optional_integer("chunk_size", chunk_size, 1)
-    validation.positive("divergence_factor", divergence_factor, bounded=False)
+    validation.divergence_factor(divergence_factor)
     if dt is not None:
         validation.single("dt", dt, what="one time step")
         validation.positive("dt", dt, bounded=False)

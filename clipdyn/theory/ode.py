@@ -33,12 +33,14 @@ from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.theory import factors
 from clipdyn.theory.problem import Problem
+from clipdyn.theory.schedules import TimeVarying
 
 Array = jax.Array
 
 __all__ = ["ODEResult", "ODESolverError", "solve_ode", "ode_risk", "STATUS"]
 
-STATUS = {0: "ok", 1: "diverged", 2: "step limit reached", 3: "step size underflow"}
+STATUS = {0: "ok", 1: "diverged", 2: "step limit reached", 3: "step size underflow",
+          4: "the schedule's functions gave a learning rate or threshold < 0 (or nan)"}
 
 # RODAS4 coefficients (Hairer & Wanner 1996, the RODAS code, method choice 1), padded to 6x6 so
 # the stages run in one scan. Row i of _A gives stage i's point v + sum_j A[i, j] k_j; rows 4 and 5
@@ -132,6 +134,9 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
     # Schedules constant in t between jumps (StepDecay.next_jump): a step ends at each jump and
     # sees one rate, its middle's; the others (TimeVarying) are evaluated at the stage times.
     piecewise = hasattr(schedule, "next_jump")
+    # The other schedules' values were checked when built; a TimeVarying's functions run here
+    # only (a negative threshold ran as unclipped SGD, a negative rate was integrated).
+    check_values = isinstance(schedule, TimeVarying)
 
     def rhs(t, v):
         ab = coef(t, jnp.dot(w, v))
@@ -199,6 +204,13 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             last = h >= t_stop - t
             h_try = jnp.where(last, t_stop - t, h)
             v_new, err, coef_finite, solvable = step(t, v, h_try)
+            t_bad = t
+            if check_values:  # at both ends of the step (a nan ahead would only shrink it)
+                R_here = jnp.dot(w, v)
+                ok_at = [(lambda e, c: (e >= 0) & (c >= 0))(*schedule(s, R_here)) for s in (t, t + h_try)]
+                t_bad = jnp.where(ok_at[0], t + h_try, t)
+                status = jnp.where((status == 0) & ~(ok_at[0] & ok_at[1]), 4, status)
+                coef_finite = coef_finite | (status == 4)  # a refusal, not a divergence
             accept = err <= 1.0
             fac = jnp.clip(0.9 * err ** -0.25, 0.2, 6.0)
             fac = jnp.where(jnp.isfinite(err), fac, 0.2)
@@ -225,6 +237,7 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             frac = jnp.log(R_bound / jnp.where(crossed, R_old, 1.0)) / jnp.log(
                 jnp.where(crossed, R_new / R_old, 2.0))
             t_new = jnp.where(blown, t + jnp.where(crossed, jnp.clip(frac, 0.0, 1.0) * h_try, 0.0), t_new)
+            t_new = jnp.where(status == 4, t_bad, t_new)  # where the bad value was seen
             v_acc = jnp.where(blown, v, v_acc)
             return (t_new, v_acc, h_next, status, n + accept.astype(n.dtype),
                     nrej + (~accept).astype(n.dtype))
@@ -340,7 +353,7 @@ def solve_ode(
     validation.check_value("", "atol", atol, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
     if max_steps is not None:
         max_steps = validation.integer("max_steps", max_steps, 1)
-    validation.positive("divergence_factor", divergence_factor, bounded=False)
+    validation.divergence_factor(divergence_factor)
     if times is not None:
         validation.check_real("", "times", times)
         t_out = np.asarray(times, dtype=float)
@@ -361,6 +374,9 @@ def solve_ode(
         bool(return_modes), rule,
     )
     status = int(status)
+    if status == 4:
+        raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a TimeVarying schedule's "
+                         "eta_fn and clip_fn must stay >= 0 (clip inf: unclipped)")
     if status in (2, 3):
         raise ODESolverError(
             f"ODE solver stopped at t={float(t_end):.6g} of T={T}: {STATUS[status]} "

@@ -66,7 +66,8 @@ def check_spectrum(lam: ArrayLike, what: str = "spectrum") -> np.ndarray:
     least ``1e-100``: time is counted in units of ``Tr K`` steps and the start is
     ``v_i = R0 / Tr K``, which must stay in float64's normal range (a spectrum of ``1e-320``
     makes ``R0 / Tr K`` infinite, one of ``1e308`` makes ``Tr K`` infinite). Rescale such a
-    spectrum; the dynamics in ``t`` only depend on ``lam / Tr K`` and ``R0``.
+    spectrum, and the horizon with it: ``lam -> s lam`` runs the same dynamics ``s`` times faster
+    (``R_{s lam}(t) = R_lam(s t)``; see the README).
     """
     lam = validation.real_vector(lam, what)
     bad = ~(np.isfinite(lam) & (lam >= 0) & (lam <= validation.MAX_MAGNITUDE))

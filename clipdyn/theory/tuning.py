@@ -47,7 +47,8 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
         lo: learning rates taken as stable, scalar or ``(n,)``.
         hi: learning rates taken as unstable, scalar or ``(n,)``.
         iters: bisection steps; the bracket shrinks by ``2^-iters`` in ``log eta``.
-        n: number of configurations (default: from ``lo`` or ``hi``).
+        n: number of configurations (default: from ``lo`` or ``hi``; with both scalars, from
+            the length of ``is_stable``'s answer).
 
     Returns:
         ``(n,)`` estimates, the geometric midpoints of the final brackets.
@@ -62,6 +63,7 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     validation.check_real("", "lo", lo)
     validation.check_real("", "hi", hi)
     iters = validation.integer("iters", iters, 1)
+    from_answer = n is None and np.size(lo) == 1 and np.size(hi) == 1
     if n is None:
         n = max(np.size(lo), np.size(hi))
     n = validation.integer("n", n, 1)
@@ -69,8 +71,23 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
     if np.any(~(lo > 0) | ~(hi > lo)):
         raise ValueError("bisect_max_lr needs 0 < lo < hi")
+
+    def stable(etas):
+        ok = np.asarray(is_stable(etas))
+        if ok.shape != (len(etas),):
+            raise ValueError(f"bisect_max_lr: is_stable must return one bool per learning rate, "
+                             f"shape ({len(etas)},); it returned shape {ok.shape}")
+        return ok.astype(bool)
+
+    ok_lo = np.asarray(is_stable(lo))
+    if from_answer and ok_lo.ndim == 1 and ok_lo.size > 1:  # one bracket for every configuration
+        n = ok_lo.size
+        lo, hi = np.full(n, lo[0]), np.full(n, hi[0])
+    elif ok_lo.shape != (n,):
+        raise ValueError(f"bisect_max_lr: is_stable must return one bool per learning rate, "
+                         f"shape ({n},); it returned shape {ok_lo.shape}")
     for end, etas, want in (("lo", lo, True), ("hi", hi, False)):
-        ok = np.asarray(is_stable(etas), bool)
+        ok = ok_lo.astype(bool) if end == "lo" else stable(etas)
         bad = np.flatnonzero(ok != want)
         if bad.size:
             etas = np.broadcast_to(etas, ok.shape)
@@ -82,7 +99,7 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     log_lo, log_hi = np.log(lo), np.log(hi)
     for _ in range(iters):
         mid = 0.5 * (log_lo + log_hi)
-        ok = np.asarray(is_stable(np.exp(mid)), bool)
+        ok = stable(np.exp(mid))
         log_lo = np.where(ok, mid, log_lo)
         log_hi = np.where(ok, log_hi, mid)
     return np.exp(0.5 * (log_lo + log_hi))
@@ -108,7 +125,12 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     validation.rtol(rtol)
     core, _, _ = merge_modes(problem)
     t_out = jnp.linspace(0.0, float(T), points)
-    n_cfg = jax.tree.leaves(schedules)[0].shape[0]
+    leaves = jax.tree.leaves(schedules)
+    if not leaves or jnp.ndim(leaves[0]) < 1:
+        raise ValueError(f"ode_final_risks takes a batch of schedules (leading axis C: "
+                         f"stack_schedules([...]) or array parameters); got one "
+                         f"{type(schedules).__name__} with scalar parameters (solve_ode solves one)")
+    n_cfg = leaves[0].shape[0]
     batched = rules is not None and jnp.ndim(jnp.asarray(rules.dp_noise)) == 1 and n_cfg > 0
 
     # Group rules (batch, micro) evaluate their factors by Laplace inversion, whose intermediate
