@@ -218,6 +218,11 @@ def test_rule_validation():
         rules.index_thresholds(4, 0.0)
     with pytest.raises(ValueError, match="batch"):
         rules.per_sample(0)
+    # an array for one rule's parameter failed later in the factors, naming nothing (trial-rules)
+    with pytest.raises(ValueError, match=r"beta=\[1.0, 2.0\] is not allowed; beta must be a single number"):
+        rules.index_thresholds(4, [1.0, 2.0])
+    with pytest.raises(ValueError, match="preclip_noise=.* must be a single number"):
+        rules.per_sample(2, preclip_noise=np.ones(2))
 
 
 def test_per_sample_factors_reduce_to_paper_factors():

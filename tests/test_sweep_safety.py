@@ -148,6 +148,18 @@ def test_results_paths_keep_other_suffixes(tmp_path):
         assert (tmp_path / f"{name}.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.a.json", "run.a.npz", "run.b.json",
                                                          "run.b.npz"]
+    # The sidecar's path names its pair ("r.json" was read as "r.json.npz"); a file name that is
+    # only the suffix is refused (its sidecar was ".npz.json"); a folder is named as one.
+    assert results.load_results(tmp_path / "run.a.json")[1]["config"]["name"] == "run.a"
+    with pytest.raises(ValueError, match="must name a file before .npz"):
+        results.results_paths(tmp_path / ".npz")
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        results.load_results(tmp_path / "dir.npz")
+    side = tmp_path / "run.b.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "arrays": None}))
+    with pytest.raises(ValueError, match="not a clipdyn results sidecar"):  # was a TypeError
+        results.load_results(tmp_path / "run.b")
 
 
 def test_finished_results_of_another_sweep_need_overwrite(tmp_path, runner_calls):
@@ -539,3 +551,19 @@ def test_committed_results_load_as_pairs():
     for npz in pairs:
         _, meta = results.load_results(npz)
         assert meta["npz_sha256"] and meta["format"] == "clipdyn-results-1", npz
+
+
+def test_threefry_partitionable_is_part_of_the_sweeps_identity():
+    """JAX's jax_threefry_partitionable flag changes which bits one seed draws (trial-precision:
+    R = 0.9217 against 0.8885 for one run), so the sweep records it, its fingerprint covers it
+    (a resumed sweep never mixes the two streams) and the provenance names it."""
+    import jax
+
+    a = _sweep()
+    with jax.threefry_partitionable(not jax.config.jax_threefry_partitionable):
+        b = _sweep()
+    assert a.config["threefry_partitionable"] == jax.config.jax_threefry_partitionable
+    assert b.config["threefry_partitionable"] != a.config["threefry_partitionable"]
+    assert a.config["fingerprints"]["sweep"] != b.config["fingerprints"]["sweep"]
+    assert not np.array_equal(a.risk, b.risk)
+    assert "threefry_partitionable" in results.provenance()

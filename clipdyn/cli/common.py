@@ -182,14 +182,18 @@ def int_at_least(text: str, what: str, low: int) -> int:
     return parse_int(text, what, low)
 
 
+NOISE_HELP = ("gaussian:sigma=S | student-t:df=D,scale=S | cauchy:scale=S | rademacher:sigma=S | "
+              "mixture:weights=W1/W2,means=M1/M2,sigmas=S1/S2 | empirical:file=PATH.npy")
+DATA_HELP = "sklearn:name=N | cifar10:path=DIR | wikitext2:path=DIR | npz:path=FILE"
+FEATURES_HELP = "with --data: raw (default) | relu:d=D,seed=S"
+
+
 def add_problem_args(p: argparse.ArgumentParser, schedule: bool = True, rule_lists: bool = False) -> None:
     """The problem options shared by ``ode``, ``simulate``, ``sweep`` and ``validate``."""
     p.add_argument("--spectrum", help="identity:d=D | power-law:d=D,alpha=A | file:PATH.npy")
-    p.add_argument("--noise", help="e.g. gaussian:sigma=0.5, student-t:df=3,scale=1")
-    p.add_argument("--data", default=None,
-                   help="a dataset instead of --spectrum/--noise: sklearn:name=N | cifar10:path=DIR | "
-                        "wikitext2:path=DIR | npz:path=FILE")
-    p.add_argument("--features", default=None, help="with --data: raw (default) | relu:d=D,seed=S")
+    p.add_argument("--noise", help=NOISE_HELP)
+    p.add_argument("--data", default=None, help=f"a dataset instead of --spectrum/--noise: {DATA_HELP}")
+    p.add_argument("--features", default=None, help=FEATURES_HELP)
     if schedule:
         if rule_lists:  # sweep
             p.add_argument("--eta", required=True, help="LIST of learning rates (> 0), e.g. 0.5,1 or 0.1:2:8")

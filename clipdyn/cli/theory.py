@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipdyn.cli.common import (add_problem_args, add_rule_args, build_problem, emit, format_table,
-                                positive, positive_list, risk_series, rule_from_args, threshold_list)
+from clipdyn.cli.common import (DATA_HELP, FEATURES_HELP, NOISE_HELP, add_problem_args, add_rule_args,
+                                build_problem, emit, format_table, positive, positive_list,
+                                risk_series, rule_from_args, threshold_list)
 
 __all__ = ["add_commands"]
 
@@ -85,9 +86,10 @@ def cmd_ode(args) -> None:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("factors", help="reduction factors and criteria on a grid of (R, c)")
-    p.add_argument("--noise", default=None, help="e.g. gaussian:sigma=0.5, student-t:df=3,scale=1")
-    p.add_argument("--data", default=None, help="a dataset: its residuals' law is the noise law")
-    p.add_argument("--features", default=None, help="with --data: raw (default) | relu:d=D,seed=S")
+    p.add_argument("--noise", default=None, help=NOISE_HELP)
+    p.add_argument("--data", default=None,
+                   help=f"a dataset, whose residuals' law is the noise law: {DATA_HELP}")
+    p.add_argument("--features", default=None, help=FEATURES_HELP)
     p.add_argument("--R", required=True, help="LIST of risks (> 0)")
     p.add_argument("--c", required=True, help="LIST of thresholds (>= 0, inf allowed)")
     add_rule_args(p)

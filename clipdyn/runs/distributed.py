@@ -52,6 +52,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from clipdyn import validation
+
 __all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", "is_writer",
            "global_devices", "barrier", "to_host", "broadcast_bytes", "check_agreement", "on_writer",
            "add_cli_options", "cluster_from_args", "DEFAULT_TIMEOUTS"]
@@ -60,22 +62,12 @@ __all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", 
 DEFAULT_TIMEOUTS = {"init_timeout": 300, "heartbeat_timeout": 100, "shutdown_timeout": 300}
 
 
-def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
-    """An integer in ``[low, high]`` from an int or a decimal string, or a one-line ValueError."""
-    allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-    if isinstance(value, bool):
-        raise ValueError(f"{what}={value} is not allowed; it must be {allowed}")
-    if isinstance(value, (int, np.integer)):
-        x = int(value)
-    else:
-        text = str(value).strip()
-        try:
-            x = int(text)
-        except ValueError:
-            raise ValueError(f"{what}={value} is not allowed; it must be {allowed}") from None
-    if x < low or (high is not None and x > high):
-        raise ValueError(f"{what}={value} is not allowed; it must be {allowed}")
-    return x
+def _integer(value: Any, what: str, low: int, high: int | None = None, owner: str = "") -> int:
+    """An integer in ``[low, high]`` from a number or its text, read as every other integer option
+    is (``2.0`` and ``1e3`` are integers, as for ``--seeds``), or a one-line ValueError."""
+    if isinstance(value, str):
+        return validation.integer_text(what, value, low, high=high, owner=owner)
+    return validation.integer(what, value, low, high=high, owner=owner)
 
 
 def parse_coordinator(text: str) -> tuple[str, int]:
@@ -87,7 +79,7 @@ def parse_coordinator(text: str) -> tuple[str, int]:
     host, sep, port = str(text).strip().rpartition(":")
     if not sep or not host or host in ("[", "[]"):
         raise ValueError(f"--coordinator={text} is not allowed; give HOST:PORT, e.g. 10.0.0.1:1234")
-    return host, _integer(port, f"--coordinator={text}: port", 1, 65535)
+    return host, _integer(port, "port", 1, 65535, owner=f"--coordinator={text}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -299,6 +291,18 @@ def _entry_text(value: Any) -> str:
     return text if len(text) <= 40 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _flat(entries: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested entries by their dotted names, so a refusal names the option that differs (a
+    dict of the options as typed was shown as one hash)."""
+    out = {}
+    for k, v in entries.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
     """Refuse, on every process, to go on unless every process was given the same ``entries``.
 
@@ -331,7 +335,7 @@ def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
         shown = ", ".join(f"process {i}: {n}" for i, n in sorted(counts.items()))
         raise ValueError(f"the processes have different numbers of local devices ({shown}); a {what} "
                          "shards over them evenly, so give every process the same number")
-    mine = {k: _entry_text(v) for k, v in entries.items()}
+    mine = {k: _entry_text(v) for k, v in _flat(entries).items()}
     writer = json.loads(broadcast_bytes(json.dumps(mine, sort_keys=True).encode()).decode())
     differs = [f"{k} ({writer.get(k)} on process 0, {v} here)" for k, v in mine.items()
                if writer.get(k) != v]

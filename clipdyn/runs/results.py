@@ -99,6 +99,7 @@ def provenance(precision: str | None = None, prng_impl: str | None = None) -> di
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "prng_impl": prng_impl or str(jax.config.jax_default_prng_impl),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "precision": precision,
         "git_commit": _COMMIT_AT_IMPORT,
         **({"git_commit_at_save": now} if (now := _git_commit()) != _COMMIT_AT_IMPORT else {}),
@@ -109,16 +110,22 @@ def provenance(precision: str | None = None, prng_impl: str | None = None) -> di
 def results_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(arrays, sidecar)`` paths of the results path ``path``.
 
-    ``path`` is used as given when it ends in ``.npz``; otherwise ``.npz`` is appended (another
-    suffix is kept: ``run.a`` gives ``run.a.npz``). The sidecar replaces ``.npz`` by ``.json``.
+    ``path`` is used as given when it ends in ``.npz``, and a sidecar's path (``.json``) names its
+    pair; otherwise ``.npz`` is appended (another suffix is kept: ``run.a`` gives ``run.a.npz``).
+    The sidecar replaces ``.npz`` by ``.json``.
 
     Raises:
-        ValueError: for an empty path.
+        ValueError: for an empty path, or one whose file name is only the suffix (``runs/.npz``).
     """
-    text = os.fspath(path)
-    if not str(text).strip():
+    text = str(os.fspath(path))
+    if not text.strip():
         raise ValueError(f"results path {text!r} is not allowed; it must name a file, e.g. runs/sweep.npz")
-    npz = Path(text if str(text).endswith(".npz") else f"{text}.npz")
+    if text.endswith(".json"):
+        text = text[: -len(".json")] + ".npz"
+    npz = Path(text if text.endswith(".npz") else f"{text}.npz")
+    if npz.name == ".npz":  # Path(".npz").with_suffix gave the sidecar ".npz.json"
+        raise ValueError(f"results path {text!r} is not allowed; it must name a file before .npz, "
+                         "e.g. runs/sweep.npz")
     return npz, npz.with_suffix(".json")
 
 
@@ -229,6 +236,8 @@ def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
             the digest existed are checked by their array names only.
     """
     path, meta_path = results_paths(path)
+    if path.is_dir():
+        raise ValueError(f"results file {str(path)!r} is a folder, not a results file")
     if not path.is_file():
         raise ValueError(f"results file {str(path)!r} does not exist")
     data = path.read_bytes()
@@ -245,9 +254,10 @@ def load_results(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"sidecar {str(meta_path)!r} is not readable JSON ({err})") from None
-    if not isinstance(meta, dict) or not {"config", "arrays"} <= set(meta):
+    if (not isinstance(meta, dict) or not {"config", "arrays"} <= set(meta)
+            or not isinstance(meta["arrays"], list)):
         raise ValueError(f"sidecar {str(meta_path)!r} is not a clipdyn results sidecar (it needs "
-                         "'config' and 'arrays')")
+                         "'config' and 'arrays', a list of names)")
     if meta.get("format", RESULTS_FORMAT) != RESULTS_FORMAT:
         raise ValueError(f"sidecar {str(meta_path)!r} has format {meta['format']!r}; this clipdyn "
                          f"reads {RESULTS_FORMAT!r}")

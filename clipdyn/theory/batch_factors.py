@@ -10,7 +10,7 @@ gradient, which in high dimension is ``sqrt(Tr K) sqrt(S) / n`` with ``S = sum_b
 Everything is a functional of the law of ``S``, whose Laplace transform is closed form:
 ``L_S = L_Y^n`` with ``L_Y(p) = sum_j p_j (1 + 2 p s_j^2)^(-1/2) exp(-p m_j^2 / (1 + 2 p s_j^2))``
 over the noise law's Gaussian mixture (``s_j^2 = 2R + v_j``). clipdyn inverts it
-(theory/clip_rules.md, section 4):
+(theory/clip_rules.md, section 5):
 
 * Gaussian noise: closed forms with regularised incomplete gamma functions (eq. (13)).
 * A law with no shifted component (Student-t, Cauchy, centred mixtures): fixed Talbot inversion
@@ -19,8 +19,8 @@ over the noise law's Gaussian mixture (``s_j^2 = 2R + v_j``). clipdyn inverts it
 * Shifted components (Rademacher, mixtures, empirical atoms) make ``L_S`` grow like a delay
   ``exp(-p m^2)`` in the left half-plane, where Talbot's contour goes: with ``q_j = m_j^2/s_j^2``
   the delay of a set of residuals is ``D = sum q / 2``. The law is split binomially into a
-  low-``q`` class and a high-``q`` class; terms of delay ``D <= 40`` are inverted by Talbot
-  (error below 1e-10 there), the others by a cosine (COS) expansion of their density on a
+  low-``q`` class and a high-``q`` class; terms of delay ``D <= 20`` are inverted by Talbot
+  (error below 1e-12 there; 1e-7 at ``D = 40``), the others by a cosine (COS) expansion of their density on a
   bounded interval (Fang and Oosterlee 2008), which is exact for atoms smoothed by the Gaussian
   part and needs the term's mass near ``S = 0`` to be negligible (it is ``~exp(-D)``).
 
@@ -62,13 +62,13 @@ Array = jax.Array
 __all__ = ["GroupFunctionals", "group_functionals", "group_factors", "preclip_factors",
            "DEFAULT_COS_TERMS"]
 
-# ---- numerical constants (theory/clip_rules.md, section 4) -------------------------------------
+# ---- numerical constants (theory/clip_rules.md, section 5) -------------------------------------
 
 _TALBOT_N = 24  # fixed-Talbot nodes: truncation ~ e^(-1.4 N), rounding ~ e^(2N/5) * 1e-16
 _TALBOT_MAX_DELAY = 20.0  # largest delay D = sum q / 2 handed to Talbot (eq. (16))
 _LOG_CAP = 300.0  # cap on log|L| of discarded terms, far above any Talbot-route term (~ D)
 _V_NODES = 48  # Gauss-Legendre nodes in v for int_0^1 L(p v^4) 2 v dv
-DEFAULT_COS_TERMS = 8192  # cosine terms of the COS expansion (eq. (18))
+DEFAULT_COS_TERMS = 8192  # cosine terms of the COS expansion (eq. (17))
 _CHI_TAIL = 40.0  # the COS interval leaves out mass < n e^-40 (Laurent-Massart chi-square bound)
 
 _theta = np.pi * np.arange(1, _TALBOT_N) / _TALBOT_N
@@ -284,7 +284,7 @@ def _talbot_functionals(rep, s2, n, split, A, mass, s_ref):
     return cdf, mean, invert(sq_hat)
 
 
-# ---- COS expansion (eq. (18)) --------------------------------------------------------------------
+# ---- COS expansion (eq. (17)) --------------------------------------------------------------------
 
 def _cos_functionals(rep, s2, n, split, A, terms):
     """The COS route's ``(P(S <= A), E[min(1, sqrt(A/S))], E[min(S, A)])``."""

@@ -392,6 +392,11 @@ def _fmt(x) -> str:
 
 
 def _options(dp_noise, preclip_noise) -> dict:
+    # One rule, one number each (a sweep's rules are stacked by stack_rules): an array here was
+    # accepted and failed in the factors with a shape error naming nothing.
+    for name, value in (("dp_noise", dp_noise), ("preclip_noise", preclip_noise)):
+        if value is not None:
+            validation.single(name, value, owner="clip rule", what="one rule")
     return dict(dp_noise=0.0 if dp_noise is None else dp_noise,
                 preclip_noise=0.0 if preclip_noise is None else preclip_noise,
                 use_dp=dp_noise is not None, use_preclip=preclip_noise is not None)
@@ -428,6 +433,7 @@ def micro_batch(batch: int, size: int, *, dp_noise=None) -> ClipRule:
 def index_thresholds(batch: int, beta, *, dp_noise=None, preclip_noise=None) -> ClipRule:
     """Per-sample clipping with threshold ``C k^(1/beta)`` for the ``k``-th sample of the batch
     (PS-Clip-SGD's ``alpha k^(1/beta)`` with ``alpha = C``)."""
+    validation.single("beta", beta, owner="clip rule index", what="one rule")
     return ClipRule("index", batch, 1, beta, **_options(dp_noise, preclip_noise))
 
 
