@@ -34,11 +34,8 @@ def _gauss(R, c, sigma):
     return mu, s2 * (mu - math.sqrt(2 / math.pi) * z * math.exp(-z * z / 2) + z * z * erfc(z / math.sqrt(2)))
 
 
-def _radau(lam, v0, coef, T, points):
-    """Reference: Radau IIA (order 5) at rtol 1e-11 with the exact dense Jacobian.
-
-    ``coef(t, R) -> (a, b, da/dR, db/dR)`` with ``dv/dt = lam (-2 a v + b)``.
-    """
+def _rhs_and_jacobian(lam, coef):
+    """``dv/dt = lam (-2 a v + b)`` and its exact Jacobian, from ``coef`` as in :func:`_radau`."""
     def f(t, v):
         a, b, _, _ = coef(t, lam @ v)
         return lam * (-2 * a * v + b)
@@ -47,6 +44,15 @@ def _radau(lam, v0, coef, T, points):
         a, _, da, db = coef(t, lam @ v)
         return np.diag(-2 * a * lam) + np.outer(lam * (-2 * da * v + db), lam)
 
+    return f, jac
+
+
+def _radau(lam, v0, coef, T, points):
+    """Reference: Radau IIA (order 5) at rtol 1e-11 with the exact dense Jacobian.
+
+    ``coef(t, R) -> (a, b, da/dR, db/dR)`` with ``dv/dt = lam (-2 a v + b)``.
+    """
+    f, jac = _rhs_and_jacobian(lam, coef)
     ts = np.linspace(0, T, points)
     sol = solve_ivp(f, (0, T), v0, method="Radau", t_eval=ts, rtol=1e-11, atol=1e-15, jac=jac)
     assert sol.success
@@ -73,20 +79,13 @@ def _radau_pieces(lam, v0, coef_of_eta, etas, jumps, ts):
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         # Radau's Newton iterates may try a negative R (stiff modes); the risk itself is positive.
         coef = (lambda cf: lambda t, R: cf(t, max(R, 1e-300)))(coef_of_eta(etas[k]))
-
-        def f(t, v):
-            ca, cb, _, _ = coef(t, lam @ v)
-            return lam * (-2 * ca * v + cb)
-
-        def jac(t, v):
-            ca, _, da, db = coef(t, lam @ v)
-            return np.diag(-2 * ca * lam) + np.outer(lam * (-2 * da * v + db), lam)
-
+        f, jac = _rhs_and_jacobian(lam, coef)
         inside = ts[(ts >= a) & ((ts < b) | (k == len(etas) - 1))]
-        sol = solve_ivp(f, (a, b), v, method="Radau", t_eval=inside, rtol=1e-11, atol=1e-15, jac=jac)
+        evals = inside if inside.size and inside[-1] == b else np.append(inside, b)
+        sol = solve_ivp(f, (a, b), v, method="Radau", t_eval=evals, rtol=1e-11, atol=1e-15, jac=jac)
         assert sol.success
-        out.append(lam @ sol.y)
-        v = solve_ivp(f, (a, b), v, method="Radau", rtol=1e-11, atol=1e-15, jac=jac).y[:, -1]
+        out.append(lam @ sol.y[:, : inside.size])
+        v = sol.y[:, -1]
     return np.concatenate(out)
 
 
