@@ -76,7 +76,7 @@ RTOL_RANGE = (1e-14, 0.1)
 
 def number_text(x: float) -> str:
     """A bound as the messages write it: ``1e100``, ``0.01``."""
-    return f"{x:g}".replace("e+", "e")
+    return f"{x:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
 
 
 _RANGE = f"within [{number_text(MIN_MAGNITUDE)}, {number_text(MAX_MAGNITUDE)}]"

@@ -379,6 +379,12 @@ ODE = ["ode", "--spectrum", "identity:d=10", "--noise", "gaussian:sigma=0.5", "-
     # bias read "-inf" as an unknown option ("expected one argument")
     (["bias", "--points=-inf,3", "--clip", "1"], ["--points", "finite"]),
     (["bias", "--points", "-inf,3", "--clip", "1"], ["--points", "finite"]),
+    # messages that named something else than what was typed
+    (["factors", "--noise", "cauchy:scale=inf", "--R", "1", "--c", "1"], ["cauchy: scale=inf"]),
+    (["factors", "--noise", "student-t:df=1e7,scale=1", "--R", "1", "--c", "1"], ["within [0.01, 1e6]"]),
+    ([*ODE[:1], "--spectrum", "file: /nonexistent/x.npy", *ODE[3:], "--clip", "1"],
+     ["'/nonexistent/x.npy' does not exist"]),
+    (["factors", "--data", "npz:path=/", "--R", "1", "--c", "1"], ["npz: '/' is a folder"]),
     # grids that cannot fit: MemoryError or RESOURCE_EXHAUSTED with exit status 1
     (["factors", "--noise", "cauchy", "--R", "1:2:1000000", "--c", "1:2:1000000"],
      ["1000000 x 1000000", "needs about"]),

@@ -153,7 +153,7 @@ def parse_spectrum(spec: str) -> np.ndarray:
     if name == "file":
         if not rest:
             raise ValueError(f"spectrum spec {spec!r}: give the file as file:PATH.npy")
-        return problems.load_spectrum(rest)
+        return problems.load_spectrum(rest.strip())
     name, params = _split(spec, "spectrum")
 
     def dim(text):

@@ -374,7 +374,7 @@ def load_npz(path: str) -> Dataset:
     f = Path(path).expanduser()
     need = "it needs arrays X (N x D, real) and y (N,), e.g. np.savez(FILE, X=X, y=y)"
     if not f.is_file():
-        raise ValueError(f"npz: {str(f)!r} not found; {need}")
+        raise ValueError(f"npz: {str(f)!r} {'is a folder' if f.is_dir() else 'not found'}; {need}")
     raw = f.read_bytes()
     if not raw.startswith(b"PK"):  # every .npz is a zip archive
         kind = "a single .npy array" if raw.startswith(b"\x93NUMPY") else "not an .npz (zip) archive"

@@ -275,6 +275,8 @@ class StudentT(_Law):
 
 def cauchy(scale: ArrayLike = 1.0) -> StudentT:
     """Cauchy noise: Student-t with one degree of freedom."""
+    validation.single("scale", scale, owner="cauchy")
+    validation.nonnegative("scale", scale, owner="cauchy")  # named as typed, not as student-t
     return StudentT(df=1.0, scale=scale)
 
 
