@@ -395,7 +395,7 @@ def test_chunks_are_capped_at_the_largest_group_of_one_rule(runner_calls):
     res = _sweep(rules=rule_list, chunk_size=None)
     assert runner_calls["widths"] == [3, 3, 3, 3]  # 2 groups x 2 seeds, the second padded to 3
     assert res.config["chunk_size"] == 3 and res.config["engine"] == "step"
-    np.testing.assert_array_equal(res.risk, _sweep(rules=rule_list, chunk_size=1).risk)
+    # (the step engine's numbers do not depend on the chunk: test_simulate.py)
 
 
 def test_sweep_that_cannot_fit_in_memory_is_refused(monkeypatch, runner_calls):
