@@ -379,6 +379,8 @@ ODE = ["ode", "--spectrum", "identity:d=10", "--noise", "gaussian:sigma=0.5", "-
     # bias read "-inf" as an unknown option ("expected one argument")
     (["bias", "--points=-inf,3", "--clip", "1"], ["--points", "finite"]),
     (["bias", "--points", "-inf,3", "--clip", "1"], ["--points", "finite"]),
+    # the magnitude bounds apply to the horizon too (1e300 ran)
+    ([*ODE[:7], "--T", "1e300", "--clip", "1"], ["--T=1e+300", "1e-100, 1e100"]),
     # messages that named something else than what was typed
     (["factors", "--noise", "cauchy:scale=inf", "--R", "1", "--c", "1"], ["cauchy: scale=inf"]),
     (["factors", "--noise", "student-t:df=1e7,scale=1", "--R", "1", "--c", "1"], ["within [0.01, 1e6]"]),

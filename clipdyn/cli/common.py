@@ -244,7 +244,7 @@ def problem_from_args(args):
     from clipdyn.theory.problem import make_problem
     from clipdyn.cli.specs import parse_noise, parse_spectrum
 
-    T = positive(args.T, "--T")
+    T = positive(args.T, "--T", bounded=True)
     points = int_at_least(args.points, "--points", 2)
     # run-safety (issue 12, item 7): every output time is a row of the output and a time the ODE
     # solver must stop at; more than MAX_LIST of them is no table anyone reads (--points 1e9

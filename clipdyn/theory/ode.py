@@ -362,7 +362,7 @@ def solve_ode(
             raise ValueError("times must be finite, increasing, start at 0 and have at least 2 "
                              "entries")
         T, points = float(t_out[-1]), t_out.size
-    validation.positive("T", T, bounded=False)
+    validation.positive("T", T)
     points = validation.integer("points", points, 2)
     if max_steps is None:
         max_steps = 200_000 + points

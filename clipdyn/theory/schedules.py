@@ -50,7 +50,8 @@ __all__ = [
 
 
 def _check_eta(eta) -> None:
-    check_value("schedule", "eta", eta, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+    # Within the magnitude bounds, as the command line's --eta: 1e300 squared overflows.
+    validation.positive("eta", eta, owner="schedule")
 
 
 def _check_clip(c) -> None:
