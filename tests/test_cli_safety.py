@@ -180,8 +180,8 @@ def test_impossible_sizes_are_refused(capsys, tmp_path, monkeypatch, argv, words
 
 @pytest.mark.parametrize("argv, words", [
     (["simulate", "--spectrum", "identity:d=1e9", *SIM[2:]], ["d=1000000000", "memory", "16 GB"]),
-    (["simulate", *SIM[:-2], "--seeds", "1e9"], ["1000000000 seed(s)", "needs about", "16 GB available"]),
-    (["sweep", *SIM[:-2], "--seeds", "1e9", "--out", "x"], ["1000000000 seed(s)", "needs about"]),
+    (["simulate", *SIM[:-2], "--seeds", "1e9"], ["the runs (1000000000 seed(s)", "needs about", "16 GB available"]),
+    (["sweep", *SIM[:-2], "--seeds", "1e9", "--out", "x"], ["this sweep (1000000000 seed(s)", "needs about"]),
 ])
 def test_runs_beyond_memory_are_refused_with_the_amount(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)

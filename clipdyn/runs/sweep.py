@@ -460,7 +460,7 @@ def run_sweep(
     big = max(need, key=need.get)
     validation.check_memory(
         sum(need.values()),
-        f"the sweep ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
+        f"the runs ({n_seeds} seed(s) x {n_cfg} configuration(s) x {points} output times, "
         f"d = {int(problem.lam.shape[0])}, chunks of {chunk}; {big} {validation.bytes_text(need[big])})")
     seeds = validation.seeds(seeds)
     prob = sim.prepare(problem, dtype, data)
@@ -473,7 +473,8 @@ def run_sweep(
     block_steps = (engine_block(steps, d_pad, max(r.n_rows for r in rule_list))
                    if engine == "block" else None)
     if data is not None and method != "sgd":
-        raise ValueError("method 'hsgd' runs on Gaussian data only; use method 'sgd' with --data")
+        raise ValueError("method 'hsgd' (--method hsgd) runs on Gaussian data only; a dataset "
+                         "(data=, --data) runs with method 'sgd'")
     full_config = {
         "method": method, "precision": str(precision), "T": float(T), "points": int(points),
         "seeds": seeds.tolist(), "n_configs": n_cfg, "chunk_size": chunk,
