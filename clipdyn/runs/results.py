@@ -74,6 +74,25 @@ def _version(package: str) -> str | None:
         return None
 
 
+def code_version() -> dict[str, Any]:
+    """The code a computation runs with, as far as it decides the numbers: clipdyn's version and
+    the commit it was imported from, JAX's and jaxlib's versions and the backend (a resumed
+    computation's chunks must all come from one, the one its sidecar names). No git call: the
+    commit is the one read at import."""
+    import jax
+    import jaxlib
+
+    import clipdyn
+
+    return {
+        "clipdyn_version": clipdyn.__version__,
+        "git_commit": _COMMIT_AT_IMPORT,
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "backend": jax.default_backend(),
+    }
+
+
 def provenance(precision: str | None = None, prng_impl: str | None = None) -> dict[str, Any]:
     """Versions, backend, PRNG implementation and commit, for results sidecars.
 
@@ -83,25 +102,18 @@ def provenance(precision: str | None = None, prng_impl: str | None = None) -> di
     names none draws with).
     """
     import jax
-    import jaxlib
-
-    import clipdyn
 
     return {
-        "clipdyn_version": clipdyn.__version__,
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
+        **code_version(),
         "numpy_version": np.__version__,
         # the networks, tuning and real-data results also depend on these
         "optax_version": _version("optax"),
         "scikit_learn_version": _version("scikit-learn"),
         "python_version": platform.python_version(),
-        "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "prng_impl": prng_impl or str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "precision": precision,
-        "git_commit": _COMMIT_AT_IMPORT,
         **({"git_commit_at_save": now} if (now := _git_commit()) != _COMMIT_AT_IMPORT else {}),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -312,15 +324,6 @@ def _config_differences(old: dict, new: dict) -> str:
     parts = {k: v for k, v in new.get("fingerprints", {}).items() if k != "sweep"}
     diffs += _differing(old.get("fingerprints") or {}, parts, values=False)
     return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
-
-
-def code_version() -> dict[str, Any]:
-    """The code a computation runs with, as far as it decides the numbers: clipdyn's version and
-    commit, JAX's and jaxlib's versions and the backend (a resumed computation's chunks must all
-    come from one, the one its sidecar names)."""
-    keys = ("clipdyn_version", "git_commit", "jax_version", "jaxlib_version", "backend")
-    prov = provenance()
-    return {k: prov[k] for k in keys}
 
 
 def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False,

@@ -516,8 +516,8 @@ def run_sweep(
     full_config.update(extra)
     # Every process must compute the same sweep in the same chunks, or the writer would save
     # one process's labels over another's numbers (checked before the first collective).
-    distributed.check_agreement({**identity, "chunk_size": chunk, "extra": extra,
-                                 "code": code_version()})
+    code = code_version()
+    distributed.check_agreement({**identity, "chunk_size": chunk, "extra": extra, "code": code})
     run = _sharded_runner(method, divergence_factor, dt, devices,
                           engine if block_steps is None else f"block:{block_steps}")
     steps_arr = to_device(steps)
@@ -527,7 +527,7 @@ def run_sweep(
     if out is not None:
         out, _ = results_paths(validation.output_path(out, "out"))
         stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
-                 "code": code_version(),
+                 "code": code,
                  "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
                  "parts": parts}
         store = ChunkStore(Path(f"{out}.partial"), stamp)
