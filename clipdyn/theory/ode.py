@@ -204,13 +204,16 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             last = h >= t_stop - t
             h_try = jnp.where(last, t_stop - t, h)
             v_new, err, coef_finite, solvable = step(t, v, h_try)
-            t_bad = t
+            refused, t_bad = jnp.asarray(False), t
             if check_values:  # at both ends of the step (a nan ahead would only shrink it)
-                R_here = jnp.dot(w, v)
-                ok_at = [(lambda e, c: (e >= 0) & (c >= 0))(*schedule(s, R_here)) for s in (t, t + h_try)]
-                t_bad = jnp.where(ok_at[0], t + h_try, t)
-                status = jnp.where((status == 0) & ~(ok_at[0] & ok_at[1]), 4, status)
-                coef_finite = coef_finite | (status == 4)  # a refusal, not a divergence
+                def allowed(s):
+                    eta_s, c_s = schedule(s, jnp.dot(w, v))
+                    return (eta_s >= 0) & (c_s >= 0)
+
+                ok_start, ok_end = allowed(t), allowed(t + h_try)
+                refused = (status == 0) & ~(ok_start & ok_end)
+                t_bad = jnp.where(ok_start, t + h_try, t)
+                status = jnp.where(refused, 4, status)
             accept = err <= 1.0
             fac = jnp.clip(0.9 * err ** -0.25, 0.2, 6.0)
             fac = jnp.where(jnp.isfinite(err), fac, 0.2)
@@ -219,7 +222,8 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             t_new = jnp.where(accept, jnp.where(last, t_stop, t + h_try), t)
             v_acc = jnp.where(accept, v_new, v)
             R_new = jnp.dot(w, v_acc)
-            blown = ~coef_finite | (accept & ~(R_new <= divergence_factor * R0))
+            # a refusal, not a divergence, even where the refused values made the risk blow up
+            blown = ~refused & (~coef_finite | (accept & ~(R_new <= divergence_factor * R0)))
             status = jnp.where(blown, 1, status)
             # A step that cannot shrink further while the risk's feedback on itself (the
             # rank-one part of the Jacobian) outruns 1 / h is a divergence at t: growth that

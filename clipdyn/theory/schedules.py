@@ -62,6 +62,11 @@ def _like(x, R: Array) -> Array:
     return jnp.asarray(x, R.dtype)
 
 
+def _no_jump(self, t: Array) -> Array:
+    """No jump in time (``inf``): see :meth:`StepDecay.next_jump`."""
+    return jnp.full_like(t, jnp.inf)
+
+
 @frozen_pytree
 class Constant:
     """Constant learning rate ``eta`` and threshold ``clip`` (``inf``: unclipped SGD)."""
@@ -76,9 +81,7 @@ class Constant:
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:
         return _like(self.eta, R), _like(self.clip, R)
 
-    def next_jump(self, t: Array) -> Array:
-        """No jump: see :meth:`StepDecay.next_jump`."""
-        return jnp.full_like(t, jnp.inf)
+    next_jump = _no_jump
 
 
 def constant(eta: ArrayLike, clip: ArrayLike = math.inf) -> Constant:
@@ -257,9 +260,7 @@ class _Feedback:
 
     reads_risk = True  # the engines must follow R within a block (clipdyn.sim.block)
 
-    def next_jump(self, t: Array) -> Array:
-        """No jump in time (the threshold follows ``R``): see :meth:`StepDecay.next_jump`."""
-        return jnp.full_like(t, jnp.inf)
+    next_jump = _no_jump  # the threshold follows R, not t
 
     @uses_x64
     def __call__(self, t: Array, R: Array) -> tuple[Array, Array]:

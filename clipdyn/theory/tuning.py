@@ -72,25 +72,22 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     if np.any(~(lo > 0) | ~(hi > lo)):
         raise ValueError("bisect_max_lr needs 0 < lo < hi")
 
-    def stable(etas):
-        ok = np.asarray(is_stable(etas))
-        if ok.shape != (len(etas),):
+    def checked(ok):  # one answer per configuration (n, set below where the answer decides it)
+        ok = np.asarray(ok)
+        if ok.shape != (n,):
             raise ValueError(f"bisect_max_lr: is_stable must return one bool per learning rate, "
-                             f"shape ({len(etas)},); it returned shape {ok.shape}")
+                             f"shape ({n},); it returned shape {ok.shape}")
         return ok.astype(bool)
 
     ok_lo = np.asarray(is_stable(lo))
     if from_answer and ok_lo.ndim == 1 and ok_lo.size > 1:  # one bracket for every configuration
         n = ok_lo.size
         lo, hi = np.full(n, lo[0]), np.full(n, hi[0])
-    elif ok_lo.shape != (n,):
-        raise ValueError(f"bisect_max_lr: is_stable must return one bool per learning rate, "
-                         f"shape ({n},); it returned shape {ok_lo.shape}")
+    ok_lo = checked(ok_lo)
     for end, etas, want in (("lo", lo, True), ("hi", hi, False)):
-        ok = ok_lo.astype(bool) if end == "lo" else stable(etas)
+        ok = ok_lo if end == "lo" else checked(is_stable(etas))
         bad = np.flatnonzero(ok != want)
         if bad.size:
-            etas = np.broadcast_to(etas, ok.shape)
             which = "unstable" if want else "stable"
             raise ValueError(f"bisect_max_lr: {end} is {which} for configuration(s) "
                              f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} "
@@ -99,7 +96,7 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     log_lo, log_hi = np.log(lo), np.log(hi)
     for _ in range(iters):
         mid = 0.5 * (log_lo + log_hi)
-        ok = stable(np.exp(mid))
+        ok = checked(is_stable(np.exp(mid)))
         log_lo = np.where(ok, mid, log_lo)
         log_hi = np.where(ok, log_hi, mid)
     return np.exp(0.5 * (log_lo + log_hi))
