@@ -187,13 +187,33 @@ def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array, Array]:
     subtracts two tails whose difference is of size ``c`` or less (large ``k``) or about ``m``
     (small ``|m|``).
     """
+    k_safe, a, b_all, near, usable = _regions(m, c, k)
+    series = _near_series(m, k_safe, a, b_all, near)
+    far_b = jnp.where(usable & ~near, b_all, 1.0)
+    # |b| > 1/2: P(Y > c) - P(Y < -c) = 1 - Phi(a - |b|) - Phi(-a - |b|) >= 1/3 (Phi by erfc)
+    abs_b = jnp.abs(far_b)
+    mass = 1.0 - 0.5 * erfc((abs_b - a) / math.sqrt(2.0)) - 0.5 * erfc((abs_b + a) / math.sqrt(2.0))
+    nodes = (1,) * jnp.ndim(far_b) + (_GL_Z.size,)  # explicit ranks (strict promotion)
+    z, w = jnp.asarray(_GL_Z, m.dtype).reshape(nodes), jnp.asarray(_GL_W, m.dtype).reshape(nodes)
+    zz = a[..., None] * z - far_b[..., None]
+    inner = jnp.sum(w * z * jnp.exp(-0.5 * zz * zz - _LOG_SQRT_2PI), axis=-1)
+    far = c * jnp.sign(far_b) * mass + c * a * inner
+    return jnp.where(near, series, far), usable, near
+
+
+def _regions(m: Array, c: Array, k: Array) -> tuple[Array, Array, Array, Array, Array]:
+    """``(k_safe, a, b, near, usable)`` of :func:`_large_k_clip`: ``a = c / k`` where usable (else
+    0), ``b = m / k``, and its two regions."""
     k_safe = jnp.where(k > 0, k, 1.0)
     a_all, b_all = c / k_safe, m / k_safe
     near = jnp.broadcast_to((k > 0) & (jnp.abs(b_all) * jnp.maximum(a_all, 1.0) <= _SERIES_MAX),
                             jnp.shape(m))
     usable = near | jnp.broadcast_to((k > 0) & (a_all <= _SERIES_MAX), jnp.shape(m))
-    a = jnp.where(usable, a_all, 0.0)
-    far_b = jnp.where(usable & ~near, b_all, 1.0)
+    return k_safe, jnp.where(usable, a_all, 0.0), b_all, near, usable
+
+
+def _near_series(m: Array, k_safe: Array, a: Array, b_all: Array, near: Array) -> Array:
+    """The Hermite series (eq. (4'')) where ``near``, else a finite placeholder."""
     b = jnp.where(near, b_all, 0.0)  # b^25 of a large b would overflow (and poison gradients)
     he_prev, he = jnp.ones_like(a), a  # He_0(a), He_1(a)
     total, power, fact = jnp.zeros_like(b), b, 1.0  # power = b^n, fact = n!
@@ -206,16 +226,7 @@ def _large_k_clip(m: Array, c: Array, k: Array) -> tuple[Array, Array, Array]:
         he_prev, he = he, a * he - (n - 2) * he_prev
         he_prev, he = he, a * he - (n - 1) * he_prev
     phi_a = jnp.exp(-0.5 * a * a - _LOG_SQRT_2PI)
-    series = jnp.where(near, m, 0.0) * erf(a / math.sqrt(2.0)) - 2.0 * k_safe * phi_a * total
-    # |b| > 1/2: P(Y > c) - P(Y < -c) = 1 - Phi(a - |b|) - Phi(-a - |b|) >= 1/3 (Phi by erfc)
-    abs_b = jnp.abs(far_b)
-    mass = 1.0 - 0.5 * erfc((abs_b - a) / math.sqrt(2.0)) - 0.5 * erfc((abs_b + a) / math.sqrt(2.0))
-    nodes = (1,) * jnp.ndim(far_b) + (_GL_Z.size,)  # explicit ranks (strict promotion)
-    z, w = jnp.asarray(_GL_Z, m.dtype).reshape(nodes), jnp.asarray(_GL_W, m.dtype).reshape(nodes)
-    zz = a[..., None] * z - far_b[..., None]
-    inner = jnp.sum(w * z * jnp.exp(-0.5 * zz * zz - _LOG_SQRT_2PI), axis=-1)
-    far = c * jnp.sign(far_b) * mass + c * a * inner
-    return jnp.where(near, series, far), usable, near
+    return jnp.where(near, m, 0.0) * erf(a / math.sqrt(2.0)) - 2.0 * k_safe * phi_a * total
 
 
 def _log_far_remainder(a: Array, b: Array) -> Array:
@@ -353,9 +364,10 @@ def _sign_h(problem: FiniteSum, weight: Array, x: Array) -> Array:
     # decide the sign where the rest is exactly 0 (points far apart): they are compared in
     # logarithms. Summed in floating point with the +-c they were lost to rounding: a = (0, 40),
     # c = 1, k = 2 put the zero at 19.81, not at 20.
-    series, usable, near = _large_k_clip(m, c, k)
+    # The near terms' series only: the far terms enter through their shortfalls below.
+    k_safe, a, b_all, near, usable = _regions(m, c, k)
+    series = _near_series(m, k_safe, a, b_all, near)
     far = usable & ~near & (w > 0)
-    k_safe = jnp.where(k > 0, k, 1.0)
     main = c * jnp.sum(jnp.where(far, jnp.sign(m), 0.0), axis=0) + jnp.sum(
         jnp.where(near, w * series, 0.0), axis=0)
     log_short = jnp.log(k_safe) + _log_far_remainder(jnp.where(far, c / k_safe, 0.25),
