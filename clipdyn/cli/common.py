@@ -112,12 +112,7 @@ def positive(text: str, what: str, bounded: bool = False) -> float:
     from clipdyn import validation
     from clipdyn.cli.specs import parse_float
 
-    x = parse_float(text, what)
-    if bounded:
-        return float(validation.positive(what, x, bounded=True))
-    if not (math.isfinite(x) and x > 0):
-        raise ValueError(f"{what}={text} is not allowed; it must be finite and > 0")
-    return x
+    return float(validation.positive(what, parse_float(text, what), bounded=bounded))
 
 
 def non_negative(text: str, what: str) -> float:
