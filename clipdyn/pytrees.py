@@ -79,15 +79,27 @@ def to_device(x, dtype=None) -> jax.Array:
 def cast_floats(tree, dtype):
     """``tree`` with its floating leaves cast to ``dtype`` (other leaves untouched)."""
 
-    def cast(x):
+    def cast(path, x):
         if isinstance(x, jax.core.Tracer):
             return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
         # Concrete leaves are cast on the host: the same rounding, and no small program to
         # compile per leaf and dtype (a sweep's start-up paid a few of them).
         a = np.asarray(x)
-        return to_device(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(x)
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            return jnp.asarray(x)
+        with np.errstate(over="ignore"):
+            narrow = a.astype(dtype)
+        if np.any(np.isinf(narrow) & np.isfinite(a)):
+            # eta = 1e50 became inf in float32 and was refused as "eta=[inf]", after a NumPy
+            # warning line: name the value and the way out instead.
+            big = float(np.max(np.abs(a[np.isfinite(a)])))
+            raise ValueError(f"{type(tree).__name__} field {jax.tree_util.keystr(path).lstrip('.')}="
+                             f"{big:g} is beyond {np.dtype(dtype).name}'s range (largest "
+                             f"{float(np.finfo(dtype).max):.3g}); run in float64 (precision 64, "
+                             "--precision 64)")
+        return to_device(a, dtype)
 
-    return jax.tree.map(cast, tree)
+    return jax.tree_util.tree_map_with_path(cast, tree)
 
 
 def stack(trees: Sequence[Any], dtype=None) -> Any:

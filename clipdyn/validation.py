@@ -39,10 +39,12 @@ __all__ = [
     "MIN_MAGNITUDE",
     "MAX_MAGNITUDE",
     "MAX_SEED",
+    "MAX_POINTS",
     "RTOL_RANGE",
     "is_concrete",
     "rebuilding",
     "one_schedule",
+    "schedule_batch",
     "integer_text",
     "is_rebuilding",
     "check_real",
@@ -53,7 +55,9 @@ __all__ = [
     "magnitude",
     "threshold",
     "divergence_factor",
+    "broadcastable",
     "integer",
+    "flag",
     "optional_integer",
     "seeds",
     "schedule",
@@ -73,6 +77,10 @@ MIN_MAGNITUDE = 1e-100
 MAX_MAGNITUDE = 1e100
 MAX_SEED = 2**32 - 1  # JAX in 32-bit mode folds larger seeds onto smaller ones
 RTOL_RANGE = (1e-14, 0.1)
+# Output times of a curve and points of a table: more is no curve anyone reads, and the
+# command line's lists stop there too (solve_ode with 1e7 points ran for minutes).
+MAX_POINTS = 1_000_000
+_MAX_INT64 = 2**63 - 1
 
 def number_text(x: float) -> str:
     """A bound as the messages write it: ``1e100``, ``0.01``."""
@@ -87,17 +95,21 @@ _CHECKABLE = (bool, int, float, complex, str, bytes, list, tuple, np.ndarray, np
 
 
 def is_concrete(x) -> bool:
-    """Whether ``x`` is a value to check now: a number, string, list or array holding no tracer.
+    """Whether ``x`` is a value to check now: anything but a tracer or a placeholder.
 
-    Anything else passes unchecked: tracers, and the placeholders JAX puts in a pytree's fields
-    when it rebuilds one (``None``, sentinel objects, ``ShapeDtypeStruct``), which run the
-    dataclasses' ``__post_init__`` too.
+    Tracers pass unchecked, and so do the placeholders JAX puts in a pytree's fields when it
+    rebuilds one (``None``, sentinel objects, ``ShapeDtypeStruct``: :func:`rebuilding`), which
+    run the dataclasses' ``__post_init__`` too. Any other value is checked, whatever its type:
+    a ``Fraction(-1)`` or ``Decimal`` risk used to pass as "not a number, so a placeholder" and
+    compute (``mu(law, Fraction(-1), 1)`` returned 1.0); the type checks now refuse it.
     """
-    if not isinstance(x, _CHECKABLE):
+    if isinstance(x, jax.core.Tracer):
         return False
     if isinstance(x, (list, tuple)):
         return all(is_concrete(v) for v in x)
-    return not isinstance(x, jax.core.Tracer)
+    if isinstance(x, _CHECKABLE):
+        return True
+    return not (_REBUILDING.get() or isinstance(x, jax.ShapeDtypeStruct))
 
 
 # Set while JAX rebuilds a clipdyn pytree (clipdyn.pytrees.frozen_pytree's unflatten): JAX then
@@ -144,6 +156,8 @@ def _prefix(owner: str) -> str:
 def _show(value) -> str:
     if isinstance(value, (str, bytes)):
         return repr(value)
+    if isinstance(value, int) and abs(value) > 10**20:  # 10**400 printed in full
+        return f"<int of {len(str(abs(value)))} digits>"
     try:
         arr = np.asarray(value)
     except Exception:  # noqa: BLE001 - anything unprintable is shown by its type
@@ -205,7 +219,10 @@ def check_value(owner: str, name: str, value, ok: Callable[[np.ndarray], Any], a
     if not is_concrete(value):
         return
     check_real(owner, name, value)
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except OverflowError:  # a Python int beyond float's range (10**400)
+        _refuse(owner, name, value, allowed)
     with np.errstate(invalid="ignore", over="ignore"):
         good = arr.size > 0 and bool(np.all(ok(arr)))
     if not good:
@@ -243,8 +260,20 @@ def magnitude(name: str, value, *, owner: str = ""):
 def divergence_factor(value, *, owner: str = ""):
     """A divergence bound's factor: finite and ``> 1`` (a run has diverged once ``R > factor R0``;
     a factor of 1 or less called runs whose risk falls from its start diverged)."""
+    single("divergence_factor", value, owner=owner, what="one factor")
     check_value(owner, "divergence_factor", value, lambda a: np.isfinite(a) & (a > 1), "finite and > 1")
     return value
+
+
+def broadcastable(**values) -> None:
+    """Refuse arrays that do not broadcast against each other, naming each with its shape (NumPy's
+    and JAX's own messages name neither)."""
+    try:
+        np.broadcast_shapes(*(np.shape(v) for v in values.values()))
+    except ValueError:
+        shapes = " and ".join(f"{k} of shape {np.shape(v)}" for k, v in values.items())
+        raise ValueError(f"{shapes} do not broadcast against each other (numpy's rules: equal sizes "
+                         "or 1, axis by axis from the last)") from None
 
 
 def threshold(name: str, value, *, owner: str = ""):
@@ -283,7 +312,17 @@ def integer(name: str, value, low: int, *, high: int | None = None, owner: str =
         n = value if isinstance(value, int) else int(np.asarray(value))
     if n < low or (high is not None and n > high):
         _refuse(owner, name, value, allowed)
+    if n > _MAX_INT64:  # counts reach JAX and NumPy as 64-bit integers (10**400 overflowed there)
+        _refuse(owner, name, value, f"{allowed} (a 64-bit integer)")
     return n
+
+
+def flag(name: str, value, *, owner: str = "") -> bool:
+    """``True`` or ``False`` (a NumPy bool too): ``"no"`` or ``[None]`` used to count as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_prefix(owner)}{name}={_show(value)} is not allowed; {name} must be "
+                         f"True or False, not {_kind(value)[1]}")
+    return bool(value)
 
 
 def integer_text(name: str, text, low: int, *, high: int | None = None, owner: str = "") -> int:
@@ -369,6 +408,40 @@ def one_schedule(value, who: str):
     return value
 
 
+def schedule_batch(value, who: str, one: str) -> int:
+    """The number ``C`` of schedules in a batch, whose every parameter has the leading axis ``C``
+    (:func:`clipdyn.runs.sweep.stack_schedules` makes one).
+
+    A batch whose parameters disagree is refused with each field's shape: ``constant(etas)`` with
+    the default scalar threshold crashed inside JAX with an IndexError. Scalar fields are not
+    broadcast: a feedback schedule's tables are arrays too, and a table of 321 thresholds would
+    have been taken for 321 schedules.
+
+    Args:
+        value: the batched schedule.
+        who: the function taking it, as the message names it.
+        one: what to use for one schedule, completing the refusal of one (``"solve_ode solves one"``).
+    """
+    schedule(value, "schedules")
+    fields = jax.tree_util.tree_flatten_with_path(value)[0]
+    if not fields:
+        raise ValueError(
+            f"{who} takes a batch of schedules with array parameters; a {type(value).__name__} "
+            "has none to batch over (a TimeVarying's functions are static: it runs in solve_ode; "
+            "batches are of Constant, StepDecay, PiecewiseConstant, max_ccc or heuristic)")
+    shapes = {jax.tree_util.keystr(path).lstrip("."): np.shape(x) for path, x in fields}
+    leading = {s[0] if s else None for s in shapes.values()}
+    if len(leading) == 1 and None not in leading:
+        return int(leading.pop())
+    if all(s == () for s in shapes.values()):
+        raise ValueError(f"{who} takes a batch of schedules, stack_schedules([...]); got one "
+                         f"{type(value).__name__} with scalar parameters ({one})")
+    raise ValueError(f"{who} takes a batch of schedules whose every parameter has the same leading "
+                     f"axis C; got a {type(value).__name__} with parameter shapes {shapes} "
+                     "(stack_schedules([...]) of C schedules of one kind makes one, or give every "
+                     "parameter as an array of length C)")
+
+
 def _has_static(value, attr: str) -> bool:
     try:
         inspect.getattr_static(value, attr)
@@ -380,13 +453,84 @@ def _has_static(value, attr: str) -> bool:
 _LAW_NAMES = "Gaussian, StudentT, cauchy(...), Rademacher, GaussianMixture or Empirical"
 
 
-def noise_law(value, name: str = "noise"):
-    """A clipdyn noise law (duck-typed: ``gaussian_mixture``, ``second_moment`` and ``sample``).
+_LAW_PROTOCOL = ("sample", "second_moment", "scale", "gaussian_mixture", "astype")
+_LAW_NEEDS = ("or your own law: a pytree (clipdyn.pytrees.frozen_pytree) with sample(key, shape, "
+              "dtype), second_moment, scale, gaussian_mixture() and astype(dtype); see "
+              "clipdyn.theory.noise")
+# A mixture's E eps^2 and the law's second_moment (used at c = inf) must agree this closely: a
+# law whose two disagreed had nu_abs jump from 1.2 at c = 1e6 to 4.2 at c = inf.
+LAW_MOMENT_RTOL = 1e-6
 
-    The attributes are looked up without evaluating them: ``second_moment`` is a property that
-    computes (and compiled a small program at every CLI start-up, only to be checked for)."""
-    return _duck_typed(value, ("gaussian_mixture", "second_moment", "sample"),
-                       f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.theory.noise)")
+
+def noise_law(value, name: str = "noise"):
+    """A clipdyn noise law: one of clipdyn's, or a user's class with the same protocol.
+
+    The attributes are looked up without evaluating them for clipdyn's own laws, whose
+    constructors checked their parameters (``second_moment`` is a property that computes, and
+    compiled a small program at every CLI start-up, only to be checked for). A user's law is
+    checked for what the engines rely on (:func:`_user_law`).
+    """
+    _duck_typed(value, _LAW_PROTOCOL,
+                f"{name} must be a clipdyn noise law ({_LAW_NAMES} from clipdyn.theory.noise), "
+                f"{_LAW_NEEDS}")
+    if type(value).__module__ != "clipdyn.theory.noise":
+        _user_law(value, name)
+    return value
+
+
+def _user_law(law, name: str) -> None:
+    """A user's law, checked where its values are concrete: a pytree; ``gaussian_mixture()``
+    with finite weights ``>= 0`` summing to 1 (within 1e-6), finite means and variances ``>= 0``,
+    whose ``E eps^2`` equals ``second_moment`` where that is finite (within
+    :data:`LAW_MOMENT_RTOL`); ``sample`` honouring ``shape`` and ``dtype``.
+
+    Each of these, broken, used to give numbers or deep JAX errors: weights summing to 2 gave
+    ``mu = 1.99``, a nan variance ran as the noiseless law, a ``sample`` ignoring ``dtype`` failed
+    inside the engine's loop.
+    """
+    what = f"{name} ({type(law).__name__})"
+    if jax.tree_util.all_leaves([law]):
+        raise ValueError(f"{what} must be a JAX pytree, so that it can enter jit and vmap: decorate "
+                         "its class with clipdyn.pytrees.frozen_pytree (a subclass of a clipdyn law "
+                         "needs it too)")
+    if not all(is_concrete(x) for x in jax.tree.leaves(law)):
+        return
+    rep = law.gaussian_mixture()
+    w = np.asarray(rep.weights, float)
+    v = np.asarray(rep.variances, float)
+    m = np.zeros_like(w) if rep.means is None else np.asarray(rep.means, float)
+    if w.ndim != 1 or w.size == 0 or v.shape != w.shape or m.shape != w.shape:
+        raise ValueError(f"{what}: gaussian_mixture() must give 1-D weights, means (or None) and "
+                         f"variances of one length; got shapes {w.shape}, {m.shape}, {v.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum(w))
+        moment = float(np.sum(w * (m * m + v)))
+    if not (np.all(np.isfinite(w) & (w >= 0)) and abs(total - 1.0) <= 1e-6):
+        raise ValueError(f"{what}: gaussian_mixture()'s weights must be finite, >= 0 and sum to 1 "
+                         f"(within 1e-6); they sum to {total:.10g}"
+                         f"{'' if np.all(w >= 0) else ', and some are negative'}")
+    if not np.all(np.isfinite(m) & np.isfinite(v) & (v >= 0)):
+        raise ValueError(f"{what}: gaussian_mixture()'s means must be finite and its variances "
+                         "finite and >= 0 (a component of zero variance is an atom)")
+    second = float(np.asarray(law.second_moment, float))
+    if np.isfinite(second) and not abs(second - moment) <= LAW_MOMENT_RTOL * max(abs(second), moment):
+        raise ValueError(f"{what}: second_moment={second:.10g} disagrees with its "
+                         f"gaussian_mixture()'s E eps^2 = sum_j p_j (m_j^2 + s_j^2) = {moment:.10g}; "
+                         f"they must agree within {LAW_MOMENT_RTOL:g} relative (second_moment is "
+                         "used at c = inf, the mixture at finite c)")
+    if np.isnan(second):
+        raise ValueError(f"{what}: second_moment is nan; it must be E eps^2 (inf where it does not exist)")
+    for dtype in (np.float32, np.float64):
+        try:
+            got_ = jax.eval_shape(lambda: law.sample(jax.random.key(0), (3,), dtype))
+        except Exception as err:  # noqa: BLE001 - the user's code: say whose it is
+            raise ValueError(f"{what}: sample(key, (3,), {np.dtype(dtype).name}) failed: "
+                             f"{type(err).__name__}: {err}") from None
+        want = jax.ShapeDtypeStruct((3,), jax.dtypes.canonicalize_dtype(dtype))
+        if (getattr(got_, "shape", None), getattr(got_, "dtype", None)) != (want.shape, want.dtype):
+            raise ValueError(f"{what}: sample(key, shape, dtype) must return an array of that shape "
+                             f"and dtype; sample(key, (3,), {np.dtype(dtype).name}) gave "
+                             f"{getattr(got_, 'shape', '?')} {getattr(got_, 'dtype', type(got_).__name__)}")
 
 
 def data_problem(value, name: str = "data"):
@@ -434,6 +578,7 @@ def rtol(value, name: str = "rtol"):
     step size underflows; above 0.1 the curve has no digit to trust.
     """
     lo, hi = RTOL_RANGE
+    single(name, value, what="one tolerance")
     check_value("", name, value, lambda a: np.isfinite(a) & (a >= lo) & (a <= hi),
                 f"a relative tolerance in [{lo:g}, {hi:g}]")
     return value

@@ -45,8 +45,16 @@ def plot_main(draw):
 
     if len(sys.argv) != 3:
         sys.exit(f"usage: {sys.argv[0]} RESULTS.npz FIGURE.png")
+    from pathlib import Path
+
     src, dst = sys.argv[1:3]
     arrays, meta = load_results(src)
+    # Another study's file ended in a KeyError traceback (or, with matching array names, could
+    # draw the wrong figure): the study a results file records must be this script's.
+    want = Path(sys.argv[0]).stem.removeprefix("plot_")
+    got = meta.get("config", {}).get("study")
+    if got != want:
+        sys.exit(f"{sys.argv[0]}: {src} holds the results of study {got!r}, not {want!r}")
     fig = draw(arrays, meta)
     fig.savefig(dst, dpi=110)
     print(f"wrote {dst}")

@@ -206,25 +206,19 @@ def test_simulations_refuse_rules_that_are_not_rules(rules, text):
         simulate_runs(make_problem(np.ones(4), LAW), constant(1.0, 0.5), [0], 1.0, 3, rules=rules)
 
 
-def test_noise_law_check_looks_attributes_up_without_evaluating_them():
-    # The check is duck-typed; evaluating second_moment (a computing property) only to see that
-    # it exists compiled a program at every CLI start-up. Instance attributes count too.
+def test_noise_law_check_looks_attributes_up_without_evaluating_them(monkeypatch):
+    # The check of clipdyn's own laws is duck-typed; evaluating second_moment (a computing
+    # property) only to see that it exists compiled a program at every CLI start-up. A user's
+    # law is checked further (tests/test_user_objects.py), so it is evaluated.
     from clipdyn import validation
 
-    class Lazy:
-        gaussian_mixture = sample = None
+    def evaluated(self):
+        raise AssertionError("evaluated")
 
-        @property
-        def second_moment(self):
-            raise AssertionError("evaluated")
-
-    class Fields:
-        def __init__(self):
-            self.gaussian_mixture = self.second_moment = self.sample = None
-
-    for law in (Lazy(), Fields()):
-        assert validation.noise_law(law) is law
-    with pytest.raises(ValueError, match="noise must be a clipdyn noise law .*got object"):
+    monkeypatch.setattr(cd.Gaussian, "second_moment", property(evaluated))
+    law = cd.Gaussian(0.5)
+    assert validation.noise_law(law) is law
+    with pytest.raises(ValueError, match=r"noise must be a clipdyn noise law .*or your own law: .*got object"):
         validation.noise_law(object())
 
 
@@ -576,7 +570,7 @@ def test_simulations_refuse_a_time_varying_schedule_by_name():
     from clipdyn.theory.schedules import TimeVarying
     from clipdyn.runs.sweep import simulate_runs
 
-    with pytest.raises(ValueError, match=r"schedules of kind TimeVarying have no array parameters.*PiecewiseConstant"):
+    with pytest.raises(ValueError, match=r"a TimeVarying has none to batch over.*PiecewiseConstant"):
         simulate_runs(make_problem(np.ones(4), LAW), TimeVarying(1.0, lambda t: 0.5 + t), [0], 0.5, 3)
 
 
@@ -609,6 +603,35 @@ def test_run_sweep_names_a_single_schedule_and_a_path_that_is_not_one(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_partly_batched_schedule_is_refused_with_its_fields_shapes():
+    # constant(etas) keeps the scalar default threshold: ode_final_risks (and ode_is_stable under
+    # bisect_max_lr) crashed inside JAX with "IndexError: tuple index out of range", and run_sweep
+    # with an IndexError from its host-side take.
+    from clipdyn.runs.sweep import run_sweep
+    from clipdyn.theory import tuning
+    from clipdyn.theory.schedules import StepDecay
+
+    prob = make_problem(np.ones(4), LAW)
+    etas = np.array([0.5, 1.0])
+    for batch in (constant(etas), StepDecay(etas, 0.5, 1.0)):
+        with pytest.raises(ValueError, match=r"ode_final_risks takes a batch of schedules whose every "
+                                             r"parameter has the same leading axis C; got a "
+                                             rf"{type(batch).__name__} with parameter shapes .*\(2,\).*\(\)"):
+            tuning.ode_final_risks(prob, batch, 2.0)
+        with pytest.raises(ValueError, match=r"run_sweep takes a batch .* same leading axis C"):
+            run_sweep(prob, batch, [0], 1.0, 3)
+    with pytest.raises(ValueError, match=r"leading axis C"):
+        tuning.bisect_max_lr(tuning.ode_is_stable(prob, lambda e: constant(np.asarray(e)), 20.0), 0.5, 3.0)
+    # The full batch runs, and matches the closed form of the noiseless identity problem (2.9):
+    # R(t) = R0 exp(-2 eta (1 - eta / 2) t) at rtol 1e-8 (float64).
+    risk, status = tuning.ode_final_risks(prob, constant(etas, np.full(2, np.inf)), 2.0)
+    assert status.tolist() == [0, 0]
+    noiseless = make_problem(np.ones(4), cd.Gaussian(0.0))
+    risk, _ = tuning.ode_final_risks(noiseless, constant(etas, np.full(2, np.inf)), 2.0)
+    np.testing.assert_allclose(risk[:, -1], noiseless.R0 * np.exp(-2 * etas * (1 - etas / 2) * 2.0),
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("R0, held", [(1e50, "inf"), (1e-40, "0")])
 def test_float32_simulations_refuse_a_start_float32_cannot_hold(R0, held):
     # R0 is allowed in [1e-100, 1e100] (the ODE and float64 run there), but float32 held 1e50 as
@@ -620,3 +643,133 @@ def test_float32_simulations_refuse_a_start_float32_cannot_hold(R0, held):
         simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3)
     res = simulate_runs(prob, constant(1.0, 1.0), [0], 1.0, 3, precision="64")
     assert res.risk[0, 0, 0] == pytest.approx(R0, rel=1e-12) and not res.diverged.any()
+
+
+# ---- values of types outside the checked ones; sizes without bound (trial-api, 2026-11-23) ------
+
+def _fraction_and_friends():
+    from decimal import Decimal
+    from fractions import Fraction
+
+    prob = make_problem(np.ones(4), LAW)
+    return [
+        # Fraction and Decimal passed as "not a number, so a JAX placeholder" and computed:
+        # mu(law, Fraction(-1), 1) returned 1.0, a problem with R0 = -1 was built, a negative
+        # horizon gave a curve on negative times, divergence_factor 1/2 called every run diverged.
+        (lambda: factors.mu(LAW, Fraction(-1), 1.0), "R=-1 is not allowed; R must be a real number (int or float), not Fraction"),
+        (lambda: factors.reduction_factors(LAW, Decimal("-0.5"), 1.0), "not Decimal"),
+        (lambda: factors.optimal_threshold(cd.StudentT(3.0), Fraction(-1)), "not Fraction"),
+        (lambda: make_problem(np.ones(4), LAW, R0=Fraction(-1)), "R0=-1 is not allowed"),
+        (lambda: solve_ode(prob, constant(0.5), Fraction(-1), 3), "T=-1 is not allowed"),
+        (lambda: simulate_runs(prob, constant(0.5), [0], 0.5, 3, divergence_factor=Fraction(1, 2)),
+         "divergence_factor=1/2 is not allowed"),
+        # dict, objects and lists holding None were stored and failed later inside JAX.
+        (lambda: cd.Gaussian({}), "sigma={} is not allowed; sigma must be a real number (int or float), not dict"),
+        (lambda: constant(eta=object()), "is not allowed; eta must be a real number (int or float), not object"),
+        (lambda: constant([None]), "eta=[None] is not allowed"),
+        # One argument that was not checkable switched off the mixture's other checks: these
+        # weights sum to 1.1.
+        (lambda: cd.GaussianMixture([0.5, 0.6], [0.0, 0.0], None), "sigmas=None is not allowed"),
+        (lambda: cd.Gaussian(10**400), "sigma=<int of 401 digits> is not allowed"),
+        # Scalar parameters given as arrays passed the checks and failed at float() or in a trace.
+        (lambda: solve_ode(prob, constant(0.5), [1.0], 3), "T=[1.0] is not allowed; T must be a single number"),
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 3, atol=np.full(3, 1e-12)), "atol must be a single number"),
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 3, rtol=np.array([1e-9, 1e-8])), "rtol must be a single number"),
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 3, divergence_factor=np.array([2.0, 3.0])),
+         "divergence_factor must be a single number"),
+        (lambda: make_problem(np.ones(4), LAW, R0=np.array([1.0, 2.0])), "R0 must be a single number"),
+        (lambda: power_law_spectrum(10, [1.0]), "alpha must be a single number"),
+        (lambda: max_ccc(0.5, cd.StudentT(3.0), R_min=[1e-6]), "R_min must be a single number"),
+        (lambda: simulate_runs(prob, constant(0.5), [0], [0.5], 3), "T must be a single number"),
+        # Truthiness: "no" counted as True.
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 3, return_modes="no"), "return_modes='no' is not allowed; return_modes must be True or False"),
+        (lambda: simulate_runs(prob, constant(0.5), [0], 0.5, 3, progress="no"), "progress must be True or False"),
+        # Sizes that would run for hours (iters 10**9: ~7 h at 25 us an iteration) or overflow.
+        (lambda: factors.optimal_threshold(cd.StudentT(3.0), 0.5, iters=10**9), "iters must be an integer >= 1 and <= 200"),
+        (lambda: factors.optimal_threshold(cd.StudentT(3.0), 0.5, grid=1e300), "grid must be an integer >= 3 and <= 100000"),
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 10**7), "points must be an integer >= 2 and <= 1000000"),
+        (lambda: solve_ode(prob, constant(0.5), 1.0, 3, max_steps=1e300), "max_steps must be an integer >= 1 and <= 2147483647"),
+        (lambda: simulate_runs(prob, constant(0.5), [0], 0.5, 10**400), "points=<int of 401 digits> is not allowed"),
+        (lambda: max_ccc(0.5, cd.StudentT(3.0), refine=1e300), "refine must be an integer >= 0 and <= 1024"),
+        (lambda: cd.StudentT(3.0, 1.0, n_nodes=1e300), "n_nodes must be an integer >= 2 and <= 131072"),
+        # The rest of the trial's list.
+        (lambda: simulate_runs(prob, constant(0.5), jnp.array(0.5), 0.5, 3), "seeds=0.5 is not allowed"),
+        (lambda: cd.GaussianMixture(0.5, [0.0], [1.0]), "got shapes [(), (1,), (1,)]"),
+        (lambda: PiecewiseConstant([-1.0], [0.5, 0.1]), "boundaries must be finite and > 0"),
+    ]
+
+
+@pytest.mark.parametrize("call, message", _fraction_and_friends())
+def test_values_of_any_type_are_checked_and_sizes_are_bounded(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_the_type_check_leaves_tracers_and_rebuilt_pytrees_alone():
+    # The widened check must not refuse what JAX itself passes: tracers under jit/vmap, and the
+    # placeholders of a pytree being rebuilt (eval_shape returns a law of ShapeDtypeStructs).
+    law = jax.vmap(lambda s: cd.Gaussian(s))(jnp.array([0.5, 1.0]))
+    assert law.sigma.shape == (2,)
+    shaped = jax.eval_shape(lambda: cd.GaussianMixture([0.5, 0.5], [0.0, 0.0], [1.0, 2.0]))
+    assert shaped.weights.shape == (2,)
+    f = jax.jit(lambda r: factors.mu(LAW, r, 1.0))
+    assert float(f(0.5)) == pytest.approx(float(factors.mu(LAW, 0.5, 1.0)), rel=1e-6)
+    # A Fraction's refusal and a good float's answer differ only in the type: 0.5 computes.
+    assert 0 < float(factors.mu(LAW, 0.5, 1.0)) < 1
+
+
+def test_engine_building_blocks_refuse_bad_input():
+    from clipdyn import sim
+    from clipdyn.runs.sweep import run_sweep
+
+    prob = make_problem(np.ones(4), LAW)
+    with pytest.raises(ValueError, match="problem must be a clipdyn Problem"):
+        sim.prepare(None)
+    with pytest.raises(ValueError, match="dtype='int8' is not allowed; the engines run in float32 or float64"):
+        sim.prepare(prob, dtype="int8")
+    prep = sim.prepare(prob)
+    with pytest.raises(ValueError, match="schedule must be a clipdyn schedule"):
+        sim.sgd(prep, 0.5)
+    with pytest.raises(ValueError, match="divergence_factor=-5 is not allowed"):
+        sim.sgd(prep, constant(0.5), divergence_factor=-5)
+    with pytest.raises(ValueError, match="rules must be a clipdyn clipping rule batched"):
+        sim.run_batch(prep, stack_schedules([constant(0.5)]), None, None, np.array([0, 1]))
+    with pytest.raises(ValueError, match="T=-1.0 is not allowed"):
+        sim.output_steps(-1.0, 3, 64.0)
+    with pytest.raises(ValueError, match="trace=0.0 is not allowed"):
+        sim.output_steps(1.0, 3, 0.0)
+    for devices in ([], "cpu"):
+        with pytest.raises(ValueError, match="devices must be None .* or a non-empty list of JAX devices"):
+            run_sweep(prob, stack_schedules([constant(0.5)]), [0], 0.5, 3, devices=devices)
+
+
+def test_shapes_that_do_not_broadcast_are_named_by_every_factor_function():
+    from clipdyn.sources import finite_sum as fs
+    from clipdyn.theory import batch_factors as bf
+
+    with pytest.raises(ValueError, match=r"R of shape \(2, 3\) and c of shape \(2,\) do not broadcast"):
+        bf.group_factors(LAW, np.ones((2, 3)), np.ones(2), 2)
+    with pytest.raises(ValueError, match=r"R of shape \(2, 3\) and c of shape \(\) and K of shape \(2,\)"):
+        bf.preclip_factors(LAW, np.ones((2, 3)), 1.0, np.ones(2))
+    with pytest.raises(ValueError, match="clip must be a single number"):
+        fs.expected_clip(1.0, [1.0, 2.0], 0.0)
+
+
+def test_run_gd_refuses_a_batch_of_rules():
+    # A batch broadcast against x0 ran one rule per coordinate without a word.
+    from clipdyn.sources import smoothness as sm
+
+    f = sm.cosh_sum(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"one StepRule of scalars; got a batch of shape \(2,\)"):
+        sm.run_gd(f, jnp.array([1.0, -0.5]), sm.fixed_step(np.array([0.1, 0.2])), 1e-6, 10)
+    with pytest.raises(ValueError, match="rule must be a StepRule"):
+        sm.run_gd(f, jnp.array([1.0, -0.5]), 0.1, 1e-6, 10)
+
+
+def test_solve_ode_takes_times_without_a_horizon():
+    # The docstring says T and points are ignored with times=; T was still a required argument.
+    prob = make_problem(np.ones(4), cd.Gaussian(0.0))
+    res = solve_ode(prob, constant(0.5), times=[0.0, 1.0, 2.0])
+    np.testing.assert_allclose(res.risk, np.exp(-0.75 * np.array([0.0, 1.0, 2.0])), rtol=1e-7)  # (2.9): 2 eta (1 - eta / 2)
+    with pytest.raises(ValueError, match="solve_ode needs the horizon T .* or the output times"):
+        solve_ode(prob, constant(0.5))

@@ -556,3 +556,28 @@ def test_group_rule_optimal_threshold_is_ccc_argmax_one_risk_at_a_time():
         assert float(factors.optimal_threshold(law, R, rule=rule, grid=21, iters=30)) == pytest.approx(c, rel=1e-14)
         v = np.asarray(factors.reduction_factors(law, R, c * np.exp([-0.01, 0.0, 0.01]), rule).ccc)
         assert v[1] >= v[0] and v[1] >= v[2], (R, c, v)
+
+
+def test_groups_up_to_max_group_are_accurate_and_larger_ones_refused():
+    # At the largest group allowed the Gaussian functionals still match scipy's chi-square
+    # (S = (2R + sigma^2) X, X ~ chi2(n); quad at epsrel 1e-12, float64): 3e-12 measured, 1e-9
+    # asked. Beyond it a Student-t group's nu broke its own upper bound (n = 1e5) and turned
+    # negative (n = 1e9), and those numbers were printed as results (trial-batch, 2026-11-23).
+    from clipdyn.theory import rules
+
+    n = bf.MAX_GROUP
+    A = 2.0 * n  # at the bulk of S: the hardest place for the inversion
+    got = bf.group_functionals(cd.Gaussian(1.0), 0.5, A, n)
+    X = stats.chi2(n)
+    lo, hi = X.ppf(1e-15), X.ppf(1 - 1e-15)
+    want = (X.cdf(A / 2),
+            integrate.quad(lambda x: min(1.0, np.sqrt(A / (2 * x))) * X.pdf(x), lo, hi, points=[A / 2],
+                           limit=500, epsrel=1e-12)[0],
+            integrate.quad(lambda x: min(2 * x, A) * X.pdf(x), lo, hi, points=[A / 2], limit=500,
+                           epsrel=1e-12)[0])
+    np.testing.assert_allclose([float(v) for v in got], want, rtol=1e-9)
+    for make in (lambda: rules.batch_mean(n + 1), lambda: rules.micro_batch(4 * n, 2 * n)):
+        with pytest.raises(ValueError, match=f"groups clipped together hold at most {n}"):
+            make()
+    with pytest.raises(ValueError, match=f"n must be an integer >= 1 and <= {n}"):
+        bf.group_factors(cd.Gaussian(1.0), 0.5, 1.0, n + 1)

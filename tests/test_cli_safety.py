@@ -431,3 +431,16 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # the reader stops after one line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("option, value, field", [("--eta", "1e50", "Constant field eta=1e+50"),
+                                                  ("--clip", "1e39", "Constant field clip=1e+39")])
+def test_values_beyond_float32_are_named_in_a_float32_run(capsys, option, value, field):
+    # Within the library's bounds but beyond float32's: the cast made them inf, and the refusal
+    # said "eta=[inf]" (not what was typed) after a NumPy warning line (trial-limits).
+    argv = [*PROBLEM, "--eta", "1", "--clip", "0.5", "--T", "1", "--points", "3", "--seeds", "1"]
+    argv[argv.index(option) + 1] = value
+    code, _, err = run(capsys, "simulate", *argv)
+    one_line_error(code, err, field, "beyond float32's range", "--precision 64")
+    code, out, err = run(capsys, "simulate", *argv, "--precision", "64")
+    assert code == 0, err

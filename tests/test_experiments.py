@@ -45,3 +45,16 @@ def test_study_runs_at_tiny_size(tmp_path, name):
                            str(data), str(png)], capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert png.stat().st_size > 10_000
+
+
+def test_a_plot_script_refuses_another_studys_results(tmp_path):
+    # plot_dp.py given the clip-rules study's file ended in a KeyError traceback (trial-limits);
+    # with matching array names it could have drawn the wrong figure. The committed results
+    # record their study, and each plot script checks it is its own.
+    png = tmp_path / "x.png"
+    plot = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_dp.py"),
+                           str(ROOT / "figures" / "data" / "clip_rules.npz"), str(png)],
+                          capture_output=True, text=True, timeout=300)
+    assert plot.returncode == 1 and not png.exists()
+    assert plot.stderr.strip().endswith("holds the results of study 'clip_rules', not 'dp'"), plot.stderr
+    assert "Traceback" not in plot.stderr

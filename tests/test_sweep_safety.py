@@ -171,6 +171,12 @@ def test_finished_results_of_another_sweep_need_overwrite(tmp_path, runner_calls
         _sweep(scheds=_scheds(eta=0.5), out=out)
     with pytest.raises(ValueError, match=r"it differs in: T \(1.0 there, 2.0 here\), samples .*--overwrite"):
         sw.run_sweep(_problem(), _scheds(), [0, 1], 2.0, 3, chunk_size=2, progress=False, out=out)
+    # A noise law is named once, with its values (its content fingerprint differs too; the
+    # message said "noise law (...), noise law").
+    with pytest.raises(ValueError, match=r'it differs in: noise law \("Gaussian\(sigma=0.5\)" there, '
+                                         r'"Gaussian\(sigma=0.7\)" here\)\).*--overwrite') as info:
+        _sweep(problem=_problem(noise=cd.Gaussian(0.7)), out=out)
+    assert str(info.value).count("noise law") == 1
     assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
     # The same sweep again is recomputed (and gives the same numbers).
     runner_calls["n"] = 0
@@ -291,6 +297,23 @@ def test_chunk_validation_checks_arrays(tmp_path):
         with pytest.warns(results.ChunkWarning, match=why):
             assert store.load(j, expect) is None
     assert store.load(4, expect) is None  # absent: nothing to say
+
+
+def test_a_folder_emptied_by_a_finished_run_of_the_same_sweep_is_not_a_takeover(tmp_path, runner_calls):
+    # The same command run twice on one --out: the first finished and removed the chunk folder
+    # while the second computed, which then stopped with "taken over by another sweep" (a
+    # hand-run trial, 2026-11-23). An emptied folder is this sweep's to go on with.
+    out = tmp_path / "sw.npz"
+    want = _sweep()
+
+    def other_run_finishes():
+        shutil.rmtree(tmp_path / "sw.npz.partial")
+
+    runner_calls.update(hook=other_run_finishes, hook_at=1)
+    res = _sweep(out=out)
+    np.testing.assert_array_equal(res.risk, want.risk)
+    np.testing.assert_array_equal(results.load_results(out)[0]["risk"], want.risk)
+    assert not (tmp_path / "sw.npz.partial").exists()
 
 
 def test_two_sweeps_on_one_out_never_mix_their_chunks(tmp_path, runner_calls):

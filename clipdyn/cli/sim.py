@@ -45,11 +45,10 @@ def _seeds(args) -> range:
     list is built: ``--seeds 1e12`` is refused, not allocated)."""
     from clipdyn.validation import MAX_SEED
 
+    from clipdyn.cli.specs import parse_int
+
     n = int_at_least(args.seeds, "--seeds", 1)
-    off = int_at_least(args.seed_offset, "--seed-offset", 0)
-    if off > MAX_SEED:
-        raise ValueError(f"--seed-offset={args.seed_offset} is not allowed; seeds are 32-bit "
-                         f"(0 to {MAX_SEED}), so --seed-offset must be at most {MAX_SEED}")
+    off = parse_int(args.seed_offset, "--seed-offset", 0, high=MAX_SEED)  # seeds are 32-bit
     if off + n - 1 > MAX_SEED:
         raise ValueError(f"--seeds={args.seeds} is not allowed with --seed-offset={off}: the last seed "
                          f"would be {off + n - 1}, and seeds are 32-bit (0 to {MAX_SEED}); --seeds "

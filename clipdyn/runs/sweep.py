@@ -49,7 +49,7 @@ from clipdyn.runs.results import (ChunkStore, check_overwrite, code_version, res
                                   save_results)
 from clipdyn.sim.runner import block_size, choose_engine, engine_block
 from clipdyn.theory import rules as clip_rules
-from clipdyn.theory.problem import Problem
+from clipdyn.theory.problem import Problem, check_problem
 
 __all__ = ["SweepResult", "SweepInterrupted", "stack_schedules", "run_sweep", "simulate_runs",
            "seed_keys", "checked_output_steps", "memory_estimate", "content_hash", "MAX_STEPS"]
@@ -214,6 +214,7 @@ def checked_output_steps(T: float, points: int, trace: float, dt: float | None =
     Args:
         T, points: horizon and number of output times.
         trace: ``Tr K``; one step is ``dt = 1 / Tr K`` of ODE time unless ``dt`` is given.
+        dt: C-HSGD's time step, or ``None`` for one SGD step.
         names: how messages name ``T`` and ``points`` (``("--T", "--points")`` on the command line).
 
     Raises:
@@ -403,17 +404,18 @@ def run_sweep(
             ``out`` that would overwrite another sweep's results or chunks without ``overwrite``.
         SweepInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), once the finished chunks are saved.
     """
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a clipdyn Problem (from clipdyn.theory.problem.make_problem); "
-                         f"got {type(problem).__name__}")
+    check_problem(problem)
     validation.schedule(schedules, "schedules")
     validation.data_problem(data)
     if method not in sim.METHODS:
         raise ValueError(f"method {method!r} is not allowed; use one of {', '.join(sim.METHODS)}")
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not allowed; use 32 or 64")
+    validation.single("T", T, what="one horizon")
     validation.positive("T", T, bounded=False)
-    points = validation.integer("points", points, 2)
+    points = validation.integer("points", points, 2, high=validation.MAX_POINTS)
+    progress = validation.flag("progress", progress)
+    overwrite = validation.flag("overwrite", overwrite)
     chunk_size = validation.optional_integer("chunk_size", chunk_size, 1)
     validation.divergence_factor(divergence_factor)
     if dt is not None:
@@ -422,26 +424,24 @@ def run_sweep(
         if method != "hsgd":  # one SGD step is 1 / Tr K of ODE time; another dt relabelled the times
             raise ValueError(f"dt={dt} is not allowed with method {method!r}: a step of SGD is "
                              "dt = 1 / Tr K of ODE time by definition; dt is C-HSGD's time step")
-    if not hasattr(seeds, "__len__"):
+    # jnp.array(0.5) has __len__ too; np.ndim would build range(10**9) as an array
+    if not hasattr(seeds, "__len__") or getattr(seeds, "ndim", 1) != 1:
         seeds = validation.seeds(seeds)
     n_seeds = len(seeds)
     dtype = PRECISIONS[str(precision)]
     # Every process's devices: in a multi-process run (clipdyn.runs.distributed) the mesh is global.
-    devices = list(devices) if devices is not None else distributed.global_devices()
+    if devices is None:
+        devices = distributed.global_devices()
+    else:
+        given = devices
+        iterable = hasattr(given, "__iter__") and not isinstance(given, (str, bytes))
+        devices = list(given) if iterable else []
+        if not devices or not all(isinstance(x, jax.Device) for x in devices):
+            raise ValueError(f"devices must be None (every device) or a non-empty list of JAX "
+                             f"devices (jax.devices()); {validation.got(given)}")
     n_dev = len(devices)
-    leaves = jax.tree.leaves(schedules)
-    if not leaves:
-        raise ValueError(
-            f"schedules of kind {type(schedules).__name__} have no array parameters to batch over "
-            "(a TimeVarying's functions are static); the simulators take schedules with array "
-            "parameters, batched by stack_schedules: Constant, StepDecay, PiecewiseConstant, "
-            "max_ccc, heuristic (TimeVarying runs in solve_ode)")
-    if jnp.ndim(leaves[0]) < 1:
-        raise ValueError(
-            f"run_sweep takes a batch of schedules, stack_schedules([...]); got one "
-            f"{type(schedules).__name__} with scalar parameters (pass stack_schedules([schedule]), "
-            "or use simulate_runs for one schedule)")
-    n_cfg = int(leaves[0].shape[0])
+    n_cfg = validation.schedule_batch(
+        schedules, "run_sweep", "pass stack_schedules([schedule]), or use simulate_runs for one schedule")
     rule_list = _rule_list(rules, n_cfg)
     # A chunk holds configurations of one rule group (_chunk_plan); one wider than the largest
     # group would only be padding (chunk_size=1e9 padded to 1e9 runs; 4 rules of 4 thresholds

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from clipdyn.precision import matmul
 from clipdyn.sim.core import RunState, SimProblem, data_rows, draw_block, guarded
 from clipdyn.theory import rules as clip_rules
+from clipdyn.theory.schedules import guard_rate
 
 __all__ = ["block_sgd", "reads_risk", "RISK_FREE_SCHEDULES"]
 
@@ -93,6 +94,7 @@ def _step_coefficients(prob: SimProblem, schedules, rules, k, R, r, g, live):
     rows' Gram matrix ``g``, times ``eta / Tr K``; 0 for runs not ``live``."""
     trace = prob.trace
     eta, clip = jax.vmap(lambda sc, rr: sc(k.astype(r.dtype) / trace, rr))(schedules, R)
+    eta = guard_rate(schedules, eta, clip)
     thr = clip * jnp.sqrt(trace)
     if rules.plain:
         w = clip_rules.clip_scale(jnp.abs(r) * jnp.sqrt(g[0, 0]), thr[None, :]) * r
@@ -232,7 +234,9 @@ def block_sgd(prob: SimProblem, schedules, rules, stream_key, states: RunState, 
             # reduction, not one per step); it only decides whether to recompute the block.
             norms = jnp.sqrt(jnp.sum(Z * ZL, axis=-1))
             top = jnp.sqrt(2.0 * states.risk) + jnp.sum(jnp.abs(A) * norms[:, None], axis=0)
-            suspect = (0.5 * top * top > _MARGIN * bound) & ~states.diverged
+            # Written so that a nan (a schedule's refused values, clipdyn.theory.schedules.
+            # guard_rate) is suspect too: it reached the risk unflagged as diverged.
+            suspect = ~(0.5 * top * top <= _MARGIN * bound) & ~states.diverged
             # Only the coefficients are chosen here; the update of E below is shared. (Choosing
             # between two updated states copied E every block: 5-8 % of the engine's time.)
             A, R, div, dstep = jax.lax.cond(jnp.any(suspect), lambda: coefficients(True),

@@ -35,7 +35,8 @@ import numpy as np
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import to_device
 from clipdyn.sim import threefry
-from clipdyn.theory.problem import Problem
+from clipdyn import validation
+from clipdyn.theory.problem import Problem, check_problem
 
 Array = jax.Array
 
@@ -172,6 +173,9 @@ def prepare(problem: Problem, dtype=jnp.float32, data=None) -> SimProblem:
             ``residuals`` ``(N,)`` and ``e0`` ``(d,)``, such as
             :class:`clipdyn.data.DataProblem`); ``None`` for Gaussian data.
     """
+    check_problem(problem)
+    if jnp.dtype(dtype) not in (jnp.float32, jnp.float64):
+        raise ValueError(f"dtype={dtype!r} is not allowed; the engines run in float32 or float64")
     lam = np.asarray(problem.lam, np.float64)
     v0 = np.asarray(problem.v0, np.float64)
     _check_fits(lam, v0, dtype)
@@ -324,6 +328,7 @@ def divergence_bound(prob: SimProblem, divergence_factor) -> Array:
 
     Capped at the dtype's largest finite number: in float32 ``1e6 R0`` is ``inf`` from
     ``R0 ~ 3e32``, and ``inf <= inf`` let runs whose risk overflowed go on unflagged."""
+    validation.divergence_factor(divergence_factor)  # concrete ones; run_sweep checked traced ones
     dtype = prob.lam.dtype
     return jnp.minimum(jnp.asarray(divergence_factor, dtype) * prob.R0, jnp.finfo(dtype).max)
 

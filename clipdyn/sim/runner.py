@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.sim.block import block_sgd
 from clipdyn.sim.core import (SimProblem, divergence_bound, draw_block, initial_error, row_gram,
@@ -42,6 +43,11 @@ SUB_STEPS = 16
 def output_steps(T: float, points: int, trace: float, dt: float | None = None) -> np.ndarray:
     """Steps at which the risk is recorded: ``round(t_j / dt)`` for ``t_j = linspace(0, T, points)``
     with ``dt = 1 / Tr K`` unless given."""
+    validation.positive("T", T, bounded=False)
+    points = validation.integer("points", points, 2, high=validation.MAX_POINTS)
+    validation.positive("trace", trace, bounded=False)
+    if dt is not None:
+        validation.positive("dt", dt, bounded=False)
     dt = 1.0 / trace if dt is None else dt
     return np.rint(np.linspace(0.0, T, points) / dt).astype(np.int64)
 
@@ -144,6 +150,8 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
         keys: ``S`` PRNG keys (one per seed).
         steps: increasing output steps, ``(P,)``, starting at 0.
         method: ``"sgd"`` or ``"hsgd"``.
+        divergence_factor: a run diverges once ``R > divergence_factor * R0`` (finite, ``> 1``).
+        dt: C-HSGD's time step (default ``1 / Tr K``, one SGD step); SGD's step is ``1 / Tr K``.
         engine: ``"step"`` (one vmapped step at a time; bit-identical alone and in any sweep) or
             ``"block"`` (C-SGD only: blocks of steps by matrix products, see
             :mod:`clipdyn.sim.block`; much faster for wide sweeps, equal to ``"step"`` up to
@@ -157,7 +165,10 @@ def run_batch(prob: SimProblem, schedules, rules, keys, steps, method: str = "sg
     """
     check_engine(engine, method)
     engine, engine_steps = parse_engine(engine)
-    n_cfg = jax.tree.leaves(schedules)[0].shape[0]
+    if validation.clip_rule(rules, "rules") is None:
+        raise ValueError("rules must be a clipdyn clipping rule batched over the configurations "
+                         "(clipdyn.theory.rules.stack_rules); got None")
+    n_cfg = validation.schedule_batch(schedules, "run_batch", "sim.sgd steps one")
     batch, n_extra = (rules.batch, rules.n_extra) if method == "sgd" else (1, 0)
     block = block_size(prob.lam.shape[0], batch + n_extra)
     bound = divergence_bound(prob, divergence_factor)

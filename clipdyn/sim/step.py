@@ -32,6 +32,7 @@ from clipdyn.sim.core import (RunState, Sample, SimProblem, batch_invariant_sum,
                               data_rows, guarded, init_run, row_gram, rows_of,
                               step_time)
 from clipdyn.theory import rules as clip_rules
+from clipdyn.theory.schedules import guard_rate
 
 __all__ = ["sgd", "hsgd", "simulator", "METHODS"]
 
@@ -42,6 +43,7 @@ def _sgd_step(prob: SimProblem, schedule: Callable, rule, bound, state: RunState
               gram=None) -> RunState:
     t = step_time(prob, state.k)
     eta, c = schedule(t, state.risk)
+    eta = guard_rate(schedule, eta, c)
     C = c * jnp.sqrt(prob.trace)
     if rule.plain:
         # The paper's C-SGD, written as it always was so that B = 1 keeps its numbers bit for bit.
@@ -63,6 +65,7 @@ def _hsgd_step(prob: SimProblem, schedule: Callable, rule, bound, dt, state: Run
                sample: Sample, gram=None) -> RunState:
     t = state.k.astype(prob.lam.dtype) * dt
     eta, c = schedule(t, state.risk)
+    eta = guard_rate(schedule, eta, c)
     f = rule.ode_factors(prob.noise, state.risk, c)
     m, nu = f.mu.astype(prob.lam.dtype), f.nu.astype(prob.lam.dtype)
     rate = eta * m * prob.lam
@@ -103,7 +106,8 @@ def sgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, rule=None):
     References:
         theory/derivation.md, eq. (1.3); theory/clip_rules.md, eq. (1).
     """
-    rule = clip_rules.default_rule() if rule is None else rule
+    validation.schedule(schedule)
+    rule = clip_rules.default_rule() if validation.clip_rule(rule) is None else rule
     bound = divergence_bound(prob, divergence_factor)
     return (uses_x64(functools.partial(init_run, prob)),
             uses_x64(functools.partial(_sgd_step, prob, schedule, rule, bound)))
@@ -114,6 +118,9 @@ def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None, r
     """Clipped homogenized SGD by the exact OU step with frozen factors.
 
     Args:
+        prob: the prepared problem (:func:`clipdyn.sim.prepare`; Gaussian data only).
+        schedule: ``(t, R) -> (eta, c)``.
+        divergence_factor: a run diverges once ``R > divergence_factor * R0``.
         dt: time step; default ``1 / Tr K`` (one SGD step).
         rule: the clipping rule whose factors drive the SDE.
 
@@ -123,7 +130,8 @@ def hsgd(prob: SimProblem, schedule: Callable, divergence_factor=1e6, dt=None, r
     References:
         theory/derivation.md, eqs. (2.8) and (2.10); theory/clip_rules.md, eq. (7).
     """
-    rule = clip_rules.default_rule() if rule is None else rule
+    validation.schedule(schedule)
+    rule = clip_rules.default_rule() if validation.clip_rule(rule) is None else rule
     if prob.rows is not None:
         _no_data_for_hsgd()
     bound = divergence_bound(prob, divergence_factor)

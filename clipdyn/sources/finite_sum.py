@@ -278,6 +278,8 @@ def expected_clip(m: ArrayLike, clip: ArrayLike, perturbation: ArrayLike) -> Arr
             ``(0, 1e100]``, or ``k`` not in ``[0, 1e100]``.
     """
     validation.check_value("expected_clip", "m", m, np.isfinite, "finite")
+    validation.single("clip", clip, owner="expected_clip", what="one threshold")
+    validation.single("perturbation", perturbation, owner="expected_clip", what="one scale")
     _check_clip("expected_clip", "clip", clip)
     _check_perturbation("expected_clip", "perturbation", perturbation)
     return _expected_clip(m, clip, perturbation)

@@ -373,6 +373,13 @@ def run_gd(fn, x0: ArrayLike, rule: StepRule, eps: float, max_iter: int,
         raise ValueError(f"run_gd: stop_on_increase must be True or False; {validation.got(stop_on_increase)}")
     check_value("run_gd", "eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
     max_iter = validation.integer("max_iter", max_iter, 1, high=2**31 - 1, owner="run_gd")
+    if not isinstance(rule, StepRule):
+        raise ValueError(f"run_gd: rule must be a StepRule (fixed_step, clipped_step, normalized_step, "
+                         f"zhang_clipped, zhang_normalized); {validation.got(rule)}")
+    if any(np.ndim(a) != 0 for a in jax.tree.leaves(rule)):
+        # A batch broadcast against x0 ran one rule per coordinate, silently.
+        raise ValueError(f"run_gd: rule must be one StepRule of scalars; got a batch of shape "
+                         f"{np.shape(rule.eta)} (best_descending_step runs a batch)")
     rule = jax.tree.map(lambda a: jnp.asarray(a, x0.dtype), rule)
     return _run_gd(fn, x0, rule, jnp.asarray(eps, x0.dtype), jnp.asarray(int(max_iter), jnp.int32),
                    bool(stop_on_increase))

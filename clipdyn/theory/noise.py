@@ -217,13 +217,16 @@ class StudentT(_Law):
         if _is_concrete(self.df) and np.issubdtype(np.asarray(self.df).dtype, np.floating):
             # The bounds in df's own precision: df = 0.01 cast for a float32 simulation stays in.
             kind = np.asarray(self.df).dtype
-            lo, hi = float(np.asarray(lo, kind)), float(np.asarray(hi, kind))
+            with np.errstate(over="ignore"):  # 1e6 is inf in float16, whose df all lie below it
+                lo, hi = float(np.asarray(lo, kind)), float(np.asarray(hi, kind))
         check_value("student-t", "df", self.df, lambda a: (a >= lo) & (a <= hi),
                     f"within [{validation.number_text(lo)}, {validation.number_text(hi)}] "
                     "(for larger df the law is Gaussian: use gaussian)")
         validation.nonnegative("scale", self.scale, owner="student-t")
         if self.n_nodes is not None:
-            validation.integer("n_nodes", self.n_nodes, 2, owner="student-t")
+            # df = 0.01, the least allowed, needs 36 864 nodes; far more only costs memory.
+            object.__setattr__(self, "n_nodes", validation.integer("n_nodes", self.n_nodes, 2,
+                                                                   high=2**17, owner="student-t"))
             if (_is_concrete(self.df) and np.ndim(self.df) == 0 and not validation.is_rebuilding()
                     and self.n_nodes < (need := _student_nodes(float(self.df)))):
                 # n_nodes=3 gave mu = 1.6e-11 for 0.579; 64 nodes are 43 % off at df = 0.3.
@@ -324,7 +327,7 @@ class GaussianMixture(_Law):
             if len(shapes) != 1 or np.ndim(w) != 1 or np.size(w) == 0:
                 raise ValueError(
                     "mixture: weights, means and sigmas must be non-empty 1-D lists of the same "
-                    f"length; got lengths {[np.size(v) for v in (w, m, s)]}"
+                    f"length; got shapes {[np.shape(v) for v in (w, m, s)]}"
                 )
             check_value("mixture", "weights", w, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
             with np.errstate(over="ignore"):

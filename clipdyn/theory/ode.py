@@ -31,16 +31,19 @@ import numpy as np
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.theory import factors
-from clipdyn.theory.problem import Problem
-from clipdyn.theory.schedules import TimeVarying
+from clipdyn.theory import factors, schedules
+from clipdyn.theory.problem import Problem, check_problem
 
 Array = jax.Array
 
 __all__ = ["ODEResult", "ODESolverError", "solve_ode", "ode_risk", "STATUS"]
 
+# The solver's working set per mode (the state, its stages, error estimate and merged copy):
+# peak memory grew by 140-180 bytes per mode from d = 1e6 to 8e6 (measured 2026-11-23).
+_BYTES_PER_MODE = 192
+
 STATUS = {0: "ok", 1: "diverged", 2: "step limit reached", 3: "step size underflow",
-          4: "the schedule's functions gave a learning rate or threshold < 0 (or nan)"}
+          4: "the schedule gave a learning rate or threshold < 0 (or nan)"}
 
 # RODAS4 coefficients (Hairer & Wanner 1996, the RODAS code, method choice 1), padded to 6x6 so
 # the stages run in one scan. Row i of _A gives stage i's point v + sum_j A[i, j] k_j; rows 4 and 5
@@ -134,9 +137,10 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
     # Schedules constant in t between jumps (StepDecay.next_jump): a step ends at each jump and
     # sees one rate, its middle's; the others (TimeVarying) are evaluated at the stage times.
     piecewise = hasattr(schedule, "next_jump")
-    # The other schedules' values were checked when built; a TimeVarying's functions run here
-    # only (a negative threshold ran as unclipped SGD, a negative rate was integrated).
-    check_values = isinstance(schedule, TimeVarying)
+    # clipdyn's constants, steps and feedback rules were checked when built; the values of a
+    # TimeVarying's functions or a user's class are checked here (a negative threshold ran as
+    # unclipped SGD, a negative rate was integrated, a nan was reported as a step size underflow).
+    check_values = schedules.checks_values(schedule)
 
     def rhs(t, v):
         ab = coef(t, jnp.dot(w, v))
@@ -207,8 +211,7 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             refused, t_bad = jnp.asarray(False), t
             if check_values:  # at both ends of the step (a nan ahead would only shrink it)
                 def allowed(s):
-                    eta_s, c_s = schedule(s, jnp.dot(w, v))
-                    return (eta_s >= 0) & (c_s >= 0)
+                    return schedules.values_allowed(*schedule(s, jnp.dot(w, v)))
 
                 ok_start, ok_end = allowed(t), allowed(t + h_try)
                 refused = (status == 0) & ~(ok_start & ok_end)
@@ -293,19 +296,11 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
     return core, np.ravel(index), moving
 
 
-def check_problem(problem, name: str = "problem") -> Problem:
-    """Raise ``ValueError`` unless ``problem`` is a :class:`clipdyn.theory.problem.Problem`."""
-    if not isinstance(problem, Problem):
-        raise ValueError(f"{name} must be a clipdyn Problem (from clipdyn.theory.problem.make_problem); "
-                         f"got {type(problem).__name__}")
-    return problem
-
-
 @uses_x64
 def solve_ode(
     problem: Problem,
     schedule,
-    T: float,
+    T: float | None = None,
     points: int = 101,
     *,
     rtol: float = 1e-9,
@@ -342,9 +337,10 @@ def solve_ode(
 
     Raises:
         ValueError: for a bad argument: ``problem`` not a :class:`Problem`, ``schedule`` not a
-            schedule, ``T`` not finite and ``> 0``, ``points`` not an integer ``>= 2``, ``rtol``
-            outside ``[1e-14, 0.1]``, ``atol`` not finite and ``>= 0``, ``max_steps`` not an
-            integer ``>= 1``, ``divergence_factor`` not finite and ``> 0``.
+            schedule, ``T`` not one finite number ``> 0``, ``points`` not an integer in
+            ``[2, 1e6]``, ``rtol`` outside ``[1e-14, 0.1]``, ``atol`` not one finite number
+            ``>= 0``, ``max_steps`` not an integer in ``[1, 2^31 - 1]``, ``divergence_factor``
+            not one finite number ``> 1``, ``return_modes`` not a bool.
         ODESolverError: when the step limit is reached or the step size underflows.
 
     References:
@@ -354,9 +350,11 @@ def solve_ode(
     validation.schedule(schedule)
     validation.clip_rule(rule)
     validation.rtol(rtol)
+    validation.single("atol", atol, what="one tolerance")
     validation.check_value("", "atol", atol, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
-    if max_steps is not None:
-        max_steps = validation.integer("max_steps", max_steps, 1)
+    if max_steps is not None:  # the solver counts its steps in int32
+        max_steps = validation.integer("max_steps", max_steps, 1, high=2**31 - 1)
+    return_modes = validation.flag("return_modes", return_modes)
     validation.divergence_factor(divergence_factor)
     if times is not None:
         validation.check_real("", "times", times)
@@ -366,21 +364,30 @@ def solve_ode(
             raise ValueError("times must be finite, increasing, start at 0 and have at least 2 "
                              "entries")
         T, points = float(t_out[-1]), t_out.size
+    elif T is None:
+        raise ValueError("solve_ode needs the horizon T (output times linspace(0, T, points)) or "
+                         "the output times themselves, times=")
+    validation.single("T", T, what="one horizon")
     validation.positive("T", T)
-    points = validation.integer("points", points, 2)
+    points = validation.integer("points", points, 2, high=validation.MAX_POINTS)
     if max_steps is None:
         max_steps = 200_000 + points
     validation.one_schedule(schedule, "solve_ode")
+    d = int(np.shape(problem.lam)[0])
+    validation.check_memory(
+        _BYTES_PER_MODE * d + 8.0 * points * ((d + 2) if return_modes else 2),
+        f"solve_ode (d = {d}, {points} output times{', with the modes' if return_modes else ''})")
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
     risk, modes, status, t_end, n, nrej = ode_risk(
         core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
-        bool(return_modes), rule,
+        return_modes, rule,
     )
     status = int(status)
     if status == 4:
-        raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a TimeVarying schedule's "
-                         "eta_fn and clip_fn must stay >= 0 (clip inf: unclipped)")
+        raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a schedule's learning "
+                         "rate and threshold (a TimeVarying's eta_fn and clip_fn) must stay >= 0 "
+                         "(clip inf: unclipped)")
     if status in (2, 3):
         raise ODESolverError(
             f"ODE solver stopped at t={float(t_end):.6g} of T={T}: {STATUS[status]} "

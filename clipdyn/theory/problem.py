@@ -32,7 +32,7 @@ _BYTES_PER_MODE = 64
 """Memory a problem takes per mode, for the up-front size check: the spectrum and start in
 NumPy and in JAX (float64), and their copies while building (8 arrays of 8 bytes)."""
 
-__all__ = ["Problem", "make_problem", "identity_spectrum", "power_law_spectrum", "load_spectrum"]
+__all__ = ["Problem", "check_problem", "make_problem", "identity_spectrum", "power_law_spectrum", "load_spectrum"]
 
 
 def identity_spectrum(d: int) -> np.ndarray:
@@ -43,6 +43,7 @@ def identity_spectrum(d: int) -> np.ndarray:
 def power_law_spectrum(d: int, alpha: float) -> np.ndarray:
     """``lam_i = i^-alpha`` for ``i = 1..d`` (eigenvalues below float64's range are 0)."""
     d = _check_dim(d, "power-law")
+    validation.single("alpha", alpha, owner="power-law", what="one exponent")
     validation.check_value("power-law", "alpha", alpha, np.isfinite, "finite")
     with np.errstate(under="ignore", over="ignore"):
         lam = np.arange(1, d + 1, dtype=float) ** (-float(alpha))
@@ -132,6 +133,15 @@ class Problem:
         return self.trace / jnp.max(self.lam)
 
 
+def check_problem(problem, name: str = "problem") -> Problem:
+    """``problem`` if it is a :class:`Problem`, else a ``ValueError`` naming what it got (one
+    check for the ODE, the sweeps and the engines)."""
+    if not isinstance(problem, Problem):
+        raise ValueError(f"{name} must be a clipdyn Problem (from clipdyn.theory.problem.make_problem); "
+                         f"got {type(problem).__name__}")
+    return problem
+
+
 @uses_x64
 def make_problem(
     lam: ArrayLike, noise: NoiseLaw, R0: float = 1.0, v0: ArrayLike | None = None
@@ -159,6 +169,7 @@ def make_problem(
     validation.noise_law(noise)
     lam = check_spectrum(lam)
     if v0 is None:
+        validation.single("R0", R0, what="one initial risk")
         validation.positive("R0", R0)
         v0 = np.full_like(lam, float(R0) / lam.sum())
     else:

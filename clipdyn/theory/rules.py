@@ -49,6 +49,7 @@ from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.theory import factors
+from clipdyn.theory.batch_factors import MAX_GROUP
 from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
 
@@ -125,6 +126,10 @@ class ClipRule:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"clip rule: {name}={v!r} is not allowed; it must be an integer >= 1")
+        if self.kind in ("batch", "micro") and self.size > MAX_GROUP:
+            raise ValueError(f"clip rule {self.kind}: a group of {self.size} residuals is not allowed; "
+                             f"groups clipped together hold at most {MAX_GROUP} (beyond, the group "
+                             "factors lose accuracy: clipdyn.theory.batch_factors.MAX_GROUP)")
         if self.batch % self.size:
             raise ValueError(f"clip rule micro: size={self.size} does not divide the batch "
                              f"B={self.batch}; the micro-batch size must divide B")

@@ -46,6 +46,9 @@ __all__ = [
     "max_ccc",
     "with_mu_table",
     "heuristic",
+    "values_allowed",
+    "checks_values",
+    "guard_rate",
 ]
 
 
@@ -163,9 +166,16 @@ class PiecewiseConstant:
     clip: ArrayLike = math.inf
 
     def __post_init__(self):
+        for name in ("boundaries", "etas"):  # lists hold one leaf per entry: stacking them for a
+            v = getattr(self, name)          # sweep gave shapes (1, 1) and (2, 1), refused below
+            if isinstance(v, (list, tuple)) and validation.is_concrete(v) and not validation.is_rebuilding():
+                validation.check_real("piecewise", name, v)
+                object.__setattr__(self, name, np.asarray(v, float))
         b, e = self.boundaries, self.etas
         if not (validation.is_concrete(b) and np.size(b) == 0):  # none: one piece, a constant rate
-            check_value("piecewise", "boundaries", b, lambda a: np.isfinite(a), "finite")
+            # Time starts at 0: a piece ending at t <= 0 would never apply.
+            check_value("piecewise", "boundaries", b, lambda a: np.isfinite(a) & (a > 0),
+                        "finite and > 0 (times after the start, t = 0)")
         _check_eta(e)
         _check_clip(self.clip)
         if validation.is_concrete(b) and validation.is_concrete(e):
@@ -343,12 +353,13 @@ def max_ccc(
     _check_eta(eta)
     validation.noise_law(noise)
     validation.clip_rule(rule)
-    validation.positive("R_min", R_min, owner="max-ccc")
-    validation.positive("R_max", R_max, owner="max-ccc")
+    for name, value in (("R_min", R_min), ("R_max", R_max)):
+        validation.single(name, value, owner="max-ccc", what="one risk")
+        validation.positive(name, value, owner="max-ccc")
     if not R_min < R_max:
         raise ValueError(f"max-ccc: R_min={R_min} and R_max={R_max} are not allowed; R_min must be < R_max")
-    points = validation.integer("points", points, 2, owner="max-ccc")
-    refine = validation.integer("refine", refine, 0, owner="max-ccc")
+    points = validation.integer("points", points, 2, high=validation.MAX_POINTS, owner="max-ccc")
+    refine = validation.integer("refine", refine, 0, high=_MAX_REFINE, owner="max-ccc")
     s = float(noise.scale) if np.isfinite(float(noise.scale)) and float(noise.scale) > 0 else 1.0
     key = (content_hash((noise, rule)), float(R_min), float(R_max), points, refine)
     tables = _MAX_CCC_TABLES.get(key)
@@ -361,6 +372,10 @@ def max_ccc(
     log_R, u, log_mu = tables
     return MaxCCC(eta, noise, log_R, u, rule, log_mu)
 
+
+# Points per interval of a threshold table's grid for its mu table: the default 8 already puts the
+# interpolation error below 1e-5 (theory/derivation.md, section 5); 1e300 asked for 4e303 points.
+_MAX_REFINE = 1024
 
 # The tables depend on the law and rule only, not on eta: a sweep over learning rates, or a
 # study building the same schedule again, reuses them (keyed by content, so a law with the same
@@ -384,7 +399,7 @@ def with_mu_table(schedule: MaxCCC, refine: int = 8) -> MaxCCC:
     if not isinstance(schedule, MaxCCC):
         raise ValueError(f"with_mu_table: schedule must be a MaxCCC schedule; got "
                          f"{type(schedule).__name__}")
-    refine = validation.integer("refine", refine, 1, owner="max-ccc")
+    refine = validation.integer("refine", refine, 1, high=_MAX_REFINE, owner="max-ccc")
     return dataclasses.replace(schedule, log_mu=_log_mu_table(schedule, refine))
 
 
@@ -487,10 +502,11 @@ def heuristic(
                 "undefined; give sigma2 explicitly (e.g. heuristic:kappa=K,sigma2=S) or use max-ccc"
             )
     validation.nonnegative("sigma2", sigma2, owner="heuristic")
-    points = validation.integer("points", points, 0, owner="heuristic")
+    points = validation.integer("points", points, 0, high=validation.MAX_POINTS, owner="heuristic")
     if points:
-        validation.positive("R_min", R_min, owner="heuristic")
-        validation.positive("R_max", R_max, owner="heuristic")
+        for name, value in (("R_min", R_min), ("R_max", R_max)):
+            validation.single(name, value, owner="heuristic", what="one risk")
+            validation.positive(name, value, owner="heuristic")
         if not R_min < R_max:
             raise ValueError(f"heuristic: R_min={R_min} and R_max={R_max} are not allowed; R_min "
                              "must be < R_max")
@@ -517,3 +533,37 @@ def _heuristic_table(noise, rule, kappa, sigma2, log_R):
     f = _log_mu_fn(noise, rule, lambda R: kappa * jnp.sqrt(2.0 * R + sigma2))
     # A few points at a time: some rules' factors have large intermediate arrays.
     return jax.lax.map(lambda x: jax.jvp(f, (x,), (jnp.ones_like(x),)), log_R, batch_size=64)
+
+
+# ---- the values a schedule gives ----------------------------------------------------------------
+
+# Their constructors checked these kinds' parameters, so their values are allowed wherever they
+# are evaluated (eta > 0, c >= 0; a feedback rule's from its tables). Exact types: a user's
+# subclass may compute its values otherwise.
+_VALUES_CHECKED = (Constant, StepDecay, PiecewiseConstant, MaxCCC, Heuristic)
+
+
+def values_allowed(eta: Array, c: Array) -> Array:
+    """Whether a schedule's ``(eta, c)`` are allowed: both ``>= 0`` (``c = inf``: unclipped; a
+    ``nan`` is not allowed)."""
+    return (eta >= 0) & (c >= 0)
+
+
+def checks_values(schedule) -> bool:
+    """Whether the engines must check a schedule's values as they run: every kind but clipdyn's
+    own constants, steps and feedback rules (a :class:`TimeVarying`'s functions, a user's class).
+
+    Unchecked, a user's schedule whose threshold went negative ran as unclipped SGD in the ODE
+    (``mu = 1`` for ``c < 0``) and as steps against the gradient in the simulators: 2.4x apart.
+    """
+    return type(schedule) not in _VALUES_CHECKED
+
+
+def guard_rate(schedule, eta: Array, c: Array) -> Array:
+    """``eta``, or ``nan`` where ``(eta, c)`` are not allowed (:func:`values_allowed`), for the
+    simulators: the run's next risk is then ``nan`` and the engines' one divergence guard stops
+    it there, at the step the schedule went wrong (the ODE refuses the schedule at that time,
+    status 4). The identity, traced as such, for the kinds whose values were checked when built."""
+    if not checks_values(schedule):
+        return eta
+    return jnp.where(values_allowed(eta, c), eta, jnp.nan)

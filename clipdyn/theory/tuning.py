@@ -28,8 +28,8 @@ import optax
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.theory.ode import check_problem, merge_modes, ode_risk
-from clipdyn.theory.problem import Problem
+from clipdyn.theory.ode import merge_modes, ode_risk
+from clipdyn.theory.problem import Problem, check_problem
 from clipdyn.theory.schedules import PiecewiseConstant
 
 Array = jax.Array
@@ -108,6 +108,12 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     """``R(t)`` at ``points`` times in ``[0, T]`` for a batch of schedules, by one vmapped ODE solve.
 
     Args:
+        problem: the problem.
+        schedules: ``C`` schedules of one kind batched by
+            :func:`clipdyn.runs.sweep.stack_schedules`: every parameter with the leading axis ``C``.
+        T: the horizon, finite and ``> 0``.
+        points: output times ``linspace(0, T, points)``, an integer in ``[2, 1e6]``.
+        rtol: the ODE's relative tolerance, in ``[1e-14, 0.1]`` (absolute: ``rtol * 1e-3``).
         rules: ``None`` (the paper's C-SGD), one :class:`clipdyn.theory.rules.ClipRule` for every
             schedule, or a batched rule (leading axis ``C``, see
             :func:`clipdyn.theory.rules.stack_rules`).
@@ -116,18 +122,13 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
         ``(risk (C, points), status (C,))``; diverged runs have ``nan`` risk and status 1.
     """
     check_problem(problem)
-    validation.schedule(schedules, "schedules")
+    validation.single("T", T, what="one horizon")
     validation.positive("T", T, bounded=False)
-    points = validation.integer("points", points, 2)
+    points = validation.integer("points", points, 2, high=validation.MAX_POINTS)
     validation.rtol(rtol)
     core, _, _ = merge_modes(problem)
     t_out = jnp.linspace(0.0, float(T), points)
-    leaves = jax.tree.leaves(schedules)
-    if not leaves or jnp.ndim(leaves[0]) < 1:
-        raise ValueError(f"ode_final_risks takes a batch of schedules (leading axis C: "
-                         f"stack_schedules([...]) or array parameters); got one "
-                         f"{type(schedules).__name__} with scalar parameters (solve_ode solves one)")
-    n_cfg = leaves[0].shape[0]
+    n_cfg = validation.schedule_batch(schedules, "ode_final_risks", "solve_ode solves one")
     batched = rules is not None and jnp.ndim(jnp.asarray(rules.dp_noise)) == 1 and n_cfg > 0
 
     # Group rules (batch, micro) evaluate their factors by Laplace inversion, whose intermediate
@@ -222,6 +223,8 @@ def optimize_lr_schedule(problem: Problem, T: float, *, clip: float = math.inf, 
         steps: Adam steps.
         learning_rate: Adam's step size on ``p``.
         eta_max: upper bound of the learning rate.
+        rtol: the ODE's relative tolerance, in ``[1e-14, 0.1]`` (its absolute tolerance is
+            ``rtol * 1e-3``).
 
     Returns:
         :class:`LRSchedule` with the best schedule seen, its ``R(T)`` and the history of ``R(T)``
