@@ -97,7 +97,7 @@ def cast_floats(tree, dtype):
                              f"{big:g} is beyond {np.dtype(dtype).name}'s range (largest "
                              f"{float(np.finfo(dtype).max):.3g}); run in float64 (precision 64, "
                              "--precision 64)")
-        return to_device(a, dtype)
+        return to_device(narrow)
 
     return jax.tree_util.tree_map_with_path(cast, tree)
 

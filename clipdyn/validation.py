@@ -460,6 +460,9 @@ _LAW_NEEDS = ("or your own law: a pytree (clipdyn.pytrees.frozen_pytree) with sa
 # A mixture's E eps^2 and the law's second_moment (used at c = inf) must agree this closely: a
 # law whose two disagreed had nu_abs jump from 1.2 at c = 1e6 to 4.2 at c = inf.
 LAW_MOMENT_RTOL = 1e-6
+# A user's mixture weights must sum to 1 this closely (a discretised law's quadrature weights,
+# summed in float32, are off by ~1e-7; clipdyn's own mixtures are held to WEIGHTS_TOL = 1e-9).
+LAW_WEIGHTS_TOL = 1e-6
 
 
 def noise_law(value, name: str = "noise"):
@@ -480,7 +483,8 @@ def noise_law(value, name: str = "noise"):
 
 def _user_law(law, name: str) -> None:
     """A user's law, checked where its values are concrete: a pytree; ``gaussian_mixture()``
-    with finite weights ``>= 0`` summing to 1 (within 1e-6), finite means and variances ``>= 0``,
+    with finite weights ``>= 0`` summing to 1 (within :data:`LAW_WEIGHTS_TOL`), finite means and
+    variances ``>= 0``,
     whose ``E eps^2`` equals ``second_moment`` where that is finite (within
     :data:`LAW_MOMENT_RTOL`); ``sample`` honouring ``shape`` and ``dtype``.
 
@@ -505,9 +509,9 @@ def _user_law(law, name: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         total = float(np.sum(w))
         moment = float(np.sum(w * (m * m + v)))
-    if not (np.all(np.isfinite(w) & (w >= 0)) and abs(total - 1.0) <= 1e-6):
+    if not (np.all(np.isfinite(w) & (w >= 0)) and abs(total - 1.0) <= LAW_WEIGHTS_TOL):
         raise ValueError(f"{what}: gaussian_mixture()'s weights must be finite, >= 0 and sum to 1 "
-                         f"(within 1e-6); they sum to {total:.10g}"
+                         f"(within {number_text(LAW_WEIGHTS_TOL)}); they sum to {total:.10g}"
                          f"{'' if np.all(w >= 0) else ', and some are negative'}")
     if not np.all(np.isfinite(m) & np.isfinite(v) & (v >= 0)):
         raise ValueError(f"{what}: gaussian_mixture()'s means must be finite and its variances "
@@ -516,7 +520,7 @@ def _user_law(law, name: str) -> None:
     if np.isfinite(second) and not abs(second - moment) <= LAW_MOMENT_RTOL * max(abs(second), moment):
         raise ValueError(f"{what}: second_moment={second:.10g} disagrees with its "
                          f"gaussian_mixture()'s E eps^2 = sum_j p_j (m_j^2 + s_j^2) = {moment:.10g}; "
-                         f"they must agree within {LAW_MOMENT_RTOL:g} relative (second_moment is "
+                         f"they must agree within {number_text(LAW_MOMENT_RTOL)} relative (second_moment is "
                          "used at c = inf, the mixture at finite c)")
     if np.isnan(second):
         raise ValueError(f"{what}: second_moment is nan; it must be E eps^2 (inf where it does not exist)")

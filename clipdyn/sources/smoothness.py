@@ -369,8 +369,7 @@ def run_gd(fn, x0: ArrayLike, rule: StepRule, eps: float, max_iter: int,
     if dims != x0.shape:  # it would broadcast: a 1-D function run on a 2-D point
         raise ValueError(f"run_gd: x0 of shape {x0.shape} does not match the function's "
                          f"{dims[0]} dimension(s)")
-    if not isinstance(stop_on_increase, (bool, np.bool_)):
-        raise ValueError(f"run_gd: stop_on_increase must be True or False; {validation.got(stop_on_increase)}")
+    stop_on_increase = validation.flag("stop_on_increase", stop_on_increase, owner="run_gd")
     check_value("run_gd", "eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
     max_iter = validation.integer("max_iter", max_iter, 1, high=2**31 - 1, owner="run_gd")
     if not isinstance(rule, StepRule):
