@@ -314,6 +314,20 @@ def test_a_folder_emptied_by_a_finished_run_of_the_same_sweep_is_not_a_takeover(
     np.testing.assert_array_equal(res.risk, want.risk)
     np.testing.assert_array_equal(results.load_results(out)[0]["risk"], want.risk)
     assert not (tmp_path / "sw.npz.partial").exists()
+    # A different sweep that finished meanwhile also empties the folder: its results are not
+    # replaced (the check at the start is made again before saving).
+    other = tmp_path / "other.npz"
+    _sweep(scheds=_scheds(eta=0.5), out=other)
+    out.unlink(), out.with_suffix(".json").unlink()
+
+    def different_sweep_finishes():
+        shutil.rmtree(tmp_path / "sw.npz.partial")
+        shutil.copy(other, out), shutil.copy(other.with_suffix(".json"), out.with_suffix(".json"))
+
+    runner_calls.update(hook=different_sweep_finishes, hook_at=1, n=0)
+    with pytest.raises(ValueError, match=r"already holds the results of a different sweep"):
+        _sweep(out=out)
+    assert out.read_bytes() == other.read_bytes()
 
 
 def test_two_sweeps_on_one_out_never_mix_their_chunks(tmp_path, runner_calls):

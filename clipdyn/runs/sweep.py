@@ -533,8 +533,10 @@ def run_sweep(
         store = ChunkStore(Path(f"{out}.partial"), stamp)
         # On the writer process only (clipdyn.runs.distributed); a refusal reaches every process. The
         # caller's entries are not the identity, but they name best what differs (the options).
-        distributed.on_writer(check_overwrite, out, full_config["fingerprints"]["sweep"], overwrite,
-                              {**extra, **identity})
+        def check_out():
+            check_overwrite(out, full_config["fingerprints"]["sweep"], overwrite, {**extra, **identity})
+
+        distributed.on_writer(check_out)
         distributed.on_writer(store.open, overwrite)
 
     n_points = len(steps)
@@ -600,6 +602,9 @@ def run_sweep(
         arrays.update({f"schedule_{k}": np.asarray(v) for k, v in _schedule_arrays(schedules).items()})
 
         def save():  # on the writer process only; the others return once it is saved
+            # Again: another sweep may have finished on this --out while this one ran (its chunk
+            # folder then reads as emptied, which ChunkStore.save lets this sweep go on from).
+            check_out()
             save_results(out, arrays, full_config, precision=f"float{precision}",
                          prng_impl=full_config["prng_impl"])
             store.remove()
