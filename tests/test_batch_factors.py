@@ -242,6 +242,65 @@ def test_empirical_matches_multinomial_noncentral_chi_square(R, c):
     _assert_factors(_functionals(law, R, A, n), _atoms_reference(EMPIRICAL, R, A, n), n, REL, (R, c))
 
 
+# Atoms far apart in |m| / s: narrow peaks in the law of S that 8192 cosine terms do not resolve
+# at small R (eq. (18a)); the default then follows cos_terms_needed.
+SPREAD_ATOMS = [0.0, 0.4, 8.0]
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("c", [0.1, 1.0])
+def test_spread_atoms_resolved_at_small_risk(n, c):
+    # Measured: 4e-13 with the terms cos_terms_needed picks (65536, 131072); with the old fixed
+    # 8192 the same functionals were off by 1.4e-5 to 1.5e-2, which the second check keeps
+    # visible (the case must need the larger expansion, or the first check proves nothing).
+    R = 1e-4
+    law = cd.Empirical(np.array(SPREAD_ATOMS))
+    A = (c * n) ** 2
+    want = _atoms_reference(SPREAD_ATOMS, R, A, n)
+    assert bf.cos_terms_needed(law, R, n) > bf.DEFAULT_COS_TERMS
+    _assert_factors(_functionals(law, R, A, n), want, n, REL, (n, c))
+    coarse = np.array([float(v) for v in bf.group_functionals(law, R, A, n,
+                                                              cos_terms=bf.DEFAULT_COS_TERMS)])
+    assert np.max(np.abs(coarse / want - 1)) > 1e-6
+
+
+def test_cos_terms_needed_grows_as_risk_falls_and_refuses_beyond_the_cap():
+    law = cd.Empirical(np.array(SPREAD_ATOMS))
+    needs = [bf.cos_terms_needed(law, R, 4) for R in (1e-2, 1e-3, 1e-4, 1e-5)]
+    assert needs == sorted(needs) and needs[0] == bf.DEFAULT_COS_TERMS and needs[-1] > needs[0]
+    assert all(k & (k - 1) == 0 for k in needs)  # powers of two: one program per size
+    # an array of risks needs what its smallest does
+    assert bf.cos_terms_needed(law, np.array([1e-2, 1e-5]), 4) == needs[-1]
+    # laws without shifted components, and single residuals, never need more
+    assert bf.cos_terms_needed(cd.StudentT(3.0, 1.0), 1e-9, 8) == bf.DEFAULT_COS_TERMS
+    assert bf.cos_terms_needed(law, 1e-9, 1) == bf.DEFAULT_COS_TERMS
+    with pytest.raises(ValueError, match=r"n=4 at R=1e-07 need about .* cosine terms, more than "
+                                         r"MAX_COS_TERMS=1048576"):
+        bf.cos_terms_needed(law, 1e-7, 4)
+    with pytest.raises(ValueError, match="need about"):
+        bf.group_factors(law, 1e-7, 0.1, 4)
+    # an explicit cos_terms is the caller's choice: no refusal
+    assert np.isfinite(float(bf.group_factors(law, 1e-7, 0.1, 4, cos_terms=8192)[0]))
+
+
+def test_chunked_cos_series_equals_one_piece():
+    # 3 x 8192 + 5 terms in chunks against the same length evaluated at once (the chunking only
+    # reorders a sum: rounding-level differences).
+    law = cd.Empirical(np.array(SPREAD_ATOMS))
+    rep = law.gaussian_mixture()
+    R, A, n, terms = 1e-3, 1.0, 4, 3 * bf.DEFAULT_COS_TERMS + 5
+    s2 = 2 * R + rep.variances
+    split = bf._split(rep.weights, rep.means, s2, n)
+    got = np.array(bf._cos_functionals(rep, s2, n, split, jnp.asarray(A), terms))
+    saved = bf.DEFAULT_COS_TERMS
+    try:
+        bf.DEFAULT_COS_TERMS = terms  # one chunk
+        whole = np.array(bf._cos_functionals(rep, s2, n, split, jnp.asarray(A), terms))
+    finally:
+        bf.DEFAULT_COS_TERMS = saved
+    np.testing.assert_allclose(got, whole, rtol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("R", [1e-3, 0.01, 0.1, 1.0])
 def test_empirical_n8_matches_multinomial_noncentral_chi_square(R):

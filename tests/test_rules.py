@@ -286,3 +286,34 @@ def test_tables_at_several_thresholds_match_exact_factors():
             approx = jax.vmap(lambda r: table_rule.ode_factors(law, r, c))(R)
             np.testing.assert_allclose(approx.mu, exact.mu, rtol=3e-5)
             np.testing.assert_allclose(approx.nu, exact.nu, rtol=3e-5)
+
+
+def test_group_rules_take_the_cosine_terms_their_lowest_risk_needs():
+    # Atoms far apart (theory/clip_rules.md, eq. (18a)): where the factors are traced (the ODE,
+    # C-HSGD, the criteria) the rule carries its cosine terms; resolved() raises them to what
+    # batch_factors.cos_terms_needed asks at the lowest risk, and solve_ode does so with the
+    # lowest risk it reached, solving again when that needed more.
+    from clipdyn.theory import batch_factors as bf
+    from clipdyn.theory import ode
+
+    law = cd.Empirical(np.array([0.0, 0.4, 8.0]))
+    rule = rules.batch_mean(4)
+    need = bf.cos_terms_needed(law, 1e-4, 4)
+    assert need > bf.DEFAULT_COS_TERMS
+    assert rules.resolved(rule, law, 1e-4).cos_terms == need
+    assert rules.resolved(rule, law, 0.1) is rule  # the default suffices there
+    assert rules.resolved(rules.micro_batch(8, 2), law, 1e-4).cos_terms == bf.cos_terms_needed(law, 1e-4, 2)
+    assert rules.resolved(rules.per_sample(4), law, 1e-6) == rules.per_sample(4)
+    assert rules.resolved(rule, cd.StudentT(3.0, 1.0), 1e-6) is rule
+    more = rules.ClipRule("batch", 4, 4, cos_terms=2 * need)
+    assert rules.resolved(more, law, 1e-4) is more  # never lowered
+    with pytest.raises(ValueError, match=r"clip rule: cos_terms=8 is not allowed"):
+        rules.ClipRule("batch", 4, 4, cos_terms=8)
+    # solve_ode's check after a solve: the lowest finite risk decides
+    risk = np.array([1.0, 1e-2, 1e-4, np.nan])
+    assert ode._resolved_rule(rule, law, risk).cos_terms == need
+    assert ode._resolved_rule(rule, law, np.array([1.0, 0.5])) is rule
+    with pytest.raises(ValueError, match=r"solve_ode: the risk fell to R=1e-07, where group factors"):
+        ode._resolved_rule(rule, law, np.array([1.0, 1e-7]))
+    # rules with different terms are different programs
+    assert rules.static_signature(more) != rules.static_signature(rule)

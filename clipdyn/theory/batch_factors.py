@@ -22,7 +22,9 @@ over the noise law's Gaussian mixture (``s_j^2 = 2R + v_j``). clipdyn inverts it
   low-``q`` class and a high-``q`` class; terms of delay ``D <= 20`` are inverted by Talbot
   (error below 1e-12 there; 1e-7 at ``D = 40``), the others by a cosine (COS) expansion of their density on a
   bounded interval (Fang and Oosterlee 2008), which is exact for atoms smoothed by the Gaussian
-  part and needs the term's mass near ``S = 0`` to be negligible (it is ``~exp(-D)``).
+  part and needs the term's mass near ``S = 0`` to be negligible (it is ``~exp(-D)``), and enough
+  terms to resolve its narrowest near-atom: :func:`cos_terms_needed` (eq. (18a)), which the public
+  functions apply wherever ``R`` is concrete.
 
 **Pre-clip noise.** With ``g_b + K sqrt(Tr K / d) zeta_b`` clipped per sample the clip scale is
 ``min(1, c / sqrt(w^2 + K^2))`` and the factors are one-dimensional expectations over ``w``
@@ -60,7 +62,7 @@ from clipdyn.theory.noise import Gaussian, NoiseLaw
 Array = jax.Array
 
 __all__ = ["GroupFunctionals", "group_functionals", "group_factors", "preclip_factors",
-           "DEFAULT_COS_TERMS"]
+           "cos_terms_needed", "DEFAULT_COS_TERMS", "MAX_COS_TERMS"]
 
 # ---- numerical constants (theory/clip_rules.md, section 5) -------------------------------------
 
@@ -68,7 +70,10 @@ _TALBOT_N = 24  # fixed-Talbot nodes: truncation ~ e^(-1.4 N), rounding ~ e^(2N/
 _TALBOT_MAX_DELAY = 20.0  # largest delay D = sum q / 2 handed to Talbot (eq. (16))
 _LOG_CAP = 300.0  # cap on log|L| of discarded terms, far above any Talbot-route term (~ D)
 _V_NODES = 48  # Gauss-Legendre nodes in v for int_0^1 L(p v^4) 2 v dv
-DEFAULT_COS_TERMS = 8192  # cosine terms of the COS expansion (eq. (17))
+DEFAULT_COS_TERMS = 8192  # cosine terms of the COS expansion (eq. (17)), also its chunk length
+MAX_COS_TERMS = 2**20
+"""The most cosine terms clipdyn uses (the cost grows with them: about 1 s an evaluation at 200
+components). A law that needs more at the asked risk is refused (theory/clip_rules.md, eq. (18a))."""
 MAX_GROUP = 2**14
 """The largest group (residuals clipped together) whose factors are computed. Checked to 3e-12
 for Gaussian noise at 16384 (against scipy's chi-square) and for Student-t up to 1.6e4 against
@@ -221,6 +226,30 @@ def _split(weights: Array, means: Array, s2: Array, n: int) -> _Split:
     return _Split(low, talbot, coef, mass_t, mass_c, lo, hi)
 
 
+def _cos_resolution(rep, s2: Array, n: int, split: _Split) -> Array:
+    """Cosine terms the COS route needs to resolve its narrowest near-atom (eq. (18a)).
+
+    A residual from component ``j`` puts its square within about ``width_j = 2 |m_j| s_j + s_j^2``
+    (the standard deviation of ``w^2``, up to a constant) of ``m_j^2``; a product of residuals is
+    at least as smooth as its smoothest factor, so term ``k`` of the split is resolved on
+    ``[lo, hi]`` once ``u_K = K pi / (hi - lo)`` passes ``pi / width`` of the widest class it
+    holds, with a margin of 3. Zero when no mass takes the COS route.
+    """
+    dtype = s2.dtype
+    m = jnp.abs(rep.means)
+    s = jnp.sqrt(s2)
+    width = 2.0 * m * s + s2
+    big = jnp.asarray(jnp.inf, dtype)
+    present = rep.weights > 0
+    w_low = jnp.min(jnp.where(present & split.in_low, width, big))
+    w_high = jnp.min(jnp.where(present & ~split.in_low, width, big))
+    k = jnp.arange(n + 1)
+    term_width = jnp.maximum(jnp.where(k >= 1, w_high, 0.0), jnp.where(k < n, w_low, 0.0))
+    use = ~split.talbot & (split.coef > 0)
+    need = 3.0 * (split.hi - split.lo) / jnp.where(use, term_width, big)
+    return jnp.where(split.mass_cos > 0, jnp.max(jnp.where(use, need, 0.0)), 0.0)
+
+
 # ---- the route transforms -----------------------------------------------------------------------
 
 def _route_transforms(rep, s2: Array, n: int, split: _Split | None, p: Array):
@@ -292,32 +321,46 @@ def _talbot_functionals(rep, s2, n, split, A, mass, s_ref):
 # ---- COS expansion (eq. (17)) --------------------------------------------------------------------
 
 def _cos_functionals(rep, s2, n, split, A, terms):
-    """The COS route's ``(P(S <= A), E[min(1, sqrt(A/S))], E[min(S, A)])``."""
+    """The COS route's ``(P(S <= A), E[min(1, sqrt(A/S))], E[min(S, A)])``.
+
+    The series is summed in chunks of ``DEFAULT_COS_TERMS`` terms, so that its memory (terms x
+    mixture components x ``n + 1`` complex numbers) stays that of the default length.
+    """
     dtype = s2.dtype
     cdtype = _complex(dtype)
     lo, hi = split.lo, split.hi
     width = hi - lo
-    k = jnp.arange(terms, dtype=dtype)
-    u = k * (math.pi / width)
-    _, phi = _route_transforms(rep, s2, n, split, -1j * u.astype(cdtype))
-    coef = (2.0 / width) * jnp.real(phi * jnp.exp(-1j * (u * lo).astype(cdtype)))
-    coef = coef.at[0].multiply(0.5)
     x = jnp.clip(A, lo, hi)
     y = x - lo
-    u1 = jnp.where(k > 0, u, 1.0)
-    cdf = jnp.sum(coef * jnp.where(k > 0, jnp.sin(u * y) / u1, y))
-    int_cdf = jnp.sum(coef * jnp.where(k > 0, (1.0 - jnp.cos(u * y)) / (u1 * u1), 0.5 * y * y))
+
+    def chunk(k):
+        u = k * (math.pi / width)
+        _, phi = _route_transforms(rep, s2, n, split, -1j * u.astype(cdtype))
+        coef = (2.0 / width) * jnp.real(phi * jnp.exp(-1j * (u * lo).astype(cdtype)))
+        coef = jnp.where(k == 0, 0.5 * coef, jnp.where(k < terms, coef, 0.0))
+        u1 = jnp.where(k > 0, u, 1.0)
+        cdf = jnp.sum(coef * jnp.where(k > 0, jnp.sin(u * y) / u1, y))
+        int_cdf = jnp.sum(coef * jnp.where(k > 0, (1.0 - jnp.cos(u * y)) / (u1 * u1), 0.5 * y * y))
+        # int_x^hi s^(-1/2) cos(u (s - lo)) ds by Fresnel integrals (t = sqrt(s)).
+        scale = jnp.sqrt(2.0 * u1 / math.pi)
+        s_hi, c_hi = fresnel(scale * jnp.sqrt(hi))
+        s_x, c_x = fresnel(scale * jnp.sqrt(x))
+        re = (c_hi - c_x) * jnp.cos(u * lo) + (s_hi - s_x) * jnp.sin(u * lo)
+        tail = jnp.where(k > 0, 2.0 * re / scale, 2.0 * (jnp.sqrt(hi) - jnp.sqrt(x)))
+        return jnp.stack([cdf, int_cdf, jnp.sum(coef * tail)])
+
+    size = min(terms, DEFAULT_COS_TERMS)
+    count = -(-terms // size)
+    if count == 1:
+        cdf, int_cdf, tail_sum = chunk(jnp.arange(terms, dtype=dtype))
+    else:  # whole chunks; the indices past the last term are dropped in chunk()
+        ks = jnp.arange(count * size, dtype=dtype).reshape(count, size)
+        cdf, int_cdf, tail_sum = jnp.sum(jax.lax.map(chunk, ks), axis=0)
     # E[min(S, A)] = A mass - int_lo^A F; above hi, F = mass, so the (A - hi) mass terms cancel
     # exactly: drop them rather than subtract two numbers of size A (a relative error of
     # A eps / E[S], 1e-5 at c = 1e4).
     clipped_sq = jnp.minimum(A, hi) * split.mass_cos - int_cdf
-    # int_x^hi s^(-1/2) cos(u (s - lo)) ds by Fresnel integrals (t = sqrt(s)).
-    scale = jnp.sqrt(2.0 * u1 / math.pi)
-    s_hi, c_hi = fresnel(scale * jnp.sqrt(hi))
-    s_x, c_x = fresnel(scale * jnp.sqrt(x))
-    re = (c_hi - c_x) * jnp.cos(u * lo) + (s_hi - s_x) * jnp.sin(u * lo)
-    tail = jnp.where(k > 0, 2.0 * re / scale, 2.0 * (jnp.sqrt(hi) - jnp.sqrt(x)))
-    clip_mean = cdf + jnp.sqrt(A) * jnp.sum(coef * tail)
+    clip_mean = cdf + jnp.sqrt(A) * tail_sum
     return cdf, clip_mean, clipped_sq
 
 
@@ -393,13 +436,81 @@ def _group_jit(noise, R, c, n, terms):
         *jnp.broadcast_arrays(R, c))
 
 
-def _check_terms(terms) -> int:
-    return validation.integer("cos_terms", terms, 16)
+def _check_terms(terms) -> int | None:
+    if terms is None:
+        return None
+    return validation.integer("cos_terms", terms, 16, high=MAX_COS_TERMS)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _resolution_jit(noise, R, n):
+    def one(r):
+        rep = noise.gaussian_mixture()
+        s2 = 2.0 * r.astype(rep.variances.dtype) + rep.variances
+        return _cos_resolution(rep, s2, n, _split(rep.weights, rep.means, s2, n))
+
+    return jnp.vectorize(one)(R)
+
+
+@uses_x64
+def cos_terms_needed(noise: NoiseLaw, R: ArrayLike, n: int) -> int:
+    """The cosine terms that resolve the COS route for groups of ``n`` at every risk in ``R``.
+
+    Laws with shifted components whose atoms lie far apart (in ``|m_j| / s_j``) put narrow peaks
+    into the law of ``S``; at small ``R`` the default ``DEFAULT_COS_TERMS`` no longer resolve them
+    (equal atoms at 0, 0.4 and 8 in groups of 4: ``mu`` 0.45 % low at ``R = 1e-5``). This is the
+    bound (18a) of theory/clip_rules.md rounded up to a power of two, and never less than the
+    default; the group functions use it whenever they are called with concrete values.
+
+    Args:
+        noise: a noise law.
+        R: the risks, ``> 0`` (concrete).
+        n: the group size, an integer ``>= 1``.
+
+    Returns:
+        A power of two in ``[DEFAULT_COS_TERMS, MAX_COS_TERMS]``.
+
+    Raises:
+        ValueError: where more than ``MAX_COS_TERMS`` would be needed (the law is beyond the
+            method at these risks), or for bad input.
+
+    Example:
+        >>> from clipdyn.theory import batch_factors
+        >>> from clipdyn.theory.noise import Empirical
+        >>> law = Empirical([0.0, 0.4, 8.0])
+        >>> batch_factors.cos_terms_needed(law, 1e-2, 4), batch_factors.cos_terms_needed(law, 1e-5, 4)
+        (8192, 262144)
+    """
+    validation.noise_law(noise)
+    n = validation.integer("n", n, 1, high=MAX_GROUP)
+    validation.positive("R", R)
+    if not validation.is_concrete(R):
+        raise ValueError("cos_terms_needed: R must be concrete, not a traced value")
+    if n == 1 or isinstance(noise, Gaussian) or noise.gaussian_mixture().means is None:
+        return DEFAULT_COS_TERMS
+    need = float(np.max(np.asarray(_resolution_jit(noise, jnp.asarray(R, float), n))))
+    if not need <= MAX_COS_TERMS:
+        r_min = float(np.min(np.asarray(R, float)))
+        raise ValueError(
+            f"group factors of {type(noise).__name__} noise in groups of n={n} at R={r_min:g} "
+            f"need about {need:.3g} cosine terms, more than MAX_COS_TERMS={MAX_COS_TERMS}: the "
+            "law's atoms lie too far apart (in |m| / s) for the COS expansion at this risk "
+            "(theory/clip_rules.md, eq. (18a)); ask at a larger R, or give the atoms some variance")
+    return max(DEFAULT_COS_TERMS, 1 << max(0, math.ceil(math.log2(max(need, 1.0)))))
+
+
+def _terms_for(noise, R, n, terms) -> int:
+    """``cos_terms`` as given, else what ``R`` needs where it is concrete, else the default."""
+    if terms is not None:
+        return terms
+    if validation.is_concrete(R) and all(map(validation.is_concrete, jax.tree_util.tree_leaves(noise))):
+        return cos_terms_needed(noise, R, n)
+    return DEFAULT_COS_TERMS
 
 
 @uses_x64
 def group_functionals(noise: NoiseLaw, R: ArrayLike, A: ArrayLike, n: int, *,
-                      cos_terms: int = DEFAULT_COS_TERMS) -> GroupFunctionals:
+                      cos_terms: int | None = None) -> GroupFunctionals:
     """The law of ``S = sum_{b<=n} w_b^2`` through three functionals at level ``A``.
 
     Args:
@@ -407,7 +518,9 @@ def group_functionals(noise: NoiseLaw, R: ArrayLike, A: ArrayLike, n: int, *,
         R: risk, ``> 0``.
         A: level, ``> 0`` (the group rule uses ``A = c^2 n^2``).
         n: residuals in the group, an integer ``>= 1`` (static).
-        cos_terms: cosine terms of the COS expansion (static; see the module doc).
+        cos_terms: cosine terms of the COS expansion (static; see the module doc). ``None``
+            (default): :func:`cos_terms_needed` at ``R`` where ``R`` and the law are concrete,
+            ``DEFAULT_COS_TERMS`` where they are traced.
 
     Returns:
         :class:`GroupFunctionals` ``(P(S <= A), E[min(1, sqrt(A/S))], E[min(S, A)])``, each of
@@ -421,6 +534,7 @@ def group_functionals(noise: NoiseLaw, R: ArrayLike, A: ArrayLike, n: int, *,
     terms = _check_terms(cos_terms)
     validation.positive("R", R)
     validation.positive("A", A)
+    terms = _terms_for(noise, R, n, terms)
 
     return GroupFunctionals(*_functionals_jit(noise, jnp.asarray(R, float), jnp.asarray(A, float),
                                               n, terms))
@@ -428,7 +542,7 @@ def group_functionals(noise: NoiseLaw, R: ArrayLike, A: ArrayLike, n: int, *,
 
 @uses_x64
 def group_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, n: int, *,
-                  cos_terms: int = DEFAULT_COS_TERMS) -> tuple[Array, Array]:
+                  cos_terms: int | None = None) -> tuple[Array, Array]:
     """Descent factor ``mu_n`` and clipped second moment ``nu_n`` of one clipped group mean.
 
     ``n = 1`` is per-sample clipping (today's ``mu`` and ``nu_abs``, computed by
@@ -441,13 +555,17 @@ def group_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, n: int, *,
         c: threshold, ``>= 0``; ``inf`` is unclipped (``mu = 1``, ``nu = (2R + sigma^2) / n``),
             ``0`` gives ``mu = nu = 0``.
         n: group size, an integer ``>= 1`` (static).
-        cos_terms: cosine terms of the COS expansion used for shifted noise components (static).
+        cos_terms: cosine terms of the COS expansion used for shifted noise components
+            (static). ``None`` (default): :func:`cos_terms_needed` at ``R`` where ``R`` and the
+            law are concrete, ``DEFAULT_COS_TERMS`` where they are traced (pass a rule's
+            ``cos_terms`` there, see :func:`clipdyn.theory.rules.resolved`).
 
     Returns:
         ``(mu, nu)``, each of the broadcast shape of ``R`` and ``c``.
 
     Raises:
-        ValueError: for a bad law, or a bad concrete ``R``, ``c``, ``n`` or ``cos_terms``.
+        ValueError: for a bad law, or a bad concrete ``R``, ``c``, ``n`` or ``cos_terms``, or a
+            law beyond the COS expansion at the concrete ``R`` (:func:`cos_terms_needed`).
 
     References:
         theory/clip_rules.md, eqs. (5), (6), (12)-(18).
@@ -458,6 +576,7 @@ def group_factors(noise: NoiseLaw, R: ArrayLike, c: ArrayLike, n: int, *,
     validation.positive("R", R)
     validation.threshold("c", c)
     validation.broadcastable(R=R, c=c)
+    terms = _terms_for(noise, R, n, terms)
     return _group_jit(noise, jnp.asarray(R, float), jnp.asarray(c, float), n, terms)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.theory import factors, schedules
+from clipdyn.theory import factors, rules, schedules
 from clipdyn.theory.problem import Problem, check_problem
 
 Array = jax.Array
@@ -296,6 +296,21 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
     return core, np.ravel(index), moving
 
 
+def _resolved_rule(rule, noise, risk):
+    """``rule`` with the cosine terms its traced group factors need down to the lowest risk the
+    solve reached (:func:`clipdyn.theory.rules.resolved`); ``rule`` itself when it has them."""
+    if rule is None or rule.table is not None or rule.kind not in ("batch", "micro"):
+        return rule
+    r = np.asarray(risk, float)
+    r = r[np.isfinite(r) & (r > 0)]
+    if r.size == 0:
+        return rule
+    try:
+        return rules.resolved(rule, noise, float(r.min()))
+    except ValueError as e:
+        raise ValueError(f"solve_ode: the risk fell to R={float(r.min()):.6g}, where {e}") from None
+
+
 @uses_x64
 def solve_ode(
     problem: Problem,
@@ -379,10 +394,15 @@ def solve_ode(
         f"solve_ode (d = {d}, {points} output times{', with the modes' if return_modes else ''})")
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
-    risk, modes, status, t_end, n, nrej = ode_risk(
-        core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
-        return_modes, rule,
-    )
+    for _ in range(3):
+        risk, modes, status, t_end, n, nrej = ode_risk(
+            core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
+            return_modes, rule,
+        )
+        finer = _resolved_rule(rule, problem.noise, risk)
+        if finer is rule:
+            break
+        rule = finer  # the risk went where the group factors need more cosine terms: again
     status = int(status)
     if status == 4:
         raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a schedule's learning "

@@ -49,6 +49,7 @@ from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import frozen_pytree, stack
 from clipdyn.theory import factors
+from clipdyn.theory import batch_factors
 from clipdyn.theory.batch_factors import MAX_GROUP
 from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
@@ -57,7 +58,7 @@ Array = jax.Array
 
 __all__ = ["ClipRule", "RuleFactors", "clip_scale", "per_sample", "batch_mean", "micro_batch",
            "index_thresholds", "RULE_KINDS", "default_rule", "stack_rules", "static_signature",
-           "FactorTable", "tabulate"]
+           "FactorTable", "tabulate", "resolved"]
 
 RULE_KINDS = ("per-sample", "batch", "micro", "index")
 
@@ -106,6 +107,10 @@ class ClipRule:
         table: a :class:`FactorTable` of the rule's factors at one threshold (see
             :func:`tabulate`), used by the ODE instead of evaluating them; ``None`` (default)
             evaluates them exactly.
+        cos_terms: the cosine terms of the group factors' COS expansion where they are traced
+            (static; ``None``: ``batch_factors.DEFAULT_COS_TERMS``). :func:`resolved` sets it
+            to what a law needs down to a risk; ``solve_ode`` and :func:`tabulate` do so
+            themselves.
     """
 
     kind: str = _static("per-sample")
@@ -117,6 +122,7 @@ class ClipRule:
     use_dp: bool = _static(False)
     use_preclip: bool = _static(False)
     table: object = None
+    cos_terms: object = _static(None)
 
     def __post_init__(self):
         if self.kind not in RULE_KINDS:
@@ -145,6 +151,9 @@ class ClipRule:
                     "finite, >= 0 and <= 1e100")
         check_value("clip rule", "preclip_noise", self.preclip_noise,
                     lambda a: (a >= 0) & (a <= limit), "finite, >= 0 and <= 1e100")
+        if self.cos_terms is not None:
+            validation.integer("cos_terms", self.cos_terms, 16, high=batch_factors.MAX_COS_TERMS,
+                               owner="clip rule")
         if self.use_preclip and self.kind not in ("per-sample", "index"):
             raise ValueError(f"pre-clip noise is not allowed with the {self.kind} rule; it is "
                              "defined for per-sample and index clipping only")
@@ -248,8 +257,6 @@ class ClipRule:
         if self.kind in ("per-sample", "index"):
             c = jnp.asarray(c, float)
             if self.use_preclip:
-                from clipdyn.theory import batch_factors
-
                 K = jnp.asarray(self.preclip_noise, float)
 
                 def one(cc):
@@ -267,9 +274,8 @@ class ClipRule:
                 nu_ = nu_ if B == 1 else nu_ / B
                 iso_d = iso / B
         else:
-            from clipdyn.theory import batch_factors
-
-            mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size)
+            terms = batch_factors.DEFAULT_COS_TERMS if self.cos_terms is None else self.cos_terms
+            mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size, cos_terms=terms)
             nu_ = nu_g / (B // self.size)
             iso_d = zero
         return RuleFactors(mu_, nu_, iso_d, self._dp_term(c) + zero)
@@ -368,7 +374,7 @@ def tabulate(rule: ClipRule, noise: NoiseLaw, c, *, R_min: float = 1e-8, R_max: 
     n = int(math.ceil(per_decade * math.log10(R_max / R_min))) + 1
     with x64():
         log_R = jnp.linspace(math.log(R_min), math.log(R_max), n)
-        plain = dataclasses.replace(rule, table=None)
+        plain = resolved(dataclasses.replace(rule, table=None), noise, R_min)
         vals, slopes = _factor_grid(plain, noise, jnp.asarray(c), log_R)
         table = FactorTable(jnp.asarray(c), log_R, vals[:, 0], vals[:, 1], vals[:, 2],
                             slopes[:, 0], slopes[:, 1], slopes[:, 2])
@@ -444,7 +450,28 @@ def index_thresholds(batch: int, beta, *, dp_noise=None, preclip_noise=None) -> 
 
 def static_signature(rule: ClipRule) -> tuple:
     """What must agree between the rules of one compiled program (array shapes and branches)."""
-    return (rule.kind, rule.batch, rule.size, rule.use_dp, rule.use_preclip)
+    return (rule.kind, rule.batch, rule.size, rule.use_dp, rule.use_preclip, rule.cos_terms)
+
+
+def resolved(rule: ClipRule, noise: NoiseLaw, R_min) -> ClipRule:
+    """``rule`` with the cosine terms its group factors need under ``noise`` down to ``R_min``.
+
+    Group rules (``batch``, ``micro``) under laws with shifted components (atoms, two-point and
+    asymmetric mixtures) need more terms of the COS expansion as ``R`` falls
+    (:func:`clipdyn.theory.batch_factors.cos_terms_needed`); where their factors are traced (the
+    ODE, C-HSGD, the criteria) the rule's ``cos_terms`` is used. Other rules and laws come back
+    unchanged, and a rule is never lowered.
+
+    Raises:
+        ValueError: where the law needs more than ``batch_factors.MAX_COS_TERMS`` at ``R_min``.
+    """
+    if not isinstance(rule, ClipRule):
+        raise ValueError(f"resolved: rule must be a clipdyn clipping rule; {validation.got(rule)}")
+    if rule.kind not in ("batch", "micro") or rule.size == 1:
+        return rule
+    need = batch_factors.cos_terms_needed(noise, R_min, rule.size)
+    have = batch_factors.DEFAULT_COS_TERMS if rule.cos_terms is None else rule.cos_terms
+    return rule if need <= have else dataclasses.replace(rule, cos_terms=need)
 
 
 @uses_x64
