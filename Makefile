@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The fast suite (< 10 minutes on 2 cores); statistical and long runs are marked `slow`.
+# The fast suite (5-8 minutes on 2 quiet cores, up to 14 on a busy machine); statistical and long runs are marked `slow`.
 # Tests go to the two workers one at a time (xdist's default). `--dist loadfile`, which keeps a
 # file's tests in one process so that they share compiled programs, was tried on 2026-11-22: 536 s
 # once, then 1135 s from a fresh clone, with 22 CPU-minutes in 19 minutes of wall-clock time (a

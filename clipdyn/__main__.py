@@ -1,7 +1,5 @@
 """``python -m clipdyn ...`` is the ``clipdyn`` command (for environments without its script)."""
 
-import sys
+from clipdyn.cli import run
 
-from clipdyn.cli import main
-
-sys.exit(main())
+run()

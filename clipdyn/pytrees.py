@@ -42,8 +42,30 @@ def frozen_pytree(cls):
 
     Returns:
         The frozen dataclass, registered.
+
+    Raises:
+        TypeError: for a class already made a dataclass that is not frozen (a pytree's fields
+            must not change under JAX). One already made a frozen dataclass is taken as it is
+            (applying ``dataclass`` twice failed with "Cannot overwrite attribute __setattr__").
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from clipdyn.pytrees import frozen_pytree
+        >>> @frozen_pytree
+        ... class Halving:  # a schedule: eta halves at t = 1, threshold 0.5
+        ...     eta: float = 1.0
+        ...     def __call__(self, t, R):
+        ...         return jnp.where(t < 1.0, self.eta, 0.5 * self.eta), jnp.asarray(0.5)
+        >>> Halving(2.0)(1.5, 0.3)[0]
+        Array(1., dtype=float32, weak_type=True)
     """
-    cls = dataclasses.dataclass(frozen=True)(cls)
+    own = cls.__dict__.get("__dataclass_params__")
+    if own is not None and "__dataclass_fields__" in cls.__dict__:
+        if not own.frozen:
+            raise TypeError(f"frozen_pytree: {cls.__name__} is already a dataclass that is not "
+                            "frozen; drop its @dataclass (frozen_pytree makes it a frozen one)")
+    else:
+        cls = dataclasses.dataclass(frozen=True)(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     data = tuple(f.name for f in fields if not f.metadata.get("static", False))
     meta = tuple(f.name for f in fields if f.metadata.get("static", False))

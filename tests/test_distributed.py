@@ -127,7 +127,8 @@ def _on_free_port(tmp: Path, tag: str, commands, env, wait_for_all: bool) -> dic
                    "--init-timeout", "60"]
         res = _launch(commands(cluster, logs), env, logs, wait_for_all=wait_for_all)
         res["logs"] = logs
-        if res["codes"][0] != 0 and "Failed to add port" in res["err"][0]:
+        if res["codes"][0] != 0 and ("Failed to add port" in res["err"][0]
+                                     or "is not free" in res["err"][0]):
             continue  # someone took the port between our probe and the coordinator's bind
         return res
     pytest.fail("could not find a free port for the coordinator in 3 tries")
@@ -209,20 +210,27 @@ def test_two_processes_equal_one_and_resume_after_either_is_killed(tmp_path):
     print(f"\n2-process test: {elapsed:.1f} s wall for 1 + 3 x 2 processes")
 
 
-@pytest.mark.parametrize("differ", ["T", "devices"])
+@pytest.mark.parametrize("differ", ["T", "devices", "missing file"])
 def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path, differ):
     # Each process computes its share from its own options and the writer saves every share
     # under its own: different --T (or --clip) saved T=30 numbers labelled T=3, and different
     # --seeds left both processes waiting on each other; different local device counts failed
     # with "cannot reshape array of size 3 into shape (2,1)". Now every process stops with exit 2.
+    # A spectrum file missing on the writer's host: the writer failed before the agreement
+    # check and the other process waited for it inside JAX for the init timeout (300 s by
+    # default), then failed naming the backend; now both stop at once.
     Ts = ["1", "2"] if differ == "T" else ["1", "1"]
-    envs = [_env(2), _env(2)] if differ == "T" else [_env(1), _env(2)]
+    envs = [_env(1), _env(2)] if differ == "devices" else [_env(2), _env(2)]
     at = SWEEP.index("--T") + 1
+    spectra = ["power-law:d=64,alpha=0.5"] * 2
+    if differ == "missing file":
+        np.save(tmp_path / "lam.npy", np.linspace(1.0, 0.1, 64))
+        spectra = [f"file:{tmp_path / 'absent.npy'}", f"file:{tmp_path / 'lam.npy'}"]
 
     def commands(cluster, logs):
-        return [[sys.executable, "-m", "clipdyn.cli", "sweep", *SWEEP[:at], T, *SWEEP[at + 1:],
-                 "--out", str(tmp_path / "mix.npz"), *cluster, "--process-id", str(i)]
-                for i, T in enumerate(Ts)]
+        return [[sys.executable, "-m", "clipdyn.cli", "sweep", "--spectrum", spec, *SWEEP[2:at], T,
+                 *SWEEP[at + 1:], "--out", str(tmp_path / "mix.npz"), *cluster, "--process-id", str(i)]
+                for i, (T, spec) in enumerate(zip(Ts, spectra))]
 
     res = _on_free_port(tmp_path, "mix", commands, envs, wait_for_all=True)
     detail = "\n".join(e[-3000:] for e in res["err"])
@@ -231,10 +239,14 @@ def test_processes_given_different_sweeps_all_refuse_before_computing(tmp_path, 
         for err in res["err"]:
             assert "clipdyn: error: the processes were not given the same sweep: process(es) [1] differ" in err
         assert "differs in: T (1.0 on process 0, 2.0 here)" in res["err"][1], res["err"][1][-2000:]
-    else:
+    elif differ == "devices":
         for err in res["err"]:
             assert ("clipdyn: error: the processes have different numbers of local devices (process 0: "
                     "1, process 1: 2)") in err, err[-2000:]
+    else:
+        assert "clipdyn: error: spectrum file" in res["err"][0] and "absent.npy" in res["err"][0]
+        assert ("clipdyn: error: process(es) [0] stopped with an error before the sweep began"
+                in res["err"][1]), res["err"][1][-2000:]
     assert not (tmp_path / "mix.npz").exists() and not (tmp_path / "mix.npz.partial").exists()
 
 
@@ -250,6 +262,13 @@ BASE = ["sweep", "--spectrum", "identity:d=8", "--noise", "gaussian:sigma=1", "-
     (["--coordinator", "h:0", "--num-processes", "2", "--process-id", "0"], "port=0 is not allowed; port must be an integer >= 1 and <= 65535"),
     (["--coordinator", "h:65536", "--num-processes", "2", "--process-id", "0"], "<= 65535"),
     (["--coordinator", "h:port", "--num-processes", "2", "--process-id", "0"], "port: 'port' is not a number"),
+    (["--coordinator", "h:1234:5", "--num-processes", "2", "--process-id", "0"], "HOST must be a host name"),
+    (["--coordinator", "256.1.1.1:1234", "--num-processes", "2", "--process-id", "0"], "HOST must be"),
+    (["--coordinator", "a b:1234", "--num-processes", "2", "--process-id", "0"], "HOST must be"),
+    (["--coordinator", "::1:1234", "--num-processes", "1", "--process-id", "0"], "IPv6 address in brackets"),
+    (["--coordinator", "h:1234", "--num-processes", "99999999999", "--process-id", "0"], "<= 2147483647"),
+    (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "0",
+      "--heartbeat-timeout", "2147483648"], "--heartbeat-timeout=2147483648"),
     (["--coordinator", "h:1234", "--num-processes", "0", "--process-id", "0"], "--num-processes=0"),
     (["--coordinator", "h:1234", "--num-processes", "1.5", "--process-id", "0"], "--num-processes=1.5"),
     (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"], "0..1"),
@@ -319,3 +338,21 @@ def test_single_process_helpers_are_plain():
     with pytest.raises(OSError):
         distributed.on_writer(open, "/nonexistent/dir/file")
     distributed.barrier("noop")
+
+
+def test_coordinator_port_in_use_is_refused_before_joining(tmp_path):
+    # Something already listens on the port (another sweep's coordinator): JAX failed to start
+    # its service and crashed with SIGSEGV in 5 of 8 runs, and a second sweep on a running
+    # sweep's port made that one abort. Process 0 now probes the port and refuses it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "clipdyn.cli", *BASE, "--coordinator",
+                              f"127.0.0.1:{port}", "--num-processes", "1", "--process-id", "0"],
+                             env=_env(1), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clipdyn: error: --coordinator: port {port} on "
+                                                   "127.0.0.1 is not free"), lines
+    assert not (tmp_path / "never-written.npz").exists()

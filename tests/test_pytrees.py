@@ -131,3 +131,27 @@ def test_time_estimate_is_not_fooled_by_blocks_or_warm_up(monkeypatch, hiccup):
     else:
         assert per_step == pytest.approx(1e-4, rel=0.05)
     assert all(n % 224 == 0 for n in calls) and max(calls) <= 25_000  # a quarter of the run
+
+
+def test_frozen_pytree_takes_a_frozen_dataclass_and_refuses_a_mutable_one():
+    # "@frozen_pytree @dataclass(frozen=True)" is the natural way to write a user's law or
+    # schedule; it failed with "Cannot overwrite attribute __setattr__" from dataclasses.
+    import dataclasses
+
+    import jax
+    import pytest
+
+    from clipdyn.pytrees import frozen_pytree
+
+    @frozen_pytree
+    @dataclasses.dataclass(frozen=True)
+    class Twice:
+        x: float = 1.0
+
+    leaves, tree = jax.tree_util.tree_flatten(Twice(2.0))
+    assert leaves == [2.0] and jax.tree_util.tree_unflatten(tree, [3.0]) == Twice(3.0)
+    with pytest.raises(TypeError, match="Mutable is already a dataclass that is not frozen"):
+        @frozen_pytree
+        @dataclasses.dataclass
+        class Mutable:
+            x: float = 1.0

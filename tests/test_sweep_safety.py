@@ -390,6 +390,24 @@ def test_chunks_of_another_chunk_size_are_refused_with_the_reason(tmp_path, runn
     np.testing.assert_array_equal(res.risk, _sweep().risk)
 
 
+def test_block_engine_chunks_record_their_device_count(tmp_path, runner_calls):
+    # The block engine's last bits depend on the per-device batch: its chunks are stamped with
+    # the device count, so a sweep resumed on another count (a 2 x 2 multi-process sweep resumed
+    # by one process on one device mixed both layouts) is refused, naming it. The step engine's
+    # numbers do not depend on it and its chunks resume across layouts.
+    out = tmp_path / "sw.npz"
+    _interrupted(out, runner_calls, fail_at=3, engine="block")
+    stamp = json.loads((tmp_path / "sw.npz.partial" / "fingerprint").read_text())
+    assert stamp["layout"] == {"chunk_size": 2, "devices": 1}
+    step = tmp_path / "step.npz"
+    _interrupted(step, runner_calls, fail_at=3, engine="step")
+    assert json.loads((tmp_path / "step.npz.partial" / "fingerprint").read_text())["layout"] == {"chunk_size": 2}
+    tampered = dict(stamp, layout={"chunk_size": 2, "devices": 4})
+    (tmp_path / "sw.npz.partial" / "fingerprint").write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match=r"devices \(4 there, 1 here\)"):
+        _sweep(out=out, engine="block")
+
+
 # Item 5: Ctrl-C keeps the finished chunks and says so.
 
 def test_keyboard_interrupt_says_what_is_kept(tmp_path, runner_calls):

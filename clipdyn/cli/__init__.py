@@ -59,10 +59,15 @@ def run() -> None:
 
     After Ctrl-C the process leaves at once (``os._exit``, streams flushed): a JAX computation
     interrupted in flight keeps running on XLA's threads, and tearing the runtime down under it
-    at interpreter exit crashed with SIGSEGV (status 139) instead of 130. Whatever must survive
-    an interruption (a sweep's finished chunks) is already on disk by then.
+    at interpreter exit crashed with SIGSEGV (status 139) instead of 130, and in a multi-process
+    sweep JAX's shutdown at exit waited for the other processes up to the shutdown timeout (300 s)
+    and then aborted with 134. Whatever must survive an interruption (a sweep's finished chunks) is
+    already on disk by then.
     """
-    code = main()
+    try:
+        code = main()
+    except SystemExit as stop:  # a command's own Ctrl-C handler (sweep: what was kept) ends so
+        code = stop.code
     if code == 130:
         import os
 

@@ -1,5 +1,5 @@
-import sys
+"""``python -m clipdyn.cli ...`` is the ``clipdyn`` command too."""
 
-from clipdyn.cli import main
+from clipdyn.cli import run
 
-sys.exit(main())
+run()

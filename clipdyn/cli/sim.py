@@ -293,7 +293,7 @@ def cmd_validate(args) -> None:
             out["t"], out["ode"], out["sim_mean"], out["sim_stderr"], out["alive"], out["rel_gap"])]
         note = f"\n# {report['note']}" if report["note"] else ""
         last = (f"max_rel_gap {out['max_rel_gap']:.6g}" if out["max_rel_gap"] is not None
-                else "max_rel_gap none (no gap to report: the runs diverged)")
+                else "max_rel_gap none (no gap to report: something diverged at once)")
         return (format_table(["t", "ode", "sim_mean", "sim_stderr", "alive", "rel_gap"], rows)
                 + f"\nd_int {out['d_int']:.6g}{note}\n{last}")
 

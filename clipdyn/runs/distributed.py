@@ -45,6 +45,8 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,6 +59,8 @@ from clipdyn import validation
 __all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", "is_writer",
            "global_devices", "barrier", "to_host", "broadcast_bytes", "check_agreement", "on_writer",
            "add_cli_options", "cluster_from_args", "DEFAULT_TIMEOUTS"]
+
+_MAX_C_INT = 2**31 - 1  # JAX's runtime takes counts and timeouts as C ints (2^31 gave a TypeError)
 
 #: JAX's defaults (seconds) for the connection, heartbeat and shutdown timeouts.
 DEFAULT_TIMEOUTS = {"init_timeout": 300, "heartbeat_timeout": 100, "shutdown_timeout": 300}
@@ -79,7 +83,52 @@ def parse_coordinator(text: str) -> tuple[str, int]:
     host, sep, port = str(text).strip().rpartition(":")
     if not sep or not host or host in ("[", "[]"):
         raise ValueError(f"--coordinator={text} is not allowed; give HOST:PORT, e.g. 10.0.0.1:1234")
-    return host, _integer(port, "port", 1, 65535, owner=f"--coordinator={text}")
+    port = _integer(port, "port", 1, 65535, owner=f"--coordinator={text}")
+    if not _valid_host(host):
+        # JAX took malformed hosts (h:1234:5, 256.1.1.1, "a b", an IPv6 address without
+        # brackets) and failed after its init timeout with a 14-line abort, or crashed (SIGSEGV)
+        raise ValueError(f"--coordinator={text} is not allowed; HOST must be a host name, an IPv4 "
+                         "address or an IPv6 address in brackets ([::1]:1234)")
+    return host, port
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if all(label.isdigit() for label in labels):  # dotted numbers: an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+            return True
+        except ValueError:
+            return False
+    return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+def _check_port_free(host: str, port: int, loopback: bool) -> None:
+    """Refuse a coordinator port something already listens on (process 0 only).
+
+    JAX then failed to start its service and, in 5 of 8 runs, crashed with SIGSEGV; a second
+    sweep started on a running sweep's port joined it and made it abort.
+    """
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    address = host.strip("[]") if loopback else ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    if host == "localhost":
+        address = "127.0.0.1"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+        try:
+            probe.bind((address, port))
+        except OSError as err:
+            raise ValueError(f"--coordinator: port {port} on {address} is not free ({err.strerror}); "
+                             "another program (another sweep's coordinator?) uses it: give every "
+                             "multi-process run its own port") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -133,7 +182,7 @@ class Cluster:
                 raise ValueError("give all of --coordinator HOST:PORT, --num-processes N and "
                                  "--process-id I (or --distributed to read them from the cluster)")
             parse_coordinator(self.coordinator)
-            n = _integer(self.num_processes, "--num-processes", 1)
+            n = _integer(self.num_processes, "--num-processes", 1, _MAX_C_INT)
             i = _integer(self.process_id, "--process-id", 0)
             if i >= n:
                 raise ValueError(f"--process-id={self.process_id} is not allowed; it must be an "
@@ -142,7 +191,7 @@ class Cluster:
             object.__setattr__(self, "process_id", i)
         for name in DEFAULT_TIMEOUTS:
             flag = "--" + name.replace("_", "-")
-            object.__setattr__(self, name, _integer(getattr(self, name), flag, 1))
+            object.__setattr__(self, name, _integer(getattr(self, name), flag, 1, _MAX_C_INT))
 
     def kwargs(self) -> dict:
         """Keyword arguments for ``jax.distributed.initialize``."""
@@ -171,6 +220,9 @@ def initialize(cluster: Cluster) -> None:
         raise ValueError(f"cluster must be a Cluster; got {type(cluster).__name__}")
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not cluster.auto and cluster.process_id == 0:
+        host, port = parse_coordinator(cluster.coordinator)
+        _check_port_free(host, port, _is_loopback(host))
     try:
         jax.distributed.initialize(**cluster.kwargs())
     except ValueError as err:
@@ -202,7 +254,17 @@ def session(cluster: Cluster | None):
         return
     with _native_stdout_to_stderr():
         initialize(cluster)
-        yield
+        _STATE["agreed"] = False
+        try:
+            yield
+        except Exception:
+            # A process that fails on its own options or files before the agreement check (a
+            # spectrum file missing on one host) left the others waiting for it inside JAX for
+            # the init or shutdown timeout (2-5 minutes), then failing with a message about the
+            # backend. It takes part in the check instead, as failed, so all stop at once.
+            if not _STATE["agreed"]:
+                check_agreement(_FAILED)
+            raise
         shutdown()
 
 
@@ -303,6 +365,12 @@ def _flat(entries: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Whether this process has been through check_agreement since it joined: an error before that
+# point is announced to the others (session), who would otherwise wait for it inside JAX.
+_STATE = {"agreed": True}
+_FAILED = object()
+
+
 def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
     """Refuse, on every process, to go on unless every process was given the same ``entries``.
 
@@ -335,12 +403,21 @@ def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
         shown = ", ".join(f"process {i}: {n}" for i, n in sorted(counts.items()))
         raise ValueError(f"the processes have different numbers of local devices ({shown}); a {what} "
                          "shards over them evenly, so give every process the same number")
-    mine = {k: _entry_text(v) for k, v in _flat(entries).items()}
+    failed = entries is _FAILED
+    mine = {"failed": "yes"} if failed else {k: _entry_text(v) for k, v in _flat(entries).items()}
     writer = json.loads(broadcast_bytes(json.dumps(mine, sort_keys=True).encode()).decode())
     differs = [f"{k} ({writer.get(k)} on process 0, {v} here)" for k, v in mine.items()
                if writer.get(k) != v]
-    flags = np.asarray(multihost_utils.process_allgather(np.asarray([int(bool(differs))], np.int32)))
-    bad = [int(i) for i in np.flatnonzero(flags.reshape(-1))]
+    flag = 2 if failed else int(bool(differs) or "failed" in writer)
+    flags = np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).reshape(-1)
+    _STATE["agreed"] = True
+    stopped = [int(i) for i in np.flatnonzero(flags == 2)]
+    if failed:
+        return
+    if stopped:
+        raise ValueError(f"process(es) {stopped} stopped with an error before the {what} began (see "
+                         "their own message); nothing was computed")
+    bad = [int(i) for i in np.flatnonzero(flags)]
     if not bad:
         return
     detail = (f"this process (process {jax.process_index()}) differs in: {', '.join(differs)}"

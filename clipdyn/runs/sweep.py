@@ -526,7 +526,11 @@ def run_sweep(
     store = None
     if out is not None:
         out, _ = results_paths(validation.output_path(out, "out"))
-        stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": {"chunk_size": chunk},
+        # The block engine's last bits depend on the per-device batch (README: the same numbers
+        # for the same layout): chunks of another device count are not resumed into its results
+        # (a 2 x 2 sweep resumed on 1 device mixed both layouts, 3e-7 apart, under one sidecar).
+        layout = {"chunk_size": chunk, **({"devices": n_dev} if engine == "block" else {})}
+        stamp = {"sweep": full_config["fingerprints"]["sweep"], "layout": layout,
                  "code": code,
                  "config": {k: v for k, v in full_config.items() if k not in ("fingerprints", "chunk_size")},
                  "parts": parts}
