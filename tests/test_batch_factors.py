@@ -284,7 +284,7 @@ def test_cos_terms_needed_grows_as_risk_falls_and_refuses_beyond_the_cap():
 
 
 def test_chunked_cos_series_equals_one_piece():
-    # 3 x 8192 + 5 terms in chunks against the same length evaluated at once (the chunking only
+    # 3 x 8192 + 5 terms in chunks (bf._COS_CHUNK) against the same length evaluated at once (the chunking only
     # reorders a sum: rounding-level differences).
     law = cd.Empirical(np.array(SPREAD_ATOMS))
     rep = law.gaussian_mixture()
@@ -292,12 +292,12 @@ def test_chunked_cos_series_equals_one_piece():
     s2 = 2 * R + rep.variances
     split = bf._split(rep.weights, rep.means, s2, n)
     got = np.array(bf._cos_functionals(rep, s2, n, split, jnp.asarray(A), terms))
-    saved = bf.DEFAULT_COS_TERMS
+    saved = bf._COS_CHUNK
     try:
-        bf.DEFAULT_COS_TERMS = terms  # one chunk
+        bf._COS_CHUNK = terms  # one chunk
         whole = np.array(bf._cos_functionals(rep, s2, n, split, jnp.asarray(A), terms))
     finally:
-        bf.DEFAULT_COS_TERMS = saved
+        bf._COS_CHUNK = saved
     np.testing.assert_allclose(got, whole, rtol=1e-12)
 
 

@@ -299,7 +299,7 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
 def _resolved_rule(rule, noise, risk):
     """``rule`` with the cosine terms its traced group factors need down to the lowest risk the
     solve reached (:func:`clipdyn.theory.rules.resolved`); ``rule`` itself when it has them."""
-    if rule is None or rule.table is not None or rule.kind not in ("batch", "micro"):
+    if rule is None or rule.table is not None:  # a table's accuracy is its own
         return rule
     r = np.asarray(risk, float)
     r = r[np.isfinite(r) & (r > 0)]
@@ -394,7 +394,7 @@ def solve_ode(
         f"solve_ode (d = {d}, {points} output times{', with the modes' if return_modes else ''})")
     core, index, moving = merge_modes(problem)
     t_out = jnp.asarray(t_out) if times is not None else jnp.linspace(0.0, float(T), int(points))
-    for _ in range(3):
+    while True:  # ends: each repeat doubles the rule's cosine terms at least, up to their cap
         risk, modes, status, t_end, n, nrej = ode_risk(
             core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
             return_modes, rule,

@@ -48,8 +48,7 @@ from jax.typing import ArrayLike
 from clipdyn import validation
 from clipdyn.precision import uses_x64
 from clipdyn.pytrees import frozen_pytree, stack
-from clipdyn.theory import factors
-from clipdyn.theory import batch_factors
+from clipdyn.theory import batch_factors, factors
 from clipdyn.theory.batch_factors import MAX_GROUP
 from clipdyn.theory.noise import NoiseLaw
 from clipdyn.validation import check_value
@@ -108,7 +107,7 @@ class ClipRule:
             :func:`tabulate`), used by the ODE instead of evaluating them; ``None`` (default)
             evaluates them exactly.
         cos_terms: the cosine terms of the group factors' COS expansion where they are traced
-            (static; ``None``: ``batch_factors.DEFAULT_COS_TERMS``). :func:`resolved` sets it
+            (static; default ``batch_factors.DEFAULT_COS_TERMS``). :func:`resolved` raises it
             to what a law needs down to a risk; ``solve_ode`` and :func:`tabulate` do so
             themselves.
     """
@@ -122,7 +121,7 @@ class ClipRule:
     use_dp: bool = _static(False)
     use_preclip: bool = _static(False)
     table: object = None
-    cos_terms: object = _static(None)
+    cos_terms: int = _static(batch_factors.DEFAULT_COS_TERMS)
 
     def __post_init__(self):
         if self.kind not in RULE_KINDS:
@@ -151,9 +150,8 @@ class ClipRule:
                     "finite, >= 0 and <= 1e100")
         check_value("clip rule", "preclip_noise", self.preclip_noise,
                     lambda a: (a >= 0) & (a <= limit), "finite, >= 0 and <= 1e100")
-        if self.cos_terms is not None:
-            validation.integer("cos_terms", self.cos_terms, 16, high=batch_factors.MAX_COS_TERMS,
-                               owner="clip rule")
+        validation.integer("cos_terms", self.cos_terms, 16, high=batch_factors.MAX_COS_TERMS,
+                           owner="clip rule")
         if self.use_preclip and self.kind not in ("per-sample", "index"):
             raise ValueError(f"pre-clip noise is not allowed with the {self.kind} rule; it is "
                              "defined for per-sample and index clipping only")
@@ -274,8 +272,7 @@ class ClipRule:
                 nu_ = nu_ if B == 1 else nu_ / B
                 iso_d = iso / B
         else:
-            terms = batch_factors.DEFAULT_COS_TERMS if self.cos_terms is None else self.cos_terms
-            mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size, cos_terms=terms)
+            mu_, nu_g = batch_factors.group_factors(noise, R, c, self.size, cos_terms=self.cos_terms)
             nu_ = nu_g / (B // self.size)
             iso_d = zero
         return RuleFactors(mu_, nu_, iso_d, self._dp_term(c) + zero)
@@ -470,8 +467,7 @@ def resolved(rule: ClipRule, noise: NoiseLaw, R_min) -> ClipRule:
     if rule.kind not in ("batch", "micro") or rule.size == 1:
         return rule
     need = batch_factors.cos_terms_needed(noise, R_min, rule.size)
-    have = batch_factors.DEFAULT_COS_TERMS if rule.cos_terms is None else rule.cos_terms
-    return rule if need <= have else dataclasses.replace(rule, cos_terms=need)
+    return rule if need <= rule.cos_terms else dataclasses.replace(rule, cos_terms=need)
 
 
 @uses_x64
