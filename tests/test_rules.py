@@ -311,9 +311,35 @@ def test_group_rules_take_the_cosine_terms_their_lowest_risk_needs():
         rules.ClipRule("batch", 4, 4, cos_terms=8)
     # solve_ode's check after a solve: the lowest finite risk decides
     risk = np.array([1.0, 1e-2, 1e-4, np.nan])
-    assert ode._resolved_rule(rule, law, risk).cos_terms == need
-    assert ode._resolved_rule(rule, law, np.array([1.0, 0.5])) is rule
+    assert ode.resolved_rule(rule, law, risk).cos_terms == need
+    assert ode.resolved_rule(rule, law, np.array([1.0, 0.5])) is rule
     with pytest.raises(ValueError, match=r"solve_ode: the risk fell to R=1e-07, where group factors"):
-        ode._resolved_rule(rule, law, np.array([1.0, 1e-7]))
+        ode.resolved_rule(rule, law, np.array([1.0, 1e-7]))
     # rules with different terms are different programs
     assert rules.static_signature(more) != rules.static_signature(rule)
+
+
+@pytest.mark.slow  # two compilations of a group rule's ODE: 20-60 s
+def test_ode_final_risks_solves_again_where_the_risk_needs_more_cosine_terms(monkeypatch):
+    # The criteria (stability bisection, learning-rate searches) trace the rule's factors through
+    # ode_final_risks, which, like solve_ode, solves again with the rule resolved at the lowest
+    # risk it reached. The law here needs no more than the default; cos_terms_needed is made to
+    # ask for twice that below R = 0.5, so that the repeat is cheap (float64, x64 ODE at rtol 1e-8).
+    from clipdyn.theory import batch_factors as bf
+    from clipdyn.theory import tuning
+
+    law = cd.Empirical(np.array([0.0, 0.4, 8.0]))
+    monkeypatch.setattr(bf, "cos_terms_needed", lambda noise, R, n: (
+        2 * bf.DEFAULT_COS_TERMS if float(np.min(R)) < 0.5 else bf.DEFAULT_COS_TERMS))
+    seen = []
+    solve = tuning._final_risks
+    monkeypatch.setattr(tuning, "_final_risks",
+                        lambda core, noise, s, r, *a: seen.append(r.cos_terms) or solve(core, noise, s, r, *a))
+    prob = make_problem(np.ones(4), law)
+    schedules = constant(np.array([0.5, 0.05]), np.array([1.0, 1.0]))
+    risk, status = tuning.ode_final_risks(prob, schedules, 3.0, rules=rules.batch_mean(4))
+    assert seen == [bf.DEFAULT_COS_TERMS, 2 * bf.DEFAULT_COS_TERMS]
+    assert np.all(status == 0) and risk[0, -1] < 0.5  # the fast run went below, the slow one not
+    finer = rules.ClipRule("batch", 4, 4, cos_terms=2 * bf.DEFAULT_COS_TERMS)
+    np.testing.assert_array_equal(risk, tuning.ode_final_risks(prob, schedules, 3.0, rules=finer)[0])
+    assert seen[-1] == 2 * bf.DEFAULT_COS_TERMS and len(seen) == 3  # enough already: solved once

@@ -296,9 +296,14 @@ def merge_modes(problem: Problem) -> tuple[_Core, np.ndarray, np.ndarray]:
     return core, np.ravel(index), moving
 
 
-def _resolved_rule(rule, noise, risk):
-    """``rule`` with the cosine terms its traced group factors need down to the lowest risk the
-    solve reached (:func:`clipdyn.theory.rules.resolved`); ``rule`` itself when it has them."""
+def resolved_rule(rule, noise, risk, who: str = "solve_ode"):
+    """``rule`` with the cosine terms its traced group factors need down to the lowest risk a
+    solve reached (:func:`clipdyn.theory.rules.resolved`); ``rule`` itself when it has them.
+
+    The solvers that trace a rule's factors (:func:`solve_ode`,
+    :func:`clipdyn.theory.tuning.ode_final_risks`) solve again with the rule this returns until it
+    comes back unchanged. ``who`` names the solver in the error raised where the law is beyond
+    the COS expansion at that risk."""
     if rule is None or rule.table is not None:  # a table's accuracy is its own
         return rule
     r = np.asarray(risk, float)
@@ -308,7 +313,7 @@ def _resolved_rule(rule, noise, risk):
     try:
         return rules.resolved(rule, noise, float(r.min()))
     except ValueError as e:
-        raise ValueError(f"solve_ode: the risk fell to R={float(r.min()):.6g}, where {e}") from None
+        raise ValueError(f"{who}: the risk fell to R={float(r.min()):.6g}, where {e}") from None
 
 
 @uses_x64
@@ -399,7 +404,7 @@ def solve_ode(
             core, problem.noise, schedule, t_out, rtol, atol, int(max_steps), divergence_factor,
             return_modes, rule,
         )
-        finer = _resolved_rule(rule, problem.noise, risk)
+        finer = resolved_rule(rule, problem.noise, risk)
         if finer is rule:
             break
         rule = finer  # the risk went where the group factors need more cosine terms: again

@@ -28,7 +28,7 @@ import optax
 
 from clipdyn import validation
 from clipdyn.precision import uses_x64
-from clipdyn.theory.ode import merge_modes, ode_risk
+from clipdyn.theory.ode import merge_modes, ode_risk, resolved_rule
 from clipdyn.theory.problem import Problem, check_problem
 from clipdyn.theory.schedules import PiecewiseConstant
 
@@ -135,9 +135,13 @@ def ode_final_risks(problem: Problem, schedules, T: float, points: int = 2, rtol
     # arrays are large: solve a few configurations at a time instead of all at once.
     group = rules is not None and rules.kind in ("batch", "micro") and not rules.plain and rules.table is None
     size = min(n_cfg, 4) if group else n_cfg
-    risk, status = _final_risks(core, problem.noise, schedules, rules, t_out, float(rtol), batched,
-                                size)
-    return np.asarray(risk), np.asarray(status)
+    while True:  # ends: each repeat doubles the rule's cosine terms at least, up to their cap
+        risk, status = _final_risks(core, problem.noise, schedules, rules, t_out, float(rtol),
+                                    batched, size)
+        finer = resolved_rule(rules, problem.noise, risk, "ode_final_risks")
+        if finer is rules:
+            return np.asarray(risk), np.asarray(status)
+        rules = finer  # the risk went where the group factors need more cosine terms: again
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "batched", "size"))
