@@ -9,6 +9,7 @@ import argparse
 import jax
 import matplotlib
 import numpy as np
+from out_path import check_out
 
 matplotlib.use("Agg")  # figures are files; plot scripts import this module before pyplot
 # These programs compute in float64 (the studies jit clipdyn's factors themselves); switching
@@ -24,6 +25,7 @@ def parse(doc, default_out, sizes):
     ap.add_argument("--out", default=default_out)
     ap.add_argument("--size", default="default", choices=list(sizes))
     args = ap.parse_args()
+    check_out(ap, args.out)
     return args, sizes[args.size]
 
 

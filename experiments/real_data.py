@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipdyn.data import load_problem
+from out_path import check_out
 from clipdyn.runs.results import save_results, seed_statistics
 from clipdyn.runs.sweep import run_sweep
 from clipdyn.theory.ode import solve_ode
@@ -50,6 +51,7 @@ def parse():
     ap.add_argument("--data", default="sklearn:name=digits", help="data SPEC (default sklearn:name=digits)")
     ap.add_argument("--features", default=None, help="features SPEC (default: the size's relu:d=D,seed=0)")
     args = ap.parse_args()
+    check_out(ap, args.out)
     return args, dict(SIZES[args.size])
 
 

@@ -312,6 +312,9 @@ def test_tuning_functions_refuse_bad_arguments(problem):
         bisect_max_lr(3, 0.1, 1.0)
     with pytest.raises(ValueError, match="iters=0"):
         bisect_max_lr(lambda e: e < 1, 0.1, 2.0, iters=0)
+    # an infinite end bisected in log space stayed inf, returned as the answer
+    with pytest.raises(ValueError, match=r"bisect_max_lr: hi=inf is not allowed; the bracket's ends must be finite"):
+        bisect_max_lr(lambda e: e < 1, 0.5, math.inf)
     # found by trial-ode: a numpy broadcasting error, an AttributeError, a JAX TypeError
     with pytest.raises(ValueError, match=r"one bool per learning rate, shape \(3,\); it returned shape \(1,\)"):
         bisect_max_lr(lambda e: np.array([True]), 0.1, 10.0, n=3)

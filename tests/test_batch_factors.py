@@ -369,6 +369,29 @@ MC_LAWS = {
     "empirical": (cd.Empirical(np.array(EMPIRICAL)), lambda rng, s: rng.choice(EMPIRICAL, s)),
 }
 
+def test_group_nu_at_thresholds_far_beyond_the_residuals():
+    # At large A = (c n)^2 Talbot's points have p E[S] ~ 1e-10 and m - L(p) cancelled: Student-t(3)
+    # in groups of 8 had nu 10 % low at c = 1e6, and t(2) in pairs at c = 1e12 gave nu = -339.
+    # References (float64): a centred mixture is unclipped to exp(-huge), nu = (2R + sigma^2) / n
+    # (to 1e-10); Student-t(3) loses E[(S - A)_+] ~ n 8 sqrt(3) / (pi sqrt(A)) (its tail
+    # P(|t| > x) ~ 4 sqrt(3) / (pi x^3), next order A^(-3/2)), and its mixture's quadrature
+    # leaves out a 1e-7 relative part of nu at c = 1e7 (noise.StudentT.gaussian_mixture), so
+    # 3e-7 there; measured 5e-12 to 1.6e-7 after the fix.
+    R, n = 1e-4, 8
+    law = cd.GaussianMixture([0.5, 0.5], [0.0, 0.0], [0.1, 3.0])
+    for size in (2, 8):
+        for c in (1e4, 1e6, 1e8):
+            mu, nu = bf.group_factors(law, R, c, size)
+            assert float(nu) == pytest.approx((2 * R + 0.5 * (0.01 + 9.0)) / size, rel=1e-10)
+            assert float(mu) == pytest.approx(1.0, abs=1e-12)
+    t3 = cd.StudentT(3.0, 1.0)
+    for c in (1e3, 1e5, 1e7):
+        A = (c * n) ** 2
+        want = (n * (2 * R + 3.0) - n * 8 * math.sqrt(3) / (math.pi * math.sqrt(A))) / n**2
+        assert float(bf.group_factors(t3, R, c, n)[1]) == pytest.approx(want, rel=3e-7)
+    assert float(bf.group_factors(cd.StudentT(2.0, 1.0), 1e-8, 1e12, 2)[1]) > 0
+
+
 
 @pytest.mark.parametrize("name, n, R, c", [("student-t df=1.5", 4, 0.02, 0.5)] + [
     pytest.param(name, n, R, c, marks=pytest.mark.slow)

@@ -335,6 +335,7 @@ def test_data_sweep_records_the_datasets_risk_not_the_option_text(tmp_path, caps
     meta = results.load_results(tmp_path / "wine")[1]
     assert meta["config"]["R0"] == pytest.approx(load_problem("sklearn:name=wine").R0, rel=1e-12)
     assert meta["config"]["batch"] == [1, 2] and meta["config"]["options"]["batch"] == "1,2"
+    assert meta["config"]["options"]["R0"] is None  # --R0 is refused with --data: not "1"
 
 
 def test_run_sweep_refuses_config_entries_it_records_itself():

@@ -386,6 +386,30 @@ def test_constant_target_and_inputs_refused():
         load_problem(from_arrays(np.ones((5, 2)), np.arange(5.0)))
 
 
+def test_the_problem_is_the_same_whatever_the_blas_thread_count():
+    # The ReLU product, the SVD and the residuals changed in their last bits between one and two
+    # OpenBLAS threads (trial-newuser3), and a sweep's identity hashes them: a resume or a process
+    # with another thread count was refused as a different sweep of unchanged data. The protocol
+    # now runs its BLAS calls on one thread; bit for bit. (On a one-core machine both counts are
+    # one thread and this cannot tell; CI has two cores.)
+    from threadpoolctl import threadpool_limits
+
+    built = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            built.append(load_problem("sklearn:name=digits", "relu:d=400,seed=0", cache=False))
+    one, two = built
+    for name in ("features", "residuals", "e0", "eigvecs"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(one.problem.lam), np.asarray(two.problem.lam))
+
+
+def test_constant_target_and_inputs_refused():
+    with pytest.raises(ValueError, match=r"npz: d\.npz: the regression target is constant"):
+        load_problem(from_arrays(np.random.default_rng(0).standard_normal((5, 2)), np.ones(5),
+                                 name="npz", origin="d.npz"))
+
+
 def test_constant_class_target_refused():
     # Labels 0..3 of 8 classes all fall below n_classes / 2: the target is -1 everywhere. Before,
     # this gave theta* ~ 1e-17 and R0 ~ 1e-33 (rounding) instead of an error.

@@ -127,6 +127,35 @@ def test_student_t_max_ccc_check_value():
     assert abs(float(dccc)) * c_star / best < 1e-5
 
 
+@pytest.mark.parametrize("weights, means, sds, R", [
+    ([0.5, 0.5], [0.0, 0.0], [0.0, 1.0], 1e-10),  # an atom at 0 and N(0, 1)
+    ([0.75, 0.25], [0.0, 5.0], [0.0, 0.0], 1e-10),  # Empirical([0, 0, 0, 5])
+    ([0.999, 0.001], [0.0, 0.0], [1.0, 1e6], 1e-2),  # a rare huge outlier makes scale large
+])
+def test_optimal_threshold_follows_sqrt_2R_for_mass_near_zero(weights, means, sds, R):
+    # c* ~ sqrt(2R) for such laws, far below the scale: the scan used to stop at 1e-4 scale and
+    # returned that end (CCC 11 % and 2 % of the maximum in the first two cases). Reference: scipy
+    # quadrature factors (tests/reference.py, float64, rel 1e-13) maximised over a 400-point log
+    # grid from 1e-9 to 1e5 scale and refined by bounded Brent to 1e-10 in log c. CCC is flat at
+    # its maximum, so c* is compared to 1e-5 (about the square root of the CCC's accuracy) and
+    # the CCC to 1e-9.
+    from scipy import optimize
+
+    law = cd.GaussianMixture(weights, means, sds)
+    log_ratio = lambda lc: (lambda f: -2 * np.log(f[0]) + np.log(f[1]))(
+        ref.atoms_factors(weights, means, sds, R, math.exp(lc)))
+    unit = math.sqrt(2 * R + float(law.scale) ** 2)
+    lcs = np.log(unit) + np.linspace(np.log(1e-9), np.log(1e5), 400)
+    i = int(np.argmin([log_ratio(lc) for lc in lcs]))
+    best = optimize.minimize_scalar(log_ratio, bounds=(lcs[max(i - 1, 0)], lcs[i + 1]),
+                                    method="bounded", options=dict(xatol=1e-10))
+    c_ref = math.exp(best.x)
+    c_star = float(factors.optimal_threshold(law, R))
+    assert c_star == pytest.approx(c_ref, rel=1e-5)
+    assert float(factors.ccc(law, R, c_star)) == pytest.approx(float(factors.ccc(law, R, c_ref)), rel=1e-9)
+    assert c_star < 1e-4 * unit or sds[1] == 1e6  # below the old scan's end (the outlier: scale huge)
+
+
 def test_gaussian_facts():
     law = cd.Gaussian(0.8)
     R = jnp.asarray(np.geomspace(1e-6, 1e3, 19))[:, None]

@@ -112,6 +112,8 @@ def test_schedule_jumps_on_a_stiff_spectrum(make, etas, jumps):
     (TimeVarying(lambda t: 1.0 - t, 1.0), 1.0),   # the learning rate turns negative at t = 1
     (TimeVarying(1.0, lambda t: 0.5 - t), 0.5),   # the threshold at t = 0.5
     (TimeVarying(lambda t: jnp.where(t < 1.5, 1.0, jnp.nan), 1.0), 1.5),
+    # an infinite rate was integrated until the step underflowed (trial-theory3)
+    (TimeVarying(lambda t: jnp.where(t < 0.5, 1.0, jnp.inf), 1.0), 0.5),
 ])
 def test_time_varying_values_below_zero_are_refused(sched, when):
     """A TimeVarying's functions are only run inside the solver: a negative threshold ran as
@@ -302,6 +304,13 @@ def test_fast_problems_are_solved_or_reported_diverged():
     for eta, clip, upper in ((1e6, 1.0, 1e-5), (1e20, math.inf, 1e-30), (1e20, 1.0, 1e-30)):
         res = solve_ode(prob, constant(eta, clip), 1.0, 3)
         assert bool(res.diverged) and 0.0 <= float(res.diverged_at) < upper, (eta, clip)
+    # A jump of the rate from 1 to 3e5-3e6 at t = 0.5 (trial-theory3) stopped with "step size
+    # underflow": the steps reached the floor (1e-13 of t) while the risk raced to the bound
+    # (unclipped, R grows like exp(eta^2 t ...): 1e6 R0 within ln(1e6) / 1e12 ~ 1.4e-11 of the
+    # jump at 1e6). Diverged within 1e-9 of t, the floor's resolution, as jumps of 1e3 and 1e8.
+    for jump in (1e3, 3.16e5, 1e6, 3e6, 1e8):
+        res = solve_ode(prob, PiecewiseConstant([0.5], [1.0, jump]), 1.0, 3)
+        assert bool(res.diverged) and 0.5 <= float(res.diverged_at) < 0.5 + 2e-5, jump
 
 
 def test_divergence_time_is_where_the_risk_crosses_the_bound():

@@ -134,6 +134,24 @@ def test_changed_dataset_fingerprint_refuses_to_mix_chunks(tmp_path, runner_call
         _sweep(prob, out=out, data=_Data("data-B"))
 
 
+def test_same_data_whose_derived_problem_differs_is_refused_and_explained(tmp_path, runner_calls):
+    # The same data fingerprint with a problem that differs in its last bits (another CPU's BLAS):
+    # refused, never mixed, and the refusal says the data are the same (it blamed the data).
+    out = tmp_path / "sw.npz"
+    data = _Data("data-A")
+    prob = make_problem(LAM, cd.Empirical(data.residuals), v0=0.5 * data.e0 ** 2)
+    _interrupted(out, runner_calls, fail_at=3, problem=prob, data=data)
+    nudged = make_problem(LAM, cd.Empirical(np.nextafter(data.residuals, np.inf)), v0=0.5 * data.e0 ** 2)
+    with pytest.raises(ValueError, match=r"differs in: noise law \(its data fingerprint is the same: "
+                                         r"the problem derived from the same data differs in its "
+                                         r"last bits") as info:
+        _sweep(nudged, out=out, data=data)
+    assert str(info.value).count("noise law") == 1
+    with pytest.raises(ValueError, match="data") as info:  # other data: no such remark
+        _sweep(prob, out=out, data=_Data("data-B"))
+    assert "fingerprint is the same" not in str(info.value)
+
+
 # Item 2: results paths, and finished results are never replaced by another sweep silently.
 
 def test_results_paths_keep_other_suffixes(tmp_path):

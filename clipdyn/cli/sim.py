@@ -233,7 +233,9 @@ def _sweep(args) -> None:
     config = {"options": {"spectrum": args.spectrum, "noise": args.noise, "data": args.data,
                           "features": args.features, "eta": args.eta, "clip": args.clip,
                           "clip_rule": args.clip_rule, "batch": args.batch, "dp_noise": args.dp_noise,
-                          "preclip_noise": args.preclip_noise, "R0": r0_text(args)},
+                          "preclip_noise": args.preclip_noise,
+                          # with --data the data set R0 (config R0), and --R0 is refused
+                          "R0": None if args.data is not None else r0_text(args)},
               "configs": all_records}
     res = run_sweep(problem, stack_schedules(all_scheds), _seeds(args), T, points, method=args.method,
                     precision=args.precision, chunk_size=chunk, out=args.out, config=config,

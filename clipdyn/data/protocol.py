@@ -27,11 +27,13 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from clipdyn import validation
 from clipdyn.data import cache as svd_cache
@@ -89,7 +91,8 @@ def parse_features(spec: str | FeatureMap | None) -> FeatureMap:
     if name == "relu":
         p = take_keys(spec, params, ("d",), {"seed": "0"}, what="features")
         return FeatureMap("relu", int_param(spec, "d", p["d"], 1, "features"),
-                          int_param(spec, "seed", p["seed"], 0, "features"))
+                          validation.integer_text("seed", p["seed"], 0, high=2**63 - 1,
+                                                  owner=f"features spec {spec!r}"))
     raise ValueError(f"features spec {spec!r}: unknown features {name!r}; allowed: raw, relu:d=D,seed=S")
 
 
@@ -100,6 +103,22 @@ def rank_cutoff(sing: np.ndarray, shape: tuple[int, int]) -> float:
     return float(np.max(sing, initial=0.0)) * max(shape) * np.finfo(np.float64).eps
 
 
+def _one_blas_thread(fn):
+    """``fn`` run with one BLAS thread (restored after): the protocol's products and SVD change in
+    their last bits with the thread count (OPENBLAS_NUM_THREADS=1 against 2 on digits), and a
+    sweep's identity hashes the derived problem, so a resume or a process of a multi-process
+    sweep under another thread count was refused as "a different sweep" of unchanged data.
+    One thread makes them the same on one kind of CPU; another CPU's BLAS kernels may still
+    differ in the last bits."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_one_blas_thread
 def decompose(X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """The SVD ``X = Q S U^T`` and the minimum-norm least-squares solution (eqs. (3.5)-(3.7)).
 
@@ -141,13 +160,14 @@ def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return keep, scale, mean, np.sqrt(ss / n)
 
 
+@_one_blas_thread
 def feature_matrix(dataset: Dataset, features: FeatureMap) -> tuple[np.ndarray, int]:
     """``(X, n_dropped)``: the ``(N, d)`` float64 feature matrix (eqs. (3.1)-(3.3)) and the number
     of constant input columns dropped."""
     keep, scale, mean, sd = standardisation(dataset.inputs)
     d_in = int(keep.sum())
     if d_in == 0:
-        raise ValueError(f"{dataset.name}: every input column is constant; nothing to learn from")
+        raise ValueError(f"{dataset.where}: every input column is constant; nothing to learn from")
     n = dataset.n
     d = d_in if features.kind == "raw" else features.d
     validation.check_memory(8.0 * (3 * n * d + 4 * d * d + (d_in * d if features.kind == "relu" else 0)),
@@ -169,7 +189,7 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
         y = np.where(dataset.labels >= dataset.n_classes / 2, 1.0, -1.0)
         if np.all(y == y[0]):
             side = "at or above" if y[0] > 0 else "below"
-            raise ValueError(f"{dataset.name}: every class index is {side} n_classes/2 = "
+            raise ValueError(f"{dataset.where}: every class index is {side} n_classes/2 = "
                              f"{dataset.n_classes / 2:g}, so the target is constant {y[0]:+g}; "
                              "nothing to learn")
         return y
@@ -177,7 +197,7 @@ def protocol_target(dataset: Dataset) -> np.ndarray:
     v = v / max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)  # as the inputs: scale-free
     sd = v.std()
     if not sd > 0:
-        raise ValueError(f"{dataset.name}: the regression target is constant; nothing to learn")
+        raise ValueError(f"{dataset.where}: the regression target is constant; nothing to learn")
     return (v - v.mean()) / sd
 
 
@@ -272,7 +292,10 @@ class DataProblem:
         return f"{self.source} features={self.feature_map.describe()}"
 
     def summary(self) -> dict:
-        """The numbers a results file records about the dataset.
+        """The numbers about the dataset that the real-data study records in its results
+        (experiments/real_data.py). A sweep's results (``clipdyn sweep --data``, ``run_sweep``)
+        record the data SPEC, its fingerprint and the problem's content fingerprints instead: this
+        summary names the file's location (``origin``), which a resumed sweep may have moved.
 
         ``row_norm2_*`` describe ``r_j = ||x_j||^2 / Tr K`` (mean exactly 1): the ODE assumes
         ``r_j -> 1`` (Gaussian features, eq. (5.1)); ``E r^2`` is their second moment and the
@@ -296,6 +319,7 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
+@_one_blas_thread
 def build_problem(dataset: Dataset, features: str | FeatureMap | None = None,
                   cache: bool | str | Path = True) -> DataProblem:
     """Apply the protocol (module doc) to ``dataset``.

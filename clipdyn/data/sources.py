@@ -52,6 +52,11 @@ WIKITEXT_URL = ("https://www.salesforce.com/blog/the-wikitext-long-term-dependen
 WIKITEXT_DEFAULTS = {"window": 16, "buckets": 512, "n": 20000}
 
 
+def _describe(name: str, origin: str) -> str:
+    """A dataset's name in messages, with where it was read from where that differs."""
+    return name if origin == name else f"{name}: {origin}"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A dataset as read, before the protocol (standardisation, features, target).
@@ -75,6 +80,11 @@ class Dataset:
     values: np.ndarray | None
     n_classes: int | None
     digest: str
+
+    @property
+    def where(self) -> str:
+        """The dataset as messages name it: its name, and where it was read where that differs."""
+        return _describe(self.name, self.origin)
 
     @property
     def kind(self) -> str:
@@ -208,7 +218,7 @@ def from_arrays(X, y, *, name: str = "arrays", origin: str = "arrays",
         The :class:`Dataset`. It holds read-only copies of ``X`` and ``y`` and their digest, so
         editing the caller's arrays afterwards cannot change it.
     """
-    where = f"{name}: {origin}" if origin != name else name
+    where = _describe(name, origin)
     # Copied and frozen: the digest names these arrays, so an array the caller edits in place
     # afterwards must not change the dataset behind its fingerprint (and the cache's answer).
     X, y = _frozen(X), _frozen(y)

@@ -322,9 +322,32 @@ def _config_differences(old: dict, new: dict) -> str:
     new = _finite_json(json.loads(json.dumps(new, default=_json_default)))  # as the sidecar holds it
     diffs = _differing(old, {k: v for k, v in new.items() if k != "fingerprints"})
     parts = {k: v for k, v in new.get("fingerprints", {}).items() if k != "sweep"}
-    named = {d.split(" (")[0] for d in diffs}  # a noise law both as written and by content: once
-    diffs += [d for d in _differing(old.get("fingerprints") or {}, parts, values=False) if d not in named]
-    return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
+    diffs += _differing(old.get("fingerprints") or {}, parts, values=False)
+    return _differs_in(diffs, old, new)
+
+
+# What a dataset's problem derives from its data (by the protocol's BLAS calls).
+_DERIVED = {"spectrum", "start", "noise law", "trace", "R0", "dt"}
+
+
+def _differs_in(diffs: list[str], old: dict, new: dict) -> str:
+    """The differences named once each (a noise law differs both as written and by content), and
+    what it means when only a dataset's derived problem differs, not its data."""
+    seen, once = set(), []
+    for d in diffs:
+        name = d.split(" (")[0]
+        if name not in seen:
+            seen.add(name)
+            once.append(d)
+    if not once:
+        return "its configuration differs"
+    text = "it differs in: " + ", ".join(once)
+    same_data = old.get("data_fingerprint") is not None and (
+        old.get("data_fingerprint") == new.get("data_fingerprint"))
+    if same_data and seen <= _DERIVED:
+        text += (" (its data fingerprint is the same: the problem derived from the same data "
+                 "differs in its last bits, as the BLAS of another CPU can make it)")
+    return text
 
 
 def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False,
@@ -442,7 +465,7 @@ class ChunkStore:
         diffs += _differing(old["parts"], new.get("parts", {}), values=False)
         diffs += _differing(old.get("layout", {}), new.get("layout", {}))
         diffs += _differing(old.get("code") or {}, new.get("code", {}))
-        return "it differs in: " + ", ".join(diffs) if diffs else "its configuration differs"
+        return _differs_in(diffs, old.get("config") or {}, new.get("config") or {})
 
     def open(self, overwrite: bool = False) -> int:
         """Prepare the folder for the computation the stamp describes.

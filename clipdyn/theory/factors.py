@@ -342,7 +342,16 @@ def threshold_unit(noise: NoiseLaw, R: ArrayLike) -> Array:
 
 def _optimal_threshold_scalar(noise: NoiseLaw, R: Array, grid: int, iters: int, rule=None) -> Array:
     R = jnp.asarray(R, float)
-    log_grid = jnp.log(threshold_unit(noise, R)) + jnp.linspace(-4.0, 4.0, grid) * math.log(10.0)
+    # The scan reaches down to 1e-4 sqrt(2R), not only 1e-4 sqrt(2R + scale^2): where the law has
+    # mass at or near 0, c* ~ sqrt(2R) (Empirical([0, 0, 0, 5]) at R = 1e-10: c* = 1.08e-5, and
+    # the grid's end 2.5e-4 reached 2 % of the maximum CCC; one rare huge outlier, which makes
+    # scale large, did the same at any R). It keeps twice the points, for the same density
+    # where sqrt(2R) ~ scale.
+    decade = math.log(10.0)
+    top = jnp.log(threshold_unit(noise, R)) + 4.0 * decade
+    bottom = jnp.minimum(0.5 * jnp.log(2.0 * R), top - 4.0 * decade) - 4.0 * decade
+    grid = 2 * grid - 1
+    log_grid = bottom + (top - bottom) * jnp.linspace(0.0, 1.0, grid)
     if _heavy(rule):  # a few thresholds at a time (see _optimal_threshold)
         vals = jax.lax.map(lambda lc: _log_ratio(noise, R, lc, rule), log_grid, batch_size=8)
     else:
@@ -386,8 +395,10 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
                       rule=None) -> Array:
     """The threshold ``c*(R) = argmax_c CCC_c(R)``; ``inf`` when no finite ``c`` beats SGD.
 
-    A log-spaced scan of ``c`` over ``[1e-4, 1e4] * sqrt(2R + scale^2)`` brackets the maximum,
-    which a golden-section search then refines. CCC is flat at its maximum (quadratically), so
+    A log-spaced scan of ``c`` from ``1e-4 sqrt(2R)`` to ``1e4 sqrt(2R + scale^2)`` (``2 grid - 1``
+    points) brackets the maximum, which a golden-section search then refines. The lower end
+    follows ``sqrt(2R)`` because laws with mass at or near 0 have ``c* ~ sqrt(2R)`` as ``R``
+    falls. CCC is flat at its maximum (quadratically), so
     ``c*`` itself is determined only to about the square root of the CCC's rounding: measured 3e-9
     to 3e-8 relative against a scipy-quadrature maximisation (Student-t, ``df = 3``), while the
     CCC at ``c*`` is the maximum to ~1e-15.
@@ -395,7 +406,7 @@ def optimal_threshold(noise: NoiseLaw, R: ArrayLike, *, grid: int = 81, iters: i
     Args:
         noise: a noise law.
         R: risk, finite and within ``[1e-100, 1e100]`` (any shape).
-        grid: points of the initial scan (static), an integer ``>= 3``.
+        grid: sets the initial scan's points, ``2 grid - 1`` (static); an integer ``>= 3``.
         iters: golden-section iterations (static), an integer ``>= 1``.
         rule: a :class:`clipdyn.theory.rules.ClipRule` (default: the paper's one-sample C-SGD); the
             criterion is then the rule's CCC (theory/clip_rules.md).

@@ -43,7 +43,8 @@ __all__ = ["ODEResult", "ODESolverError", "solve_ode", "ode_risk", "STATUS"]
 _BYTES_PER_MODE = 192
 
 STATUS = {0: "ok", 1: "diverged", 2: "step limit reached", 3: "step size underflow",
-          4: "the schedule gave a learning rate or threshold < 0 (or nan)"}
+          4: "the schedule gave a learning rate or threshold < 0 (or nan), or an infinite "
+             "learning rate"}
 
 # RODAS4 coefficients (Hairer & Wanner 1996, the RODAS code, method choice 1), padded to 6x6 so
 # the stages run in one scan. Row i of _A gives stage i's point v + sum_j A[i, j] k_j; rows 4 and 5
@@ -181,7 +182,8 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
         err_R = jnp.abs(jnp.dot(w, ks[5])) / (rtol * jnp.maximum(jnp.abs(R), jnp.abs(R_new)) + _TINY)
         err = jnp.maximum(err_modes, err_R)
         ok = jnp.isfinite(err) & (denom > 0) & jnp.all(jnp.isfinite(v_new))
-        return v_new, jnp.where(ok, err, jnp.inf), jnp.all(jnp.isfinite(ab)), denom > 0
+        growth = jnp.dot(w, lam * (-2.0 * ab[0] * v + ab[1]) + ab[2]) / jnp.maximum(R, _TINY)
+        return v_new, jnp.where(ok, err, jnp.inf), jnp.all(jnp.isfinite(ab)), denom > 0, growth
 
     # Initial step: a small fraction of the fastest relaxation time 1 / (2 eta mu lam_max).
     a0 = coef(t_out[0], R0)[0]
@@ -207,7 +209,7 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             t_stop = jnp.minimum(t_target, schedule.next_jump(t)) if piecewise else t_target
             last = h >= t_stop - t
             h_try = jnp.where(last, t_stop - t, h)
-            v_new, err, coef_finite, solvable = step(t, v, h_try)
+            v_new, err, coef_finite, solvable, growth = step(t, v, h_try)
             refused, t_bad = jnp.asarray(False), t
             if check_values:  # at both ends of the step (a nan ahead would only shrink it)
                 def allowed(s):
@@ -232,9 +234,16 @@ def _solve_core(core: _Core, noise, schedule, t_out: Array, rtol, atol, max_step
             # rank-one part of the Jacobian) outruns 1 / h is a divergence at t: growth that
             # fast passes any bound at once (eta = 1e20 unclipped reaches 1e6 R0 within ~1e-34
             # of ODE time). Any other failure at the floor (a jump of the schedule, say) stays
-            # an error, not a result.
-            tiny = (status == 0) & (h_next < 1e-13 * jnp.maximum(scale, jnp.abs(t)))
-            status = jnp.where(tiny, jnp.where(solvable, 3, 1), status)
+            # an error, not a result. So is a risk growing at a rate g that would cross the bound
+            # within 1e4 floor steps (1e-9 of t): a learning rate jumping to 1e6 crossed it
+            # within 1.4e-11 of the jump, and Rosenbrock's steps, rejected down to the floor
+            # first, reported an underflow for jumps from 3e5 to 3e6 (diverged on either side).
+            floor = 1e-13 * jnp.maximum(scale, jnp.abs(t))
+            tiny = (status == 0) & (h_next < floor)
+            R_now = jnp.dot(w, v)
+            to_bound = jnp.log(divergence_factor * R0 / jnp.maximum(R_now, _TINY))
+            racing = (growth > 0) & (to_bound < 1e4 * floor * growth)
+            status = jnp.where(tiny, jnp.where(solvable & ~racing, 3, 1), status)
             status = jnp.where((status == 0) & (n + 1 >= max_steps), 2, status)
             # The crossing of divergence_factor * R0 lies inside the step: interpolated as
             # exponential growth between its ends (the start of the step, reported before, was
@@ -411,7 +420,7 @@ def solve_ode(
     status = int(status)
     if status == 4:
         raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a schedule's learning "
-                         "rate and threshold (a TimeVarying's eta_fn and clip_fn) must stay >= 0 "
+                         "rate and threshold (a TimeVarying's eta_fn and clip_fn) must stay >= 0, the rate finite "
                          "(clip inf: unclipped)")
     if status in (2, 3):
         raise ODESolverError(

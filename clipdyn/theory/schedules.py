@@ -544,9 +544,10 @@ _VALUES_CHECKED = (Constant, StepDecay, PiecewiseConstant, MaxCCC, Heuristic)
 
 
 def values_allowed(eta: Array, c: Array) -> Array:
-    """Whether a schedule's ``(eta, c)`` are allowed: both ``>= 0`` (``c = inf``: unclipped; a
-    ``nan`` is not allowed)."""
-    return (eta >= 0) & (c >= 0)
+    """Whether a schedule's ``(eta, c)`` are allowed: both ``>= 0``, ``eta`` finite (``c = inf``:
+    unclipped; a ``nan`` is not allowed). An infinite rate used to reach the ODE, whose steps
+    then shrank to the floor: "step size underflow", not the schedule named."""
+    return (eta >= 0) & (eta < jnp.inf) & (c >= 0)
 
 
 def checks_values(schedule) -> bool:

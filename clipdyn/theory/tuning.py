@@ -69,6 +69,10 @@ def bisect_max_lr(is_stable: Callable[[np.ndarray], np.ndarray], lo, hi, iters: 
     n = validation.integer("n", n, 1)
     lo = np.broadcast_to(np.asarray(lo, float), (n,)).copy()
     hi = np.broadcast_to(np.asarray(hi, float), (n,)).copy()
+    for name, end in (("lo", lo), ("hi", hi)):  # inf bisected in log space stays inf: refused
+        if not np.all(np.isfinite(end)):
+            raise ValueError(f"bisect_max_lr: {name}={end[~np.isfinite(end)][0]} is not allowed; "
+                             "the bracket's ends must be finite")
     if np.any(~(lo > 0) | ~(hi > lo)):
         raise ValueError("bisect_max_lr needs 0 < lo < hi")
 
