@@ -2,8 +2,12 @@
 
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +143,34 @@ def test_console_script_entry_point(command):
     bad = subprocess.run([*command, "factors", "--noise", "gaussian", "--R", "1"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--c" in bad.stderr
+
+
+def test_sigterm_stops_a_sweep_saying_what_was_kept(tmp_path):
+    # SIGTERM (timeout, SLURM, kill) ended a sweep with status 143 and no word; it now says what
+    # was kept, as Ctrl-C does. A sweep of 40 one-configuration chunks, stopped once the first is
+    # on disk (bounded waits; the process is killed in any case).
+    out = tmp_path / "sw.npz"
+    argv = [sys.executable, "-m", "clipdyn", "sweep", "--spectrum", "power-law:d=100,alpha=0.3",
+            "--noise", "gaussian:sigma=0.5", "--eta", "1", "--clip", "0.01:10:40", "--T", "200",
+            "--points", "3", "--seeds", "1", "--chunk-size", "1", "--engine", "step", "--out", out]
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        partial = Path(f"{out}.partial")
+        while time.monotonic() < deadline and proc.poll() is None:
+            if partial.is_dir() and any(partial.glob("chunk_*.npz")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert re.search(r"clipdyn: interrupted: \d+ of 40 chunk\(s\) are kept in .*sw\.npz\.partial", err), err
 
 
 SIM = ["--spectrum", "power-law:d=300,alpha=0.3", "--noise", "gaussian:sigma=0.5", "--eta", "1",

@@ -281,12 +281,20 @@ def test_integer_spec_values_keep_every_digit():
     assert parse_features("relu:d=5,seed=9007199254740993").seed == 9007199254740993
 
 
+def test_sklearn_dataset_names_are_case_insensitive_as_the_source():
+    # SKLEARN:name=digits was accepted, sklearn:name=Digits refused; one dataset, one fingerprint
+    assert load_source("sklearn:name=Digits").name == load_source("SKLEARN:name=digits").name == "sklearn:name=digits"
+
+
 @pytest.mark.parametrize("spec, features, match", [
     ("mnist:path=x", None, r"unknown source 'mnist'; allowed: sklearn, cifar10, wikitext2, npz"),
     ("sklearn:name=digits,n=3", None, r"unknown key\(s\) \['n'\]; allowed: \['name'\]"),
     ("sklearn", None, r"missing name=\.\.\."),
     ("sklearn:name=iris,name=wine", None, r"name= is given twice"),
     ("sklearn:name", None, r"'name' is not of the form key=value"),
+    ("npz:path=a,b.npz", None, r"'b.npz' is not of the form key=value; a value cannot contain ','"),
+    ("sklearn:name=iris", "relu:d=5,seed=18446744073709551616",
+     r"seed=18446744073709551616 is not allowed; seed must be an integer >= 0 and <= 9223372036854775807"),
     ("sklearn:name=mnist", None, r"sklearn: name='mnist' is not allowed; use one of digits, breast_cancer"),
     ("wikitext2:path=x,window=0", None, r"window=0 is not allowed; window must be an integer >= 1"),
     ("sklearn:name=iris", "relu", r"features spec 'relu': missing d=\.\.\."),

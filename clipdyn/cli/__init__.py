@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The ``clipdyn`` program: :func:`main`, then exit with its status.
 
+    SIGTERM (what ``timeout``, SLURM and ``kill`` send) is answered as Ctrl-C is, with the line
+    that says what was kept, and exit status 143 (it used to end the process without a word).
     After Ctrl-C the process leaves at once (``os._exit``, streams flushed): a JAX computation
     interrupted in flight keeps running on XLA's threads, and tearing the runtime down under it
     at interpreter exit crashed with SIGSEGV (status 139) instead of 130, and in a multi-process
@@ -64,6 +66,15 @@ def run() -> None:
     and then aborted with 134. Whatever must survive an interruption (a sweep's finished chunks) is
     already on disk by then.
     """
+    import signal
+
+    terminated = []
+
+    def on_term(signum, frame):  # SIGTERM (timeout, SLURM, kill) as Ctrl-C: say what was kept
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         code = main()
     except SystemExit as stop:  # a command's own Ctrl-C handler (sweep: what was kept) ends so
@@ -73,7 +84,7 @@ def run() -> None:
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(128 + signal.SIGTERM if terminated else 130)
     sys.exit(code)
 
 

@@ -108,7 +108,9 @@ def parse_spec(spec: str, what: str = "data") -> tuple[str, dict[str, str]]:
             key, eq, value = part.partition("=")
             key, value = key.strip(), value.strip()
             if not eq or not key or not value:
-                raise ValueError(f"{what} spec {spec!r}: {part!r} is not of the form key=value")
+                # "npz:path=a,b.npz" splits into "path=a" and "b.npz": say why
+                comma = "; a value cannot contain ',', which separates the pairs" if params and not eq else ""
+                raise ValueError(f"{what} spec {spec!r}: {part!r} is not of the form key=value{comma}")
             if key in params:
                 raise ValueError(f"{what} spec {spec!r}: {key}= is given twice")
             params[key] = value
@@ -258,6 +260,8 @@ def load_sklearn(name: str) -> Dataset:
     """One of scikit-learn's bundled datasets (no download): ``digits`` (1797 x 64, 10 classes),
     ``breast_cancer`` (569 x 30, 2), ``wine`` (178 x 13, 3), ``iris`` (150 x 4, 3) or
     ``diabetes`` (442 x 10, regression)."""
+    if isinstance(name, str):  # as the source's own name, case-insensitive: one fingerprint
+        name = name.strip().lower()
     if name not in SKLEARN_NAMES:
         raise ValueError(f"sklearn: name={name!r} is not allowed; use one of {', '.join(SKLEARN_NAMES)}")
     from sklearn import datasets
