@@ -109,8 +109,10 @@ def parse_spec(spec: str, what: str = "data") -> tuple[str, dict[str, str]]:
             key, value = key.strip(), value.strip()
             if not eq or not key or not value:
                 # "npz:path=a,b.npz" splits into "path=a" and "b.npz": say why
-                comma = "; a value cannot contain ',', which separates the pairs" if params and not eq else ""
-                raise ValueError(f"{what} spec {spec!r}: {part!r} is not of the form key=value{comma}")
+                comma = ("; a value cannot contain ',', which separates the pairs"
+                         if params and not eq else "")
+                raise ValueError(f"{what} spec {spec!r}: {part!r} is not of the form "
+                                 f"key=value{comma}")
             if key in params:
                 raise ValueError(f"{what} spec {spec!r}: {key}= is given twice")
             params[key] = value

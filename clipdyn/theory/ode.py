@@ -420,8 +420,8 @@ def solve_ode(
     status = int(status)
     if status == 4:
         raise ValueError(f"solve_ode: at t={float(t_end):.6g} {STATUS[4]}; a schedule's learning "
-                         "rate and threshold (a TimeVarying's eta_fn and clip_fn) must stay >= 0, the rate finite "
-                         "(clip inf: unclipped)")
+                         "rate and threshold (a TimeVarying's eta_fn and clip_fn) must stay >= 0, "
+                         "the rate finite (clip inf: unclipped)")
     if status in (2, 3):
         raise ODESolverError(
             f"ODE solver stopped at t={float(t_end):.6g} of T={T}: {STATUS[status]} "
