@@ -142,7 +142,7 @@ def test_same_data_whose_derived_problem_differs_is_refused_and_explained(tmp_pa
     prob = make_problem(LAM, cd.Empirical(data.residuals), v0=0.5 * data.e0 ** 2)
     _interrupted(out, runner_calls, fail_at=3, problem=prob, data=data)
     nudged = make_problem(LAM, cd.Empirical(np.nextafter(data.residuals, np.inf)), v0=0.5 * data.e0 ** 2)
-    with pytest.raises(ValueError, match=r"differs in: noise law \(its data fingerprint is the same: "
+    with pytest.raises(ValueError, match=r"differs in: noise law \(the data fingerprint is the same: "
                                          r"the problem derived from the same data differs in its "
                                          r"last bits") as info:
         _sweep(nudged, out=out, data=data)
@@ -150,6 +150,11 @@ def test_same_data_whose_derived_problem_differs_is_refused_and_explained(tmp_pa
     with pytest.raises(ValueError, match="data") as info:  # other data: no such remark
         _sweep(prob, out=out, data=_Data("data-B"))
     assert "fingerprint is the same" not in str(info.value)
+    # the rule itself, as the multi-process agreement check uses it (Gaussian data: no data)
+    note = results.derived_only_note
+    assert note({"spectrum", "sweep"}, "abc", "abc").startswith(" (the data fingerprint is the same")
+    assert note({"spectrum"}, None, None) == note({"spectrum", "T"}, "abc", "abc") == ""
+    assert note({"noise law"}, "abc", "abd") == ""
 
 
 # Item 2: results paths, and finished results are never replaced by another sweep silently.

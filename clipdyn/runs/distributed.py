@@ -55,6 +55,7 @@ import jax
 import numpy as np
 
 from clipdyn import validation
+from clipdyn.runs import results
 
 __all__ = ["Cluster", "parse_coordinator", "initialize", "shutdown", "session", "is_writer",
            "global_devices", "barrier", "to_host", "broadcast_bytes", "check_agreement", "on_writer",
@@ -420,7 +421,11 @@ def check_agreement(entries: dict[str, Any], what: str = "sweep") -> None:
     bad = [int(i) for i in np.flatnonzero(flags)]
     if not bad:
         return
-    detail = (f"this process (process {jax.process_index()}) differs in: {', '.join(differs)}"
+    names = {k.split(".")[-1] for k, v in mine.items() if writer.get(k) != v}
+    data = mine.get("data_fingerprint")  # as its JSON text: "null" for Gaussian data
+    note = results.derived_only_note(names, writer.get("data_fingerprint"),
+                                     None if data in (None, "null") else data)
+    detail = (f"this process (process {jax.process_index()}) differs in: {', '.join(differs)}{note}"
               if differs else "see their own messages")
     raise ValueError(f"the processes were not given the same {what}: process(es) {bad} differ from "
                      f"process 0; {detail}. Start every process with the same options, files and "

@@ -326,8 +326,18 @@ def _config_differences(old: dict, new: dict) -> str:
     return _differs_in(diffs, old, new)
 
 
-# What a dataset's problem derives from its data (by the protocol's BLAS calls).
-_DERIVED = {"spectrum", "start", "noise law", "trace", "R0", "dt"}
+# What a dataset's problem derives from its data (by the protocol's BLAS calls), and the sweep's
+# fingerprint, which hashes them.
+_DERIVED = {"spectrum", "start", "noise law", "trace", "R0", "dt", "sweep"}
+
+
+def derived_only_note(names, old_data: str | None, new_data: str | None) -> str:
+    """Where only a dataset's derived problem differs (``names``), not its data fingerprint: what
+    that means, to append to a refusal (an empty string otherwise)."""
+    if old_data is None or old_data != new_data or not set(names) <= _DERIVED:
+        return ""
+    return (" (the data fingerprint is the same: the problem derived from the same data differs "
+            "in its last bits, as the BLAS of another CPU can make it)")
 
 
 def _differs_in(diffs: list[str], old: dict, new: dict) -> str:
@@ -341,13 +351,8 @@ def _differs_in(diffs: list[str], old: dict, new: dict) -> str:
             once.append(d)
     if not once:
         return "its configuration differs"
-    text = "it differs in: " + ", ".join(once)
-    same_data = old.get("data_fingerprint") is not None and (
-        old.get("data_fingerprint") == new.get("data_fingerprint"))
-    if same_data and seen <= _DERIVED:
-        text += (" (its data fingerprint is the same: the problem derived from the same data "
-                 "differs in its last bits, as the BLAS of another CPU can make it)")
-    return text
+    return "it differs in: " + ", ".join(once) + derived_only_note(
+        seen, old.get("data_fingerprint"), new.get("data_fingerprint"))
 
 
 def check_overwrite(path: str | os.PathLike, fingerprint: str, overwrite: bool = False,
